@@ -1,0 +1,406 @@
+//! BackendActor: owns one backend's health. It runs the probe loop on the backend's own
+//! `check_interval` (exactly: each probe schedules the next with `send_after`), the discovery
+//! loop, and folds breaker transitions reported by request tasks. Handlers never await network
+//! I/O: probes and discoveries run in spawned tasks (bounded by timeouts) that send their result
+//! back as a message; a task that dies without a result still reports (drop guard).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use tracing::{debug, info, warn};
+
+use crate::backend::client::build_client;
+use crate::backend::handle::BackendHandle;
+use crate::breaker::BreakerTransition;
+use crate::discovery::{self, DiscoveredModel};
+use crate::health::{parse_retry_after, EndpointStatus, HealthTracker, ProbeResult};
+use crate::kind::BackendKind;
+use crate::published::Published;
+use crate::registry::RegistryMsg;
+use crate::spec::BackendSpec;
+
+pub enum BackendMsg {
+    /// Run a probe if `token` is current (stale timers carry old tokens).
+    Probe { token: u64 },
+    ProbeDone {
+        result: ProbeResult,
+        detected: Option<BackendKind>,
+        elapsed: Duration,
+    },
+    /// Run a discovery if `token` is current.
+    Discover { token: u64 },
+    DiscoveryDone(Result<Vec<DiscoveredModel>, String>),
+    /// Refresh the model list now; reply once the registry has it.
+    Refresh(RpcReplyPort<Result<usize, String>>),
+    /// A live request could not connect: probe now.
+    PassiveFailure,
+    BreakerChanged(BreakerTransition),
+    /// Fails the actor on purpose (exercises supervision).
+    Crash(String),
+    GetHandle(RpcReplyPort<BackendHandle>),
+}
+
+pub struct BackendArgs {
+    pub spec: Arc<BackendSpec>,
+    pub published: Arc<Published>,
+}
+
+pub struct BackendActor;
+
+pub struct BackendState {
+    spec: Arc<BackendSpec>,
+    published: Arc<Published>,
+    handle: BackendHandle,
+    tracker: HealthTracker,
+    probe_token: u64,
+    probe_running: bool,
+    discovery_token: u64,
+    discovery_running: bool,
+    discovery_failures: u32,
+    has_models: bool,
+    refresh_waiters: Vec<RpcReplyPort<Result<usize, String>>>,
+}
+
+/// Sends a probe result back; if the task is dropped (panic) before sending, reports that.
+struct ProbeReporter {
+    actor: Option<ActorRef<BackendMsg>>,
+    started: Instant,
+}
+
+impl ProbeReporter {
+    fn send(mut self, result: ProbeResult, detected: Option<BackendKind>) {
+        if let Some(a) = self.actor.take() {
+            let _ = a.cast(BackendMsg::ProbeDone {
+                result,
+                detected,
+                elapsed: self.started.elapsed(),
+            });
+        }
+    }
+}
+
+impl Drop for ProbeReporter {
+    fn drop(&mut self) {
+        if let Some(a) = self.actor.take() {
+            let _ = a.cast(BackendMsg::ProbeDone {
+                result: ProbeResult::Transport("probe task ended without a result".into()),
+                detected: None,
+                elapsed: self.started.elapsed(),
+            });
+        }
+    }
+}
+
+/// Same guarantee for discovery tasks.
+struct DiscoveryReporter(Option<ActorRef<BackendMsg>>);
+
+impl DiscoveryReporter {
+    fn send(mut self, r: Result<Vec<DiscoveredModel>, String>) {
+        if let Some(a) = self.0.take() {
+            let _ = a.cast(BackendMsg::DiscoveryDone(r));
+        }
+    }
+}
+
+impl Drop for DiscoveryReporter {
+    fn drop(&mut self) {
+        if let Some(a) = self.0.take() {
+            let _ = a.cast(BackendMsg::DiscoveryDone(Err(
+                "discovery task ended without a result".into(),
+            )));
+        }
+    }
+}
+
+impl BackendState {
+    fn kind(&self) -> BackendKind {
+        self.handle.kind()
+    }
+
+    fn start_probe(&mut self, myself: &ActorRef<BackendMsg>) {
+        if self.probe_running {
+            return;
+        }
+        self.probe_running = true;
+        let handle = self.handle.clone();
+        let spec = self.spec.clone();
+        let reporter = ProbeReporter {
+            actor: Some(myself.clone()),
+            started: Instant::now(),
+        };
+        let detect = spec.kind == BackendKind::Auto && handle.kind() == BackendKind::Auto;
+        tokio::spawn(async move {
+            let timeout = spec.check_timeout;
+            let detected = if detect {
+                discovery::detect_kind(handle.client(), &spec, timeout).await
+            } else {
+                None
+            };
+            let kind = detected.unwrap_or_else(|| handle.kind());
+            let result = probe(&handle, &spec, kind, timeout).await;
+            reporter.send(result, detected);
+        });
+    }
+
+    fn start_discovery(&mut self, myself: &ActorRef<BackendMsg>) {
+        if self.discovery_running || self.kind() == BackendKind::Auto {
+            return;
+        }
+        self.discovery_running = true;
+        let handle = self.handle.clone();
+        let spec = self.spec.clone();
+        let kind = self.kind();
+        let reporter = DiscoveryReporter(Some(myself.clone()));
+        tokio::spawn(async move {
+            let r = discovery::fetch_models(handle.client(), &spec, kind, spec.discovery.timeout)
+                .await
+                .map_err(|e| e.to_string());
+            reporter.send(r);
+        });
+    }
+
+    fn schedule_probe(&mut self, myself: &ActorRef<BackendMsg>, after: Duration) {
+        self.probe_token += 1;
+        let token = self.probe_token;
+        let when = SystemTime::now() + after;
+        self.handle.shared().health.lock().next_check = Some(when);
+        myself.send_after(after, move || BackendMsg::Probe { token });
+    }
+
+    fn schedule_discovery(&mut self, myself: &ActorRef<BackendMsg>, after: Duration) {
+        self.discovery_token += 1;
+        let token = self.discovery_token;
+        myself.send_after(after, move || BackendMsg::Discover { token });
+    }
+}
+
+/// One health probe: GET the health URL within `timeout`.
+async fn probe(
+    handle: &BackendHandle,
+    spec: &BackendSpec,
+    kind: BackendKind,
+    timeout: Duration,
+) -> ProbeResult {
+    let uri = match spec.health_uri(kind) {
+        Ok(u) => u,
+        Err(e) => return ProbeResult::Transport(format!("bad health URL: {e}")),
+    };
+    let started = tokio::time::Instant::now();
+    match discovery::get(handle.client(), spec, uri, timeout).await {
+        Ok((status, headers, _)) => ProbeResult::Http {
+            status: status.as_u16(),
+            elapsed: started.elapsed(),
+            retry_after: headers
+                .get(http::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| parse_retry_after(v, SystemTime::now())),
+        },
+        Err(e) => ProbeResult::Transport(e.to_string()),
+    }
+}
+
+impl Actor for BackendActor {
+    type Msg = BackendMsg;
+    type State = BackendState;
+    type Arguments = BackendArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<BackendMsg>,
+        args: BackendArgs,
+    ) -> Result<BackendState, ActorProcessingErr> {
+        let BackendArgs { spec, published } = args;
+        // A restarted actor keeps its predecessor's published status and detected kind until
+        // its first probe, so traffic does not stop while it comes back.
+        let previous = published.table().get(&spec.name).cloned();
+        let (initial, kind) = match &previous {
+            Some(p) if p.spec().url == spec.url => (p.status(), p.kind()),
+            _ => (EndpointStatus::Unknown, spec.kind),
+        };
+        let client = match &previous {
+            Some(p) if p.spec().url == spec.url && p.spec().h2c == spec.h2c => p.client().clone(),
+            _ => build_client(&spec),
+        };
+        let handle = BackendHandle::new(spec.clone(), client, myself.clone(), kind, initial);
+        if let Some(p) = &previous {
+            let info = p.shared().health.lock().clone();
+            *handle.shared().health.lock() = info;
+        }
+        published.upsert_backend(handle.clone());
+        let has_models = published.catalog.load().backends.contains_key(&spec.name);
+        Ok(BackendState {
+            tracker: HealthTracker::new(spec.health.clone(), spec.check_interval, initial),
+            spec,
+            published,
+            handle,
+            probe_token: 0,
+            probe_running: false,
+            discovery_token: 0,
+            discovery_running: false,
+            discovery_failures: 0,
+            has_models,
+            refresh_waiters: Vec::new(),
+        })
+    }
+
+    async fn post_start(
+        &self,
+        myself: ActorRef<BackendMsg>,
+        state: &mut BackendState,
+    ) -> Result<(), ActorProcessingErr> {
+        state.start_probe(&myself);
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<BackendMsg>,
+        msg: BackendMsg,
+        state: &mut BackendState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            BackendMsg::Probe { token } => {
+                if token == state.probe_token {
+                    state.start_probe(&myself);
+                }
+            }
+            BackendMsg::ProbeDone {
+                result,
+                detected,
+                elapsed,
+            } => {
+                state.probe_running = false;
+                if let Some(kind) = detected {
+                    info!(backend = %state.spec.name, kind = %kind, "detected backend type");
+                    state.handle.set_kind(kind);
+                }
+                let step = state.tracker.observe(&result, fastrand::f64() * 2.0 - 1.0);
+                state.handle.set_status(step.status);
+                {
+                    let mut h = state.handle.shared().health.lock();
+                    h.last_check = Some(SystemTime::now());
+                    h.last_latency = Some(elapsed);
+                    h.last_error = state.tracker.last_error().map(str::to_string);
+                    h.consecutive_failures = state.tracker.consecutive_failures();
+                }
+                if let Some((old, new)) = step.changed {
+                    if new.is_routable() {
+                        info!(backend = %state.spec.name, from = old.as_str(), to = new.as_str(), "backend is routable");
+                    } else {
+                        warn!(backend = %state.spec.name, from = old.as_str(), to = new.as_str(),
+                              error = state.tracker.last_error().unwrap_or(""), "backend is not routable");
+                    }
+                }
+                if step.recovered {
+                    // Proven back by probes: clear passive state and re-discover models.
+                    state.handle.reset_breaker();
+                }
+                if step.status.is_routable()
+                    && (step.recovered || !state.has_models)
+                    && state.spec.discovery.enabled
+                {
+                    state.start_discovery(&myself);
+                }
+                state.schedule_probe(&myself, step.next_check);
+            }
+            BackendMsg::Discover { token } => {
+                if token == state.discovery_token && state.handle.status().is_routable() {
+                    state.start_discovery(&myself);
+                } else if token == state.discovery_token {
+                    // Not routable now: try again later; recovery triggers one anyway.
+                    state.schedule_discovery(&myself, state.spec.discovery.interval);
+                }
+            }
+            BackendMsg::DiscoveryDone(result) => {
+                state.discovery_running = false;
+                let waiters = std::mem::take(&mut state.refresh_waiters);
+                match result {
+                    Ok(models) => {
+                        let n = models.len();
+                        debug!(backend = %state.spec.name, models = n, "discovered models");
+                        state.discovery_failures = 0;
+                        state.has_models = true;
+                        {
+                            let mut h = state.handle.shared().health.lock();
+                            h.last_model_sync = Some(SystemTime::now());
+                            h.discovery_error = None;
+                            h.model_count = n;
+                        }
+                        if let Some(reg) = state.published.registry() {
+                            if waiters.is_empty() {
+                                let _ = reg.cast(RegistryMsg::Update {
+                                    backend: state.spec.name.clone(),
+                                    kind: state.kind(),
+                                    models,
+                                });
+                            } else {
+                                // Reply only once the registry has published the new catalog.
+                                let update = vec![(state.spec.name.clone(), state.kind(), models)];
+                                tokio::spawn(async move {
+                                    let published = reg
+                                        .call(
+                                            |port| RegistryMsg::UpdateMany(update, port),
+                                            Some(Duration::from_secs(5)),
+                                        )
+                                        .await;
+                                    let ok = matches!(published, Ok(ractor::rpc::CallResult::Success(())));
+                                    for w in waiters {
+                                        let _ = w.send(if ok { Ok(n) } else { Err("registry did not answer".into()) });
+                                    }
+                                });
+                            }
+                        }
+                        state.schedule_discovery(&myself, state.spec.discovery.interval);
+                    }
+                    Err(e) => {
+                        warn!(backend = %state.spec.name, error = %e, "model discovery failed; keeping the last good list");
+                        state.discovery_failures += 1;
+                        state.handle.shared().health.lock().discovery_error = Some(e.clone());
+                        for w in waiters {
+                            let _ = w.send(Err(e.clone()));
+                        }
+                        let backoff = Duration::from_secs(2)
+                            .saturating_mul(1 << state.discovery_failures.min(6))
+                            .min(state.spec.discovery.interval)
+                            .min(Duration::from_secs(120));
+                        state.schedule_discovery(&myself, backoff);
+                    }
+                }
+            }
+            BackendMsg::Refresh(reply) => {
+                state.refresh_waiters.push(reply);
+                if !state.discovery_running {
+                    state.discovery_running = false;
+                    state.start_discovery(&myself);
+                }
+                if !state.discovery_running {
+                    for w in std::mem::take(&mut state.refresh_waiters) {
+                        let _ = w.send(Err("backend type not yet detected".into()));
+                    }
+                }
+            }
+            BackendMsg::PassiveFailure => {
+                if state.tracker.passive_failure() && !state.probe_running {
+                    state.probe_token += 1; // cancel the pending timer
+                    state.start_probe(&myself);
+                }
+            }
+            BackendMsg::BreakerChanged(t) => match t {
+                BreakerTransition::Opened { open_for } => {
+                    warn!(backend = %state.spec.name, open_for_ms = open_for.as_millis() as u64, "circuit breaker opened");
+                }
+                BreakerTransition::Closed => {
+                    info!(backend = %state.spec.name, "circuit breaker closed");
+                }
+            },
+            BackendMsg::Crash(why) => {
+                return Err(format!("backend {} asked to crash: {why}", state.spec.name).into());
+            }
+            BackendMsg::GetHandle(reply) => {
+                let _ = reply.send(state.handle.clone());
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,470 @@
+//! `BackendHandle`: the cloneable, lock-light view of one backend that request tasks use on the
+//! hot path without any mailbox round trip: the pooled client, the published status, the breaker,
+//! in-flight/queued counters, the concurrency permits and the traffic statistics. Outcomes are
+//! folded in here directly; state changes worth acting on are `cast` to the backend actor.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use parking_lot::Mutex;
+use ractor::ActorRef;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
+
+use crate::backend::client::UpstreamClient;
+use crate::backend::BackendMsg;
+use crate::breaker::{Admission, Breaker};
+use crate::health::EndpointStatus;
+use crate::kind::{BackendKind, ALL_KINDS};
+use crate::spec::BackendSpec;
+
+/// How a forwarded request ended, as far as the backend's health is concerned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// 2xx/3xx, or a response that completed.
+    Success,
+    /// 4xx other than 429: the backend answered; never counts against it.
+    ClientError,
+    /// 429: rate-limited, park the backend for this long.
+    RateLimited(Duration),
+    /// Connection refused/reset or connect timeout: the backend is unreachable.
+    ConnectFailure,
+    /// First-byte or idle timeout, a broken stream, or a 5xx.
+    Fault,
+    /// The client went away before a verdict.
+    Cancelled,
+}
+
+/// Traffic statistics (atomics, read by the status endpoints).
+#[derive(Default, Debug)]
+pub struct TrafficStats {
+    pub requests: AtomicU64,
+    pub successes: AtomicU64,
+    pub failures: AtomicU64,
+    pub latency_total_ms: AtomicU64,
+    pub latency_count: AtomicU64,
+    pub latency_min_ms: AtomicU64,
+    pub latency_max_ms: AtomicU64,
+    pub bytes_out: AtomicU64,
+}
+
+impl TrafficStats {
+    fn record_latency(&self, ms: u64) {
+        self.latency_total_ms.fetch_add(ms, Ordering::Relaxed);
+        let n = self.latency_count.fetch_add(1, Ordering::Relaxed);
+        if n == 0 {
+            self.latency_min_ms.store(ms, Ordering::Relaxed);
+        } else {
+            self.latency_min_ms.fetch_min(ms, Ordering::Relaxed);
+        }
+        self.latency_max_ms.fetch_max(ms, Ordering::Relaxed);
+    }
+}
+
+/// Health bookkeeping shown by `/internal/status/endpoints`.
+#[derive(Clone, Debug, Default)]
+pub struct HealthInfo {
+    pub last_check: Option<SystemTime>,
+    pub next_check: Option<SystemTime>,
+    pub last_latency: Option<Duration>,
+    pub last_error: Option<String>,
+    pub consecutive_failures: u32,
+    pub last_model_sync: Option<SystemTime>,
+    pub discovery_error: Option<String>,
+    pub model_count: usize,
+}
+
+pub struct BackendShared {
+    pub spec: Arc<BackendSpec>,
+    /// Olla's endpoint id: base36 FNV-1a of the sanitised URL.
+    pub id: String,
+    pub client: UpstreamClient,
+    actor: ActorRef<BackendMsg>,
+    kind: AtomicU8,
+    status: AtomicU8,
+    /// Drained by an operator: no new requests.
+    drained: AtomicBool,
+    breaker: Mutex<Breaker>,
+    /// Parked by a live 429 until this many ms after `epoch`.
+    parked_until_ms: AtomicU64,
+    epoch: Instant,
+    in_flight: AtomicUsize,
+    queued: AtomicUsize,
+    permits: Option<Arc<Semaphore>>,
+    pub stats: TrafficStats,
+    pub health: Mutex<HealthInfo>,
+}
+
+/// A cheap clone of one backend's shared state.
+#[derive(Clone)]
+pub struct BackendHandle(Arc<BackendShared>);
+
+impl std::fmt::Debug for BackendHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BackendHandle")
+            .field("name", &self.0.spec.name)
+            .field("status", &self.status())
+            .finish()
+    }
+}
+
+/// Result of trying to take a slot on a backend.
+pub enum SlotAttempt {
+    Admitted(InFlightGuard),
+    /// At `max_concurrency`.
+    Full,
+    /// Breaker open, parked, drained or not routable.
+    Unavailable,
+}
+
+impl BackendHandle {
+    pub fn new(
+        spec: Arc<BackendSpec>,
+        client: UpstreamClient,
+        actor: ActorRef<BackendMsg>,
+        kind: BackendKind,
+        status: EndpointStatus,
+    ) -> Self {
+        let permits = (spec.limits.max_concurrency > 0)
+            .then(|| Arc::new(Semaphore::new(spec.limits.max_concurrency)));
+        let breaker = Breaker::new(spec.breaker.clone());
+        let id = endpoint_id(&spec.url.to_string());
+        Self(Arc::new(BackendShared {
+            id,
+            client,
+            actor,
+            kind: AtomicU8::new(kind_index(kind)),
+            status: AtomicU8::new(status as u8),
+            drained: AtomicBool::new(false),
+            breaker: Mutex::new(breaker),
+            parked_until_ms: AtomicU64::new(0),
+            epoch: Instant::now(),
+            in_flight: AtomicUsize::new(0),
+            queued: AtomicUsize::new(0),
+            permits,
+            stats: TrafficStats::default(),
+            health: Mutex::new(HealthInfo::default()),
+            spec,
+        }))
+    }
+
+    pub fn shared(&self) -> &BackendShared {
+        &self.0
+    }
+    pub fn spec(&self) -> &Arc<BackendSpec> {
+        &self.0.spec
+    }
+    pub fn name(&self) -> &str {
+        &self.0.spec.name
+    }
+    pub fn id(&self) -> &str {
+        &self.0.id
+    }
+    pub fn client(&self) -> &UpstreamClient {
+        &self.0.client
+    }
+    pub fn actor(&self) -> &ActorRef<BackendMsg> {
+        &self.0.actor
+    }
+    pub fn same_as(&self, other: &BackendHandle) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+
+    /// The resolved kind (an `auto` backend reports what detection found).
+    pub fn kind(&self) -> BackendKind {
+        ALL_KINDS
+            .get(self.0.kind.load(Ordering::Relaxed) as usize)
+            .copied()
+            .unwrap_or(BackendKind::Auto)
+    }
+    pub fn set_kind(&self, kind: BackendKind) {
+        self.0.kind.store(kind_index(kind), Ordering::Relaxed);
+    }
+
+    pub fn status(&self) -> EndpointStatus {
+        EndpointStatus::from_u8(self.0.status.load(Ordering::Acquire))
+    }
+    pub fn set_status(&self, status: EndpointStatus) {
+        self.0.status.store(status as u8, Ordering::Release);
+    }
+
+    pub fn set_drained(&self, drained: bool) {
+        self.0.drained.store(drained, Ordering::Release);
+    }
+    pub fn is_drained(&self) -> bool {
+        self.0.drained.load(Ordering::Acquire)
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.0.in_flight.load(Ordering::Relaxed)
+    }
+    pub fn queued(&self) -> usize {
+        self.0.queued.load(Ordering::Relaxed)
+    }
+
+    fn now_ms(&self, now: Instant) -> u64 {
+        now.saturating_duration_since(self.0.epoch).as_millis() as u64
+    }
+
+    /// Parked by a 429 right now?
+    pub fn parked(&self, now: Instant) -> bool {
+        self.0.parked_until_ms.load(Ordering::Relaxed) > self.now_ms(now)
+    }
+
+    /// Park the backend (live 429 with Retry-After).
+    pub fn park_for(&self, wait: Duration) {
+        let until = self.now_ms(Instant::now()) + wait.as_millis() as u64;
+        self.0.parked_until_ms.fetch_max(until, Ordering::Relaxed);
+    }
+
+    /// Whether new requests may be sent now: routable status, not drained, not parked, breaker
+    /// admitting.
+    pub fn is_routable(&self, now: Instant) -> bool {
+        self.status().is_routable()
+            && !self.is_drained()
+            && !self.parked(now)
+            && self.0.breaker.lock().would_admit(now)
+    }
+
+    /// Breaker state name for status output.
+    pub fn breaker_state(&self) -> &'static str {
+        self.0.breaker.lock().state_name(Instant::now())
+    }
+
+    /// Whether a permit is free now (no limit = always).
+    pub fn has_capacity(&self) -> bool {
+        match &self.0.permits {
+            None => true,
+            Some(p) => p.available_permits() > 0,
+        }
+    }
+
+    /// Tries to take a slot without waiting.
+    pub fn try_slot(&self) -> SlotAttempt {
+        let permit = match &self.0.permits {
+            None => None,
+            Some(p) => match p.clone().try_acquire_owned() {
+                Ok(permit) => Some(permit),
+                Err(_) => return SlotAttempt::Full,
+            },
+        };
+        self.admit_with(permit)
+    }
+
+    /// Waits for a slot in this backend's bounded queue. `None` = the queue is full.
+    pub fn queue_slot(&self) -> Option<QueueTicket> {
+        let limit = self.0.spec.limits.queue_size;
+        let mut cur = self.0.queued.load(Ordering::Relaxed);
+        loop {
+            if cur >= limit {
+                return None;
+            }
+            match self.0.queued.compare_exchange_weak(
+                cur,
+                cur + 1,
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return Some(QueueTicket(self.clone())),
+                Err(actual) => cur = actual,
+            }
+        }
+    }
+
+    fn admit_with(&self, permit: Option<OwnedSemaphorePermit>) -> SlotAttempt {
+        let admission = self.0.breaker.lock().admit(Instant::now());
+        let trial = match admission {
+            Admission::Pass => false,
+            Admission::Trial => true,
+            Admission::Reject => return SlotAttempt::Unavailable,
+        };
+        self.0.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.0.stats.requests.fetch_add(1, Ordering::Relaxed);
+        SlotAttempt::Admitted(InFlightGuard {
+            handle: self.clone(),
+            _permit: permit,
+            trial,
+            reported: false,
+        })
+    }
+
+    /// Folds an outcome into breaker and stats (called once per admitted request).
+    fn record(&self, outcome: Outcome, trial: bool, first_byte: Option<Duration>) {
+        let stats = &self.0.stats;
+        if let Some(t) = first_byte {
+            stats.record_latency(t.as_millis() as u64);
+        }
+        let now = Instant::now();
+        let transition = {
+            let mut breaker = self.0.breaker.lock();
+            match outcome {
+                Outcome::Success | Outcome::ClientError => {
+                    stats.successes.fetch_add(1, Ordering::Relaxed);
+                    breaker.on_success(trial)
+                }
+                Outcome::RateLimited(wait) => {
+                    stats.failures.fetch_add(1, Ordering::Relaxed);
+                    if trial {
+                        breaker.release_trial();
+                    }
+                    self.park_for(wait);
+                    None
+                }
+                Outcome::ConnectFailure | Outcome::Fault => {
+                    stats.failures.fetch_add(1, Ordering::Relaxed);
+                    breaker.on_fault(now, trial)
+                }
+                Outcome::Cancelled => {
+                    if trial {
+                        breaker.release_trial();
+                    }
+                    None
+                }
+            }
+        };
+        if let Some(t) = transition {
+            let _ = self.0.actor.cast(BackendMsg::BreakerChanged(t));
+        }
+        if outcome == Outcome::ConnectFailure {
+            let _ = self.0.actor.cast(BackendMsg::PassiveFailure);
+        }
+    }
+
+    /// Resets the breaker (backend proven back by probes).
+    pub fn reset_breaker(&self) {
+        self.0.breaker.lock().reset();
+    }
+
+    /// Asks the actor for an immediate probe (e.g. after a live connection failure).
+    pub fn request_probe(&self) {
+        let _ = self.0.actor.cast(BackendMsg::PassiveFailure);
+    }
+}
+
+/// A place in a backend's wait queue; dropping it leaves the queue.
+pub struct QueueTicket(BackendHandle);
+
+impl QueueTicket {
+    /// Waits up to `timeout` for a slot. `None` on timeout or if the backend became unavailable.
+    pub async fn wait(self, timeout: Duration) -> Option<InFlightGuard> {
+        let handle = self.0.clone();
+        let permits = handle.0.permits.clone()?;
+        let permit = tokio::time::timeout(timeout, permits.acquire_owned())
+            .await
+            .ok()?
+            .ok()?;
+        drop(self);
+        match handle.admit_with(Some(permit)) {
+            SlotAttempt::Admitted(g) => Some(g),
+            _ => None,
+        }
+    }
+}
+
+impl Drop for QueueTicket {
+    fn drop(&mut self) {
+        self.0 .0.queued.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Held for the whole life of a forwarded request (including its streamed body): counts it in
+/// flight, holds its concurrency permit, and reports its outcome exactly once.
+pub struct InFlightGuard {
+    handle: BackendHandle,
+    _permit: Option<OwnedSemaphorePermit>,
+    trial: bool,
+    reported: bool,
+}
+
+impl InFlightGuard {
+    pub fn handle(&self) -> &BackendHandle {
+        &self.handle
+    }
+
+    /// Reports the outcome now (idempotent: only the first report counts).
+    pub fn report(&mut self, outcome: Outcome, first_byte: Option<Duration>) {
+        if !self.reported {
+            self.reported = true;
+            self.handle.record(outcome, self.trial, first_byte);
+        }
+    }
+
+    pub fn add_bytes(&self, n: u64) {
+        self.handle
+            .0
+            .stats
+            .bytes_out
+            .fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        if !self.reported {
+            self.reported = true;
+            self.handle.record(Outcome::Cancelled, self.trial, None);
+        }
+        self.handle.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+fn kind_index(kind: BackendKind) -> u8 {
+    ALL_KINDS.iter().position(|k| *k == kind).unwrap_or(0) as u8
+}
+
+/// Olla's endpoint id: FNV-1a (32-bit) of the URL without userinfo, query or fragment, in base 36.
+pub fn endpoint_id(url: &str) -> String {
+    let mut s = url;
+    if let Some(i) = s.find(['?', '#']) {
+        s = &s[..i];
+    }
+    let sanitized = match (s.find("://"), s.find('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            format!("{}{}", &s[..scheme_end + 3], &s[at + 1..])
+        }
+        _ => s.to_string(),
+    };
+    let mut hash: u32 = 0x811c_9dc5;
+    for b in sanitized.as_bytes() {
+        hash ^= u32::from(*b);
+        hash = hash.wrapping_mul(0x0100_0193);
+    }
+    to_base36(u64::from(hash))
+}
+
+fn to_base36(mut n: u64) -> String {
+    const DIGITS: &[u8; 36] = b"0123456789abcdefghijklmnopqrstuvwxyz";
+    if n == 0 {
+        return "0".into();
+    }
+    let mut out = Vec::new();
+    while n > 0 {
+        out.push(DIGITS[(n % 36) as usize]);
+        n /= 36;
+    }
+    out.reverse();
+    String::from_utf8(out).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoint_id_ignores_credentials_query_and_fragment() {
+        let a = endpoint_id("http://localhost:11434");
+        assert_eq!(a, "1gi2muj", "same id as Olla");
+        assert_eq!(endpoint_id("http://localhost:1234"), "13vqsvy");
+        assert_eq!(a, endpoint_id("http://user:pw@localhost:11434?x=1#f"));
+        assert_ne!(a, endpoint_id("http://localhost:11435"));
+        assert!(a.chars().all(|c| c.is_ascii_alphanumeric()));
+    }
+
+    #[test]
+    fn base36() {
+        assert_eq!(to_base36(0), "0");
+        assert_eq!(to_base36(35), "z");
+        assert_eq!(to_base36(36), "10");
+    }
+}

@@ -1,0 +1,13 @@
+//! One backend: its actor (probe loop, discovery loop, breaker bookkeeping), its pooled client,
+//! and the handle request tasks use.
+
+mod actor;
+pub mod client;
+mod handle;
+
+pub use actor::{BackendActor, BackendArgs, BackendMsg};
+pub use client::{build_client, UpstreamClient};
+pub use handle::{
+    endpoint_id, BackendHandle, HealthInfo, InFlightGuard, Outcome, QueueTicket, SlotAttempt,
+    TrafficStats,
+};

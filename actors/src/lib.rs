@@ -1,0 +1,40 @@
+//! `olla-actors`: the supervision tree of the olla daemon, and the pure policies its actors use.
+//! No HTTP server code lives here.
+//!
+//! ```text
+//! RootSupervisor                      restart budget per child; exhausted -> the tree stops
+//! ├── RegistryActor                   per-backend model lists -> published Arc<Catalog>
+//! ├── RouterActor                     routing policy          -> published Arc<RoutingPolicy>
+//! └── BackendSupervisor               restart budget per backend; exhausted -> escalate to root
+//!     ├── BackendActor "gpu1"         probe loop, discovery loop, breaker events; publishes its
+//!     ├── BackendActor "gpu2"         BackendHandle (pooled client, status, breaker, permits,
+//!     └── ...                         in-flight counters) into the published backend table
+//! ```
+//!
+//! Request tasks never message an actor on the hot path: they read the published snapshots
+//! ([`published::Published`]) and the handles' atomics, and report outcomes through the handle
+//! (breaker and counters), which `cast`s to the actor only when a state change needs action.
+//!
+//! Pure logic, unit-tested beside it: [`breaker`], [`health`], [`balance`], [`catalog`],
+//! [`discovery`] parsers, [`supervisor::RestartBudget`].
+
+pub mod backend;
+pub mod balance;
+pub mod breaker;
+pub mod catalog;
+pub mod discovery;
+pub mod health;
+pub mod kind;
+pub mod published;
+pub mod registry;
+pub mod router;
+pub mod spec;
+pub mod supervisor;
+pub mod tree;
+
+pub use backend::{BackendHandle, BackendMsg, InFlightGuard, Outcome, SlotAttempt};
+pub use health::EndpointStatus;
+pub use kind::BackendKind;
+pub use published::{Fallback, ModelRouting, Published, RoutingPolicy};
+pub use spec::BackendSpec;
+pub use tree::{Tree, TreeConfig};

@@ -1,0 +1,302 @@
+//! The resolved, validated description of one backend as the actors use it. The daemon's config
+//! layer builds these from YAML; nothing here parses text or touches the network.
+
+use std::time::Duration;
+
+use http::{HeaderName, HeaderValue, Uri};
+
+use crate::kind::BackendKind;
+
+/// Everything a [`crate::backend::BackendActor`] needs to run one backend.
+#[derive(Clone, Debug)]
+pub struct BackendSpec {
+    /// Unique key of the endpoint (two endpoints may share a URL).
+    pub name: String,
+    /// Base URL; request paths are appended to its path.
+    pub url: Uri,
+    pub kind: BackendKind,
+    /// Higher is preferred; requests go to the highest routable tier first.
+    pub priority: i64,
+    /// Relative share inside a priority tier (default 1).
+    pub weight: u32,
+    /// Health path (relative to `url`) or absolute URL; `None` = the profile's default.
+    pub health_check_url: Option<String>,
+    /// Model-list path or absolute URL; `None` = the profile's default.
+    pub model_url: Option<String>,
+    pub check_interval: Duration,
+    pub check_timeout: Duration,
+    pub health: HealthSettings,
+    pub breaker: BreakerSettings,
+    pub limits: ConcurrencyLimits,
+    pub timeouts: UpstreamTimeouts,
+    /// Headers added to every upstream request and probe: the endpoint's `headers`, then its `auth`.
+    pub outbound_headers: Vec<(HeaderName, HeaderValue)>,
+    pub model_filter: ModelFilter,
+    pub discovery: DiscoverySettings,
+    /// Speak HTTP/2 with prior knowledge (h2c) to this backend.
+    pub h2c: bool,
+}
+
+/// Active health-check hysteresis and backoff.
+#[derive(Clone, Debug)]
+pub struct HealthSettings {
+    /// Consecutive failed probes that take a healthy backend down (K).
+    pub fall: u32,
+    /// Consecutive good probes that bring a down backend back (M).
+    pub rise: u32,
+    /// Cap of the exponential probe backoff while down.
+    pub max_backoff: Duration,
+    /// A 2xx probe slower than this marks the backend busy (reduced share of traffic).
+    pub busy_threshold: Duration,
+    /// Wait used for a 429 without a usable `Retry-After`.
+    pub default_retry_after: Duration,
+}
+
+impl Default for HealthSettings {
+    fn default() -> Self {
+        Self {
+            fall: 2,
+            rise: 2,
+            max_backoff: Duration::from_secs(60),
+            busy_threshold: Duration::from_secs(10),
+            default_retry_after: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Passive circuit breaker fed by live traffic.
+#[derive(Clone, Debug)]
+pub struct BreakerSettings {
+    pub enabled: bool,
+    /// Backend faults (connection errors, timeouts, 5xx) within `window` that open the breaker.
+    pub failure_threshold: u32,
+    pub window: Duration,
+    /// How long the breaker stays open before admitting trial requests.
+    pub open_for: Duration,
+    /// Cap of `open_for` after repeated re-opening (it doubles each time).
+    pub max_open_for: Duration,
+    /// Trial requests admitted at once while half-open.
+    pub half_open_max_requests: u32,
+}
+
+impl Default for BreakerSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            failure_threshold: 5,
+            window: Duration::from_secs(30),
+            open_for: Duration::from_secs(10),
+            max_open_for: Duration::from_secs(300),
+            half_open_max_requests: 1,
+        }
+    }
+}
+
+/// Per-backend concurrency cap and wait queue. `max_concurrency == 0` means unlimited.
+#[derive(Clone, Debug)]
+pub struct ConcurrencyLimits {
+    pub max_concurrency: usize,
+    pub queue_size: usize,
+    pub queue_timeout: Duration,
+}
+
+impl Default for ConcurrencyLimits {
+    fn default() -> Self {
+        Self {
+            max_concurrency: 0,
+            queue_size: 0,
+            queue_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// The three separate upstream timeouts, plus an optional total cap (off by default).
+#[derive(Clone, Debug)]
+pub struct UpstreamTimeouts {
+    pub connect: Duration,
+    /// Request sent to response headers received.
+    pub first_byte: Duration,
+    /// Longest gap between two body chunks.
+    pub idle: Duration,
+    /// Whole-request cap; `None` = none (long generations are never cut).
+    pub total: Option<Duration>,
+    /// How long an idle pooled connection is kept.
+    pub pool_idle: Duration,
+}
+
+impl Default for UpstreamTimeouts {
+    fn default() -> Self {
+        Self {
+            connect: Duration::from_secs(10),
+            first_byte: Duration::from_secs(300),
+            idle: Duration::from_secs(600),
+            total: None,
+            pool_idle: Duration::from_secs(90),
+        }
+    }
+}
+
+/// Include/exclude glob patterns (`*` and `?`) applied to discovered model names.
+#[derive(Clone, Debug, Default)]
+pub struct ModelFilter {
+    pub include: Vec<String>,
+    pub exclude: Vec<String>,
+}
+
+impl ModelFilter {
+    /// Whether a model name passes: it matches an include pattern (or there are none) and no
+    /// exclude pattern. Matching is case-insensitive.
+    pub fn allows(&self, name: &str) -> bool {
+        let included = self.include.is_empty() || self.include.iter().any(|p| glob_match(p, name));
+        included && !self.exclude.iter().any(|p| glob_match(p, name))
+    }
+}
+
+/// Case-insensitive glob match supporting `*` (any run) and `?` (one char).
+pub fn glob_match(pattern: &str, text: &str) -> bool {
+    let p: Vec<char> = pattern.to_lowercase().chars().collect();
+    let t: Vec<char> = text.to_lowercase().chars().collect();
+    let (mut pi, mut ti) = (0, 0);
+    let (mut star, mut mark) = (None, 0);
+    while ti < t.len() {
+        if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
+            pi += 1;
+            ti += 1;
+        } else if pi < p.len() && p[pi] == '*' {
+            star = Some(pi);
+            mark = ti;
+            pi += 1;
+        } else if let Some(s) = star {
+            pi = s + 1;
+            mark += 1;
+            ti = mark;
+        } else {
+            return false;
+        }
+    }
+    while pi < p.len() && p[pi] == '*' {
+        pi += 1;
+    }
+    pi == p.len()
+}
+
+/// Model discovery schedule for one backend.
+#[derive(Clone, Debug)]
+pub struct DiscoverySettings {
+    pub enabled: bool,
+    pub interval: Duration,
+    pub timeout: Duration,
+}
+
+impl Default for DiscoverySettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            interval: Duration::from_secs(300),
+            timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+impl BackendSpec {
+    /// A spec with defaults for everything but name, URL and kind (tests, demo).
+    pub fn new(name: impl Into<String>, url: Uri, kind: BackendKind) -> Self {
+        Self {
+            name: name.into(),
+            url,
+            kind,
+            priority: 100,
+            weight: 1,
+            health_check_url: None,
+            model_url: None,
+            check_interval: Duration::from_secs(5),
+            check_timeout: Duration::from_secs(2),
+            health: HealthSettings::default(),
+            breaker: BreakerSettings::default(),
+            limits: ConcurrencyLimits::default(),
+            timeouts: UpstreamTimeouts::default(),
+            outbound_headers: Vec::new(),
+            model_filter: ModelFilter::default(),
+            discovery: DiscoverySettings::default(),
+            h2c: false,
+        }
+    }
+
+    /// The URL for a request path: the base URL's path joined with `path_and_query`.
+    pub fn join(&self, path_and_query: &str) -> Result<Uri, http::Error> {
+        join_uri(&self.url, path_and_query)
+    }
+
+    /// The health-check URL (absolute `health_check_url`, or the path joined to `url`).
+    pub fn health_uri(&self, kind: BackendKind) -> Result<Uri, http::Error> {
+        self.resolve(self.health_check_url.as_deref(), kind.profile().health_path)
+    }
+
+    /// The model-list URL (absolute `model_url`, or the path joined to `url`).
+    pub fn models_uri(&self, kind: BackendKind) -> Result<Uri, http::Error> {
+        self.resolve(self.model_url.as_deref(), kind.profile().models_path)
+    }
+
+    fn resolve(&self, configured: Option<&str>, default: &str) -> Result<Uri, http::Error> {
+        match configured {
+            Some(u) if u.starts_with("http://") || u.starts_with("https://") => {
+                Ok(u.parse::<Uri>()?)
+            }
+            Some(p) => self.join(p),
+            None => self.join(default),
+        }
+    }
+}
+
+/// Joins a base URI's path with a path-and-query, avoiding a doubled slash.
+pub fn join_uri(base: &Uri, path_and_query: &str) -> Result<Uri, http::Error> {
+    let base_path = base.path().trim_end_matches('/');
+    let suffix = if path_and_query.starts_with('/') {
+        path_and_query.to_string()
+    } else {
+        format!("/{path_and_query}")
+    };
+    let mut parts = base.clone().into_parts();
+    parts.path_and_query = Some(format!("{base_path}{suffix}").parse()?);
+    Ok(Uri::from_parts(parts)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn glob_matches() {
+        assert!(glob_match("llama*", "Llama3.1:8b"));
+        assert!(glob_match("*embed*", "nomic-embed-text"));
+        assert!(glob_match("qwen?", "qwen3"));
+        assert!(!glob_match("qwen?", "qwen35"));
+        assert!(glob_match("*", ""));
+        assert!(!glob_match("a*b", "acd"));
+    }
+
+    #[test]
+    fn filter_include_then_exclude() {
+        let f = ModelFilter {
+            include: vec!["llama*".into()],
+            exclude: vec!["*70b*".into()],
+        };
+        assert!(f.allows("llama3:8b"));
+        assert!(!f.allows("llama3:70b"));
+        assert!(!f.allows("qwen"));
+        assert!(ModelFilter::default().allows("anything"));
+    }
+
+    #[test]
+    fn joins_paths() {
+        let base: Uri = "http://h:1/".parse().unwrap();
+        assert_eq!(join_uri(&base, "/v1/models").unwrap(), "http://h:1/v1/models");
+        let base: Uri = "https://h/api/".parse().unwrap();
+        assert_eq!(join_uri(&base, "/v1/x?a=1").unwrap(), "https://h/api/v1/x?a=1");
+        let spec = BackendSpec::new("a", "http://h:1".parse().unwrap(), BackendKind::Ollama);
+        assert_eq!(spec.health_uri(BackendKind::Ollama).unwrap(), "http://h:1/");
+        let mut spec = spec;
+        spec.health_check_url = Some("http://other:2/health".into());
+        assert_eq!(spec.health_uri(BackendKind::Ollama).unwrap(), "http://other:2/health");
+    }
+}
