@@ -1,0 +1,68 @@
+//! Provider prefixes `/olla/<provider>/...`: each forwards the rest of the path to backends of
+//! its type only (`openai` reaches every OpenAI-compatible type), serves its native model list
+//! and `v1/models` from the catalog, and aggregates `/olla/ollama/api/tags` over every Ollama
+//! backend. A prefix with no backend of its type answers 404 `No <type> endpoints available`.
+
+use std::sync::Arc;
+
+use http::{HeaderMap, Method, Request, Response};
+use hyper::body::Incoming;
+use olla_actors::kind::BackendKind;
+
+use crate::api::models;
+use crate::app::App;
+use crate::error::ProxyError;
+use crate::http_util::Body;
+use crate::proxy::headers::ClientInfo;
+use crate::proxy::select::KindFilter;
+use crate::proxy::{self, Forward};
+
+/// The backend filter for a route prefix.
+pub fn filter_for(prefix: &str) -> Option<KindFilter> {
+    match prefix {
+        "openai" | "openai-compatible" => Some(KindFilter::OpenAiCompatible),
+        "proxy" | "models" | "anthropic" => None,
+        p => BackendKind::from_prefix(p).map(KindFilter::Only),
+    }
+}
+
+fn has_backends(app: &App, filter: KindFilter) -> bool {
+    app.tree.published.table().backends.iter().any(|b| filter.allows(b.kind()))
+}
+
+pub async fn handle(
+    app: &Arc<App>,
+    req: Request<Incoming>,
+    client: ClientInfo,
+    filter: KindFilter,
+    tail: &str,
+    query: &str,
+    ctx: &mut HeaderMap,
+) -> Result<Response<Body>, ProxyError> {
+    if !has_backends(app, filter) {
+        let name = filter.provider_name().unwrap_or("matching");
+        return Err(ProxyError::NoProviderEndpoints(name.to_string()));
+    }
+    let is_get = req.method() == Method::GET;
+    match (filter, tail) {
+        (KindFilter::Only(BackendKind::Ollama), "/api/tags") if is_get => return Ok(models::ollama_tags(app)),
+        (KindFilter::Only(BackendKind::Ollama), "/api/show" | "/api/list")
+            if req.method() == Method::POST && tail == "/api/show" =>
+        {
+            return Err(ProxyError::NotImplemented("model show not supported in multi-instance proxy".into()))
+        }
+        (KindFilter::Only(BackendKind::Ollama), "/api/pull" | "/api/push" | "/api/create" | "/api/copy" | "/api/delete") => {
+            return Err(ProxyError::NotImplemented("model management operations not supported by proxy".into()))
+        }
+        (KindFilter::Only(BackendKind::LmStudio), "/api/v0/models" | "/api/v1/models") if is_get => {
+            return Ok(models::lmstudio_list(app))
+        }
+        (_, "/v1/models") if is_get => return Ok(models::openai_list(app, filter)),
+        _ => {}
+    }
+    let fwd = Forward {
+        filter,
+        upstream_path: format!("{tail}{query}"),
+    };
+    proxy::forward(app, req, client, fwd, ctx).await
+}

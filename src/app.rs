@@ -1,0 +1,41 @@
+//! The daemon's shared state: resolved server settings, the supervision tree (with its published
+//! snapshots) and process-wide counters. One `Arc<App>` is shared by every connection task.
+
+use std::sync::atomic::{AtomicI64, AtomicU64};
+use std::time::SystemTime;
+
+use olla_actors::Tree;
+
+use crate::config::ServerSettings;
+
+/// Process-wide request counters (status endpoints).
+#[derive(Default, Debug)]
+pub struct GlobalStats {
+    pub requests: AtomicU64,
+    pub failures: AtomicU64,
+    pub active: AtomicI64,
+    pub size_violations: AtomicU64,
+}
+
+pub struct App {
+    pub settings: ServerSettings,
+    pub tree: Tree,
+    pub started_at: SystemTime,
+    pub started: std::time::Instant,
+    pub stats: GlobalStats,
+    /// `proxy.load_balancer` as configured (status output).
+    pub balancer: String,
+}
+
+impl App {
+    pub fn new(settings: ServerSettings, tree: Tree, balancer: String) -> Self {
+        Self {
+            settings,
+            tree,
+            started_at: SystemTime::now(),
+            started: std::time::Instant::now(),
+            stats: GlobalStats::default(),
+            balancer,
+        }
+    }
+}

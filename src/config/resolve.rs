@@ -1,0 +1,499 @@
+//! Semantic validation and resolution: turns a parsed [`Config`] into the daemon's runtime
+//! settings and the actors' [`BackendSpec`]s, collecting every problem (duplicate endpoint names,
+//! bad URLs, unknown types, impossible values, unreadable secret files) with its path.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{HeaderName, HeaderValue, Uri};
+use olla_actors::balance::Strategy;
+use olla_actors::kind::{BackendKind, ALL_KINDS};
+use olla_actors::published::{Fallback, ModelRouting, RoutingPolicy};
+use olla_actors::spec::{
+    BackendSpec, BreakerSettings, ConcurrencyLimits, DiscoverySettings, HealthSettings, ModelFilter,
+    UpstreamTimeouts,
+};
+use olla_actors::supervisor::SupervisionSettings;
+use olla_actors::TreeConfig;
+
+use super::load::nearest;
+use super::schema::{AuthConfig, BreakerConfig, Config, EndpointConfig, HealthConfig, TimeoutsConfig};
+
+/// Server-side settings the HTTP layer needs.
+#[derive(Clone, Debug)]
+pub struct ServerSettings {
+    pub host: String,
+    pub port: u16,
+    pub read_header_timeout: Duration,
+    pub shutdown_timeout: Duration,
+    pub max_body_size: u64,
+    pub max_header_size: u64,
+    pub request_logging: bool,
+    pub proxy_engine: String,
+    pub proxy_profile: String,
+}
+
+/// Everything the daemon runs with.
+#[derive(Clone, Debug)]
+pub struct Runtime {
+    pub server: ServerSettings,
+    pub tree: TreeConfig,
+}
+
+const DEFAULT_CONNECT: Duration = Duration::from_secs(5);
+const DEFAULT_FIRST_BYTE: Duration = Duration::from_secs(120);
+const DEFAULT_IDLE: Duration = Duration::from_secs(120);
+
+/// Validates and resolves a config. `Err` lists every problem found.
+pub fn resolve(config: &Config) -> Result<Runtime, Vec<String>> {
+    let mut errors = Vec::new();
+    let s = &config.server;
+    if s.host.trim().is_empty() {
+        errors.push("server.host: must not be empty".to_string());
+    }
+    if s.request_limits.max_body_size == 0 {
+        errors.push("server.request_limits.max_body_size: must be greater than 0".to_string());
+    }
+    if s.request_limits.max_header_size < 1024 {
+        errors.push("server.request_limits.max_header_size: must be at least 1024 bytes".to_string());
+    }
+    let p = &config.proxy;
+    let strategy = Strategy::parse(&p.load_balancer).unwrap_or_else(|| {
+        errors.push(format!(
+            "proxy.load_balancer: unknown balancer {:?}{} (valid: priority, round-robin, least-connections)",
+            p.load_balancer,
+            suggest(&p.load_balancer, &["priority", "round-robin", "least-connections"])
+        ));
+        Strategy::Priority
+    });
+    if !["olla", "sherpa"].contains(&p.engine.as_str()) {
+        errors.push(format!("proxy.engine: unknown engine {:?} (valid: olla, sherpa)", p.engine));
+    }
+    if !["auto", "streaming", "standard"].contains(&p.profile.as_str()) {
+        errors.push(format!(
+            "proxy.profile: unknown profile {:?} (valid: auto, streaming, standard)",
+            p.profile
+        ));
+    }
+    for code in &p.retry.on_status_codes {
+        if !(100..=599).contains(code) {
+            errors.push(format!("proxy.retry.on_status_codes: {code} is not an HTTP status"));
+        }
+    }
+    let rs = &config.model_registry.routing_strategy;
+    let model_routing = match rs.kind.as_str() {
+        "strict" => ModelRouting::Strict,
+        "optimistic" => ModelRouting::Optimistic,
+        "discovery" => ModelRouting::Discovery,
+        other => {
+            errors.push(format!(
+                "model_registry.routing_strategy.type: unknown strategy {other:?}{} (valid: strict, optimistic, discovery)",
+                suggest(other, &["strict", "optimistic", "discovery"])
+            ));
+            ModelRouting::Strict
+        }
+    };
+    let fallback = match rs.options.fallback_behavior.as_str() {
+        "compatible_only" => Fallback::CompatibleOnly,
+        "all" => Fallback::All,
+        "none" => Fallback::None,
+        other => {
+            errors.push(format!(
+                "model_registry.routing_strategy.options.fallback_behavior: unknown value {other:?} (valid: compatible_only, all, none)"
+            ));
+            Fallback::CompatibleOnly
+        }
+    };
+    if !["json", "text"].contains(&config.logging.format.as_str()) {
+        errors.push(format!(
+            "logging.format: unknown format {:?} (valid: json, text)",
+            config.logging.format
+        ));
+    }
+    if tracing_subscriber::EnvFilter::try_new(&config.logging.level).is_err() {
+        errors.push(format!("logging.level: invalid level {:?}", config.logging.level));
+    }
+    for (alias, names) in &config.model_aliases {
+        if names.is_empty() {
+            errors.push(format!("model_aliases.{alias}: must list at least one model name"));
+        }
+    }
+
+    let mut names = HashSet::new();
+    let mut specs = Vec::new();
+    for (i, ep) in config.discovery.static_.endpoints.iter().enumerate() {
+        let at = if ep.name.is_empty() {
+            format!("discovery.static.endpoints[{i}]")
+        } else {
+            format!("discovery.static.endpoints[{i}] ({})", ep.name)
+        };
+        if ep.name.trim().is_empty() {
+            errors.push(format!("{at}.name: required"));
+        } else if !names.insert(ep.name.clone()) {
+            errors.push(format!("{at}.name: duplicate endpoint name {:?} (names must be unique)", ep.name));
+        }
+        match endpoint_spec(config, ep, &at) {
+            Ok(spec) => specs.push(Arc::new(spec)),
+            Err(mut e) => errors.append(&mut e),
+        }
+    }
+
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    let model_aliases: HashMap<String, Vec<String>> = config
+        .model_aliases
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let sup = &config.supervision;
+    Ok(Runtime {
+        server: ServerSettings {
+            host: s.host.clone(),
+            port: s.port,
+            read_header_timeout: nonzero(s.read_header_timeout.0, Duration::from_secs(10)),
+            shutdown_timeout: s.shutdown_timeout.0,
+            max_body_size: s.request_limits.max_body_size,
+            max_header_size: s.request_limits.max_header_size,
+            request_logging: s.request_logging,
+            proxy_engine: p.engine.clone(),
+            proxy_profile: p.profile.clone(),
+        },
+        tree: TreeConfig {
+            specs,
+            policy: RoutingPolicy {
+                strategy,
+                retry_on_status: if p.retry.enabled {
+                    p.retry.on_status_codes.clone()
+                } else {
+                    Vec::new()
+                },
+                model_routing: if rs.options.discovery_refresh_on_miss && model_routing == ModelRouting::Strict {
+                    ModelRouting::Discovery
+                } else {
+                    model_routing
+                },
+                fallback,
+                discovery_timeout: rs.options.discovery_timeout.0,
+            },
+            model_aliases,
+            stale_threshold: config.model_registry.unification.stale_threshold.0,
+            supervision: SupervisionSettings {
+                backend_max_restarts: sup.backend_max_restarts,
+                backend_window: sup.backend_restart_window.0,
+                root_max_restarts: sup.root_max_restarts,
+                root_window: sup.root_restart_window.0,
+            },
+        },
+    })
+}
+
+fn nonzero(d: Duration, fallback: Duration) -> Duration {
+    if d.is_zero() {
+        fallback
+    } else {
+        d
+    }
+}
+
+fn suggest(word: &str, options: &[&str]) -> String {
+    nearest(word, options)
+        .map(|n| format!("; did you mean {n:?}?"))
+        .unwrap_or_default()
+}
+
+/// Parses and checks a backend URL: http(s), with a host, no credentials.
+pub fn parse_backend_url(raw: &str) -> Result<Uri, String> {
+    let uri: Uri = raw
+        .trim()
+        .parse()
+        .map_err(|e| format!("invalid URL {raw:?}: {e}"))?;
+    match uri.scheme_str() {
+        Some("http") | Some("https") => {}
+        Some(other) => return Err(format!("invalid URL {raw:?}: scheme {other:?} is not http or https")),
+        None => return Err(format!("invalid URL {raw:?}: missing http:// or https://")),
+    }
+    let Some(authority) = uri.authority() else {
+        return Err(format!("invalid URL {raw:?}: missing host"));
+    };
+    if authority.as_str().contains('@') {
+        return Err(format!(
+            "invalid URL {raw:?}: credentials in the URL are not allowed; use the endpoint's `auth` block"
+        ));
+    }
+    if authority.host().is_empty() {
+        return Err(format!("invalid URL {raw:?}: missing host"));
+    }
+    Ok(uri)
+}
+
+fn endpoint_spec(config: &Config, ep: &EndpointConfig, at: &str) -> Result<BackendSpec, Vec<String>> {
+    let mut errors = Vec::new();
+    let url = match parse_backend_url(&ep.url) {
+        Ok(u) => Some(u),
+        Err(e) => {
+            errors.push(format!("{at}.url: {e}"));
+            None
+        }
+    };
+    let kind = if ep.kind.trim().is_empty() {
+        errors.push(format!("{at}.type: required (e.g. ollama, lm-studio, llamacpp, vllm, openai-compatible, auto)"));
+        None
+    } else {
+        match BackendKind::parse(&ep.kind) {
+            Some(k) => Some(k),
+            None => {
+                let names: Vec<&str> = ALL_KINDS.iter().map(|k| k.as_str()).collect();
+                errors.push(format!(
+                    "{at}.type: unknown backend type {:?}{} (valid: {})",
+                    ep.kind,
+                    suggest(&ep.kind, &names),
+                    names.join(", ")
+                ));
+                None
+            }
+        }
+    };
+    for (field, v) in [("health_check_url", &ep.health_check_url), ("model_url", &ep.model_url)] {
+        if let Some(v) = v {
+            if v.starts_with("http://") || v.starts_with("https://") {
+                if let Err(e) = parse_backend_url(v) {
+                    errors.push(format!("{at}.{field}: {e}"));
+                }
+            } else if v.parse::<http::uri::PathAndQuery>().is_err() {
+                errors.push(format!("{at}.{field}: invalid path {v:?}"));
+            }
+        }
+    }
+    if ep.check_interval.0 < Duration::from_millis(100) {
+        errors.push(format!("{at}.check_interval: must be at least 100ms"));
+    }
+    if ep.check_timeout.0.is_zero() {
+        errors.push(format!("{at}.check_timeout: must be greater than 0"));
+    }
+    if ep.weight == 0 {
+        errors.push(format!("{at}.weight: must be at least 1"));
+    }
+    let mut outbound_headers = Vec::new();
+    for (k, v) in &ep.headers {
+        match (HeaderName::try_from(k.as_str()), HeaderValue::try_from(v.as_str())) {
+            (Ok(n), Ok(val)) => outbound_headers.push((n, val)),
+            _ => errors.push(format!("{at}.headers.{k}: invalid header name or value")),
+        }
+    }
+    if let Some(auth) = &ep.auth {
+        match auth_header(auth) {
+            Ok(h) => outbound_headers.push(h),
+            Err(e) => errors.push(format!("{at}.auth: {e}")),
+        }
+    }
+    let p = &config.proxy;
+    let timeouts = timeouts(&p.timeouts, &ep.timeouts, p);
+    if timeouts.first_byte.is_zero() || timeouts.idle.is_zero() || timeouts.connect.is_zero() {
+        errors.push(format!("{at}.timeouts: connect, first_byte and idle must be greater than 0"));
+    }
+    let breaker = breaker(&p.circuit_breaker, &ep.circuit_breaker);
+    let health = health(&p.health, &ep.health);
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    let (Some(url), Some(kind)) = (url, kind) else {
+        return Err(vec![format!("{at}: invalid")]);
+    };
+    let md = &config.discovery.model_discovery;
+    Ok(BackendSpec {
+        name: ep.name.clone(),
+        url,
+        kind,
+        priority: ep.priority,
+        weight: ep.weight,
+        health_check_url: ep.health_check_url.clone(),
+        model_url: ep.model_url.clone(),
+        check_interval: ep.check_interval.0,
+        check_timeout: ep.check_timeout.0,
+        health,
+        breaker,
+        limits: ConcurrencyLimits {
+            max_concurrency: ep.max_concurrency.or(p.max_concurrency).unwrap_or(0),
+            queue_size: ep.queue_size.or(p.queue_size).unwrap_or(0),
+            queue_timeout: ep
+                .queue_timeout
+                .or(p.queue_timeout)
+                .map(|d| d.0)
+                .unwrap_or(Duration::from_secs(30)),
+        },
+        timeouts,
+        outbound_headers,
+        model_filter: ModelFilter {
+            include: ep.model_filter.include.clone(),
+            exclude: ep.model_filter.exclude.clone(),
+        },
+        discovery: DiscoverySettings {
+            enabled: md.enabled,
+            interval: nonzero(md.interval.0, Duration::from_secs(300)),
+            timeout: nonzero(md.timeout.0, Duration::from_secs(30)),
+        },
+        h2c: ep.h2c,
+    })
+}
+
+fn timeouts(global: &TimeoutsConfig, ep: &TimeoutsConfig, p: &super::schema::ProxyConfig) -> UpstreamTimeouts {
+    let pick = |e: Option<super::duration::Dur>, g: Option<super::duration::Dur>, olla: Option<super::duration::Dur>, d: Duration| {
+        e.or(g).or(olla).map(|x| x.0).unwrap_or(d)
+    };
+    UpstreamTimeouts {
+        connect: pick(ep.connect, global.connect, p.connection_timeout, DEFAULT_CONNECT),
+        first_byte: pick(ep.first_byte, global.first_byte, p.response_header_timeout, DEFAULT_FIRST_BYTE),
+        idle: pick(ep.idle, global.idle, p.read_timeout, DEFAULT_IDLE),
+        total: ep
+            .total
+            .or(global.total)
+            .or(p.response_timeout)
+            .map(|d| d.0)
+            .filter(|d| !d.is_zero()),
+        pool_idle: nonzero(p.connection_keep_alive.0, Duration::from_secs(90)).max(Duration::from_secs(5)),
+    }
+}
+
+fn breaker(global: &BreakerConfig, ep: &BreakerConfig) -> BreakerSettings {
+    let d = BreakerSettings::default();
+    BreakerSettings {
+        enabled: ep.enabled.or(global.enabled).unwrap_or(d.enabled),
+        failure_threshold: ep.failure_threshold.or(global.failure_threshold).unwrap_or(d.failure_threshold),
+        window: ep.window.or(global.window).map(|x| x.0).unwrap_or(d.window),
+        open_for: ep.open_for.or(global.open_for).map(|x| x.0).unwrap_or(d.open_for),
+        max_open_for: ep.max_open_for.or(global.max_open_for).map(|x| x.0).unwrap_or(d.max_open_for),
+        half_open_max_requests: ep
+            .half_open_max_requests
+            .or(global.half_open_max_requests)
+            .unwrap_or(d.half_open_max_requests)
+            .max(1),
+    }
+}
+
+fn health(global: &HealthConfig, ep: &HealthConfig) -> HealthSettings {
+    let d = HealthSettings::default();
+    HealthSettings {
+        fall: ep.unhealthy_threshold.or(global.unhealthy_threshold).unwrap_or(d.fall).max(1),
+        rise: ep.healthy_threshold.or(global.healthy_threshold).unwrap_or(d.rise).max(1),
+        max_backoff: ep.max_backoff.or(global.max_backoff).map(|x| x.0).unwrap_or(d.max_backoff),
+        ..d
+    }
+}
+
+fn secret(value: &Option<String>, file: &Option<String>, what: &str) -> Result<String, String> {
+    match (value, file) {
+        (Some(v), _) if !v.is_empty() => Ok(v.clone()),
+        (_, Some(f)) => std::fs::read_to_string(f)
+            .map(|s| s.trim().to_string())
+            .map_err(|e| format!("cannot read {what}_file {f:?}: {e}")),
+        _ => Err(format!("`{what}` or `{what}_file` is required")),
+    }
+}
+
+/// The header an `auth` block adds to upstream requests and probes (marked sensitive).
+fn auth_header(auth: &AuthConfig) -> Result<(HeaderName, HeaderValue), String> {
+    let (name, value) = match auth.kind.as_str() {
+        "bearer" => {
+            let token = secret(&auth.token, &auth.token_file, "token")?;
+            (http::header::AUTHORIZATION, format!("Bearer {token}"))
+        }
+        "api_key" => {
+            let key = secret(&auth.key, &auth.key_file, "key")?;
+            let header = auth.header.clone().unwrap_or_else(|| "X-Api-Key".into());
+            let name = HeaderName::try_from(header.as_str()).map_err(|_| format!("invalid header name {header:?}"))?;
+            (name, key)
+        }
+        "basic" => {
+            let user = auth.username.clone().ok_or("`username` is required")?;
+            let pass = secret(&auth.password, &auth.password_file, "password")?;
+            (http::header::AUTHORIZATION, format!("Basic {}", base64(format!("{user}:{pass}").as_bytes())))
+        }
+        other => {
+            return Err(format!(
+                "unknown auth type {other:?}{} (valid: bearer, api_key, basic)",
+                suggest(other, &["bearer", "api_key", "basic"])
+            ))
+        }
+    };
+    let mut value = HeaderValue::try_from(value).map_err(|_| "secret contains characters not allowed in a header".to_string())?;
+    value.set_sensitive(true);
+    Ok((name, value))
+}
+
+fn base64(input: &[u8]) -> String {
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(input.len().div_ceil(3) * 4);
+    for chunk in input.chunks(3) {
+        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        out.push(T[(n >> 18) as usize & 63] as char);
+        out.push(T[(n >> 12) as usize & 63] as char);
+        out.push(if chunk.len() > 1 { T[(n >> 6) as usize & 63] as char } else { '=' });
+        out.push(if chunk.len() > 2 { T[n as usize & 63] as char } else { '=' });
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::load::parse;
+
+    fn resolve_text(yaml: &str) -> Result<Runtime, Vec<String>> {
+        resolve(&parse(yaml, &|_| None).expect("parses"))
+    }
+
+    const TWO: &str = "discovery:\n  static:\n    endpoints:\n";
+
+    #[test]
+    fn duplicate_names_bad_urls_and_types_are_all_reported() {
+        let yaml = format!(
+            "{TWO}      - {{name: a, url: 'http://h:1', type: ollama}}\n      - {{name: a, url: 'ftp://h', type: olama}}\n      - {{name: c, url: 'localhost:1', type: vllm}}\n"
+        );
+        let errs = resolve_text(&yaml).unwrap_err();
+        let all = errs.join("\n");
+        assert!(all.contains("duplicate endpoint name \"a\""), "{all}");
+        assert!(all.contains("scheme \"ftp\""), "{all}");
+        assert!(all.contains("did you mean \"ollama\""), "{all}");
+        assert!(all.contains("endpoints[2] (c).url"), "{all}");
+    }
+
+    #[test]
+    fn credentials_in_url_are_rejected() {
+        let yaml = format!("{TWO}      - {{name: a, url: 'http://u:p@h:1', type: ollama}}\n");
+        assert!(resolve_text(&yaml).unwrap_err().join("").contains("credentials"));
+    }
+
+    #[test]
+    fn resolves_defaults_timeouts_and_auth() {
+        let yaml = format!(
+            "proxy:\n  load_balancer: priority\n  response_header_timeout: 7s\n  timeouts: {{idle: 3s}}\n{TWO}      - name: a\n        url: http://h:1/base\n        type: openai\n        priority: 50\n        auth: {{type: basic, username: u, password: p}}\n        headers: {{X-Tenant: acme}}\n"
+        );
+        let rt = resolve_text(&yaml).unwrap();
+        let spec = &rt.tree.specs[0];
+        assert_eq!(spec.kind, BackendKind::OpenAiCompatible);
+        assert_eq!(spec.priority, 50);
+        assert_eq!(spec.timeouts.first_byte, Duration::from_secs(7));
+        assert_eq!(spec.timeouts.idle, Duration::from_secs(3));
+        assert_eq!(spec.timeouts.total, None);
+        assert_eq!(spec.outbound_headers.len(), 2);
+        assert_eq!(spec.outbound_headers[1].1, "Basic dTpw");
+        assert_eq!(rt.tree.policy.strategy, Strategy::Priority);
+        assert_eq!(rt.tree.policy.retry_on_status, vec![502, 503, 504, 429]);
+    }
+
+    #[test]
+    fn missing_secret_file_is_reported() {
+        let yaml = format!("{TWO}      - {{name: a, url: 'http://h', type: vllm, auth: {{type: bearer, token_file: /nonexistent/x}}}}\n");
+        assert!(resolve_text(&yaml).unwrap_err().join("").contains("cannot read token_file"));
+    }
+
+    #[test]
+    fn base64_encodes() {
+        assert_eq!(base64(b"u:p"), "dTpw");
+        assert_eq!(base64(b"ab"), "YWI=");
+        assert_eq!(base64(b"a"), "YQ==");
+    }
+}

@@ -1,0 +1,555 @@
+//! The config file schema: Olla's YAML keys, accepted as they are, with our additions beside
+//! them (split timeouts, retry-on-status, breaker, health hysteresis, concurrency limits and
+//! queues, weights, supervision budgets). Every struct denies unknown keys; defaults follow Olla.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::duration::Dur;
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub proxy: ProxyConfig,
+    pub discovery: DiscoveryConfig,
+    pub model_registry: ModelRegistryConfig,
+    pub model_aliases: BTreeMap<String, Vec<String>>,
+    pub translators: TranslatorsConfig,
+    pub dashboard: DashboardConfig,
+    pub logging: LoggingConfig,
+    /// Ours: restart budgets of the supervision tree.
+    pub supervision: SupervisionConfig,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    pub host: String,
+    pub port: u16,
+    pub read_timeout: Dur,
+    pub read_header_timeout: Dur,
+    pub write_timeout: Dur,
+    pub idle_timeout: Dur,
+    pub shutdown_timeout: Dur,
+    pub request_logging: bool,
+    pub request_limits: RequestLimits,
+    pub rate_limits: RateLimits,
+    pub cors: CorsConfig,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            host: "localhost".into(),
+            port: 40114,
+            read_timeout: Dur::secs(30),
+            read_header_timeout: Dur::secs(10),
+            write_timeout: Dur::secs(0),
+            idle_timeout: Dur::secs(0),
+            shutdown_timeout: Dur::secs(10),
+            request_logging: true,
+            request_limits: RequestLimits::default(),
+            rate_limits: RateLimits::default(),
+            cors: CorsConfig::default(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RequestLimits {
+    pub max_body_size: u64,
+    pub max_header_size: u64,
+}
+
+impl Default for RequestLimits {
+    fn default() -> Self {
+        Self {
+            max_body_size: 100 << 20,
+            max_header_size: 1 << 20,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateLimits {
+    pub global_requests_per_minute: i64,
+    pub per_ip_requests_per_minute: i64,
+    pub health_requests_per_minute: i64,
+    pub burst_size: i64,
+    pub cleanup_interval: Dur,
+    pub trust_proxy_headers: bool,
+    pub trusted_proxy_cidrs: Vec<String>,
+}
+
+impl Default for RateLimits {
+    fn default() -> Self {
+        Self {
+            global_requests_per_minute: 0,
+            per_ip_requests_per_minute: 0,
+            health_requests_per_minute: 0,
+            burst_size: 50,
+            cleanup_interval: Dur::secs(300),
+            trust_proxy_headers: false,
+            trusted_proxy_cidrs: Vec::new(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CorsConfig {
+    pub enabled: bool,
+    pub allowed_origins: Vec<String>,
+    pub allowed_methods: Vec<String>,
+    pub allowed_headers: Vec<String>,
+    pub exposed_headers: Vec<String>,
+    pub allow_credentials: bool,
+    pub max_age: i64,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProxyConfig {
+    /// `olla` | `sherpa`: one engine here; accepted for compatibility.
+    pub engine: String,
+    /// `auto` | `streaming` | `standard`: we always stream; accepted for compatibility.
+    pub profile: String,
+    /// `priority` | `round-robin` | `least-connections` (inside priority tiers, always).
+    pub load_balancer: String,
+    /// Olla's dial timeout; used as the connect timeout unless `timeouts.connect` is set.
+    pub connection_timeout: Option<Dur>,
+    pub connection_keep_alive: Dur,
+    /// Olla's `response_timeout`: here a real whole-request cap when set (off by default).
+    pub response_timeout: Option<Dur>,
+    /// Olla's `read_timeout`: the idle gap between body chunks unless `timeouts.idle` is set.
+    pub read_timeout: Option<Dur>,
+    /// Olla's `response_header_timeout`: time to first byte unless `timeouts.first_byte` is set.
+    pub response_header_timeout: Option<Dur>,
+    pub tls_handshake_timeout: Dur,
+    pub stream_buffer_size: Option<u64>,
+    /// Deprecated in Olla, accepted and ignored.
+    pub max_retries: Option<u32>,
+    pub retry_backoff: Option<Dur>,
+    /// Ours (Olla ignores this block): statuses that fail over before the first byte.
+    pub retry: RetryConfig,
+    pub profile_filter: IncludeExclude,
+    pub sticky_sessions: StickyConfig,
+    /// Ours: the three split timeouts plus an optional total.
+    pub timeouts: TimeoutsConfig,
+    /// Ours: breaker defaults for every endpoint.
+    pub circuit_breaker: BreakerConfig,
+    /// Ours: health-check hysteresis defaults for every endpoint.
+    pub health: HealthConfig,
+    /// Ours: concurrency defaults for every endpoint (0 = unlimited).
+    pub max_concurrency: Option<usize>,
+    pub queue_size: Option<usize>,
+    pub queue_timeout: Option<Dur>,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        Self {
+            engine: "olla".into(),
+            profile: "auto".into(),
+            load_balancer: "least-connections".into(),
+            connection_timeout: None,
+            connection_keep_alive: Dur::secs(30),
+            response_timeout: None,
+            read_timeout: None,
+            response_header_timeout: None,
+            tls_handshake_timeout: Dur::secs(10),
+            stream_buffer_size: None,
+            max_retries: None,
+            retry_backoff: None,
+            retry: RetryConfig::default(),
+            profile_filter: IncludeExclude::default(),
+            sticky_sessions: StickyConfig::default(),
+            timeouts: TimeoutsConfig::default(),
+            circuit_breaker: BreakerConfig::default(),
+            health: HealthConfig::default(),
+            max_concurrency: None,
+            queue_size: None,
+            queue_timeout: None,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetryConfig {
+    pub enabled: bool,
+    pub on_status_codes: Vec<u16>,
+    /// Accepted (Olla users write it); the number of attempts is the number of candidates.
+    pub max_attempts: Option<u32>,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            on_status_codes: vec![502, 503, 504, 429],
+            max_attempts: None,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IncludeExclude {
+    pub include: Vec<String>,
+    pub exclude: Vec<String>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StickyConfig {
+    pub enabled: bool,
+    pub idle_ttl_seconds: u64,
+    pub max_sessions: u64,
+    pub key_sources: Vec<String>,
+    pub prefix_hash_bytes: u64,
+}
+
+impl Default for StickyConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            idle_ttl_seconds: 600,
+            max_sessions: 10000,
+            key_sources: vec!["session_header".into(), "prefix_hash".into(), "auth_header".into()],
+            prefix_hash_bytes: 512,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TimeoutsConfig {
+    pub connect: Option<Dur>,
+    pub first_byte: Option<Dur>,
+    pub idle: Option<Dur>,
+    pub total: Option<Dur>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BreakerConfig {
+    pub enabled: Option<bool>,
+    pub failure_threshold: Option<u32>,
+    pub window: Option<Dur>,
+    pub open_for: Option<Dur>,
+    pub max_open_for: Option<Dur>,
+    pub half_open_max_requests: Option<u32>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthConfig {
+    /// Consecutive failed probes to mark a backend down (K).
+    pub unhealthy_threshold: Option<u32>,
+    /// Consecutive good probes to bring it back (M).
+    pub healthy_threshold: Option<u32>,
+    pub max_backoff: Option<Dur>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DiscoveryConfig {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub refresh_interval: Dur,
+    pub model_discovery: ModelDiscoveryConfig,
+    #[serde(rename = "static")]
+    pub static_: StaticDiscovery,
+}
+
+impl Default for DiscoveryConfig {
+    fn default() -> Self {
+        Self {
+            kind: "static".into(),
+            refresh_interval: Dur::secs(30),
+            model_discovery: ModelDiscoveryConfig::default(),
+            static_: StaticDiscovery::default(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelDiscoveryConfig {
+    pub enabled: bool,
+    pub interval: Dur,
+    pub timeout: Dur,
+    pub concurrent_workers: u32,
+    pub retry_attempts: u32,
+    pub retry_backoff: Dur,
+}
+
+impl Default for ModelDiscoveryConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            interval: Dur::secs(300),
+            timeout: Dur::secs(30),
+            concurrent_workers: 5,
+            retry_attempts: 3,
+            retry_backoff: Dur::secs(1),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StaticDiscovery {
+    pub endpoints: Vec<EndpointConfig>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EndpointConfig {
+    pub name: String,
+    pub url: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub priority: i64,
+    pub health_check_url: Option<String>,
+    pub model_url: Option<String>,
+    pub check_interval: Dur,
+    pub check_timeout: Dur,
+    pub preserve_path: bool,
+    pub model_filter: IncludeExclude,
+    pub auth: Option<AuthConfig>,
+    pub headers: BTreeMap<String, String>,
+    /// Ours: share inside the priority tier (default 1).
+    pub weight: u32,
+    pub max_concurrency: Option<usize>,
+    pub queue_size: Option<usize>,
+    pub queue_timeout: Option<Dur>,
+    pub timeouts: TimeoutsConfig,
+    pub circuit_breaker: BreakerConfig,
+    pub health: HealthConfig,
+    /// Speak HTTP/2 with prior knowledge (h2c) to this backend.
+    pub h2c: bool,
+}
+
+impl Default for EndpointConfig {
+    fn default() -> Self {
+        Self {
+            name: String::new(),
+            url: String::new(),
+            kind: String::new(),
+            priority: 100,
+            health_check_url: None,
+            model_url: None,
+            check_interval: Dur::secs(5),
+            check_timeout: Dur::secs(2),
+            preserve_path: false,
+            model_filter: IncludeExclude::default(),
+            auth: None,
+            headers: BTreeMap::new(),
+            weight: 1,
+            max_concurrency: None,
+            queue_size: None,
+            queue_timeout: None,
+            timeouts: TimeoutsConfig::default(),
+            circuit_breaker: BreakerConfig::default(),
+            health: HealthConfig::default(),
+            h2c: false,
+        }
+    }
+}
+
+/// Outbound auth to a backend: `bearer{token}`, `api_key{key,header}`, `basic{username,password}`;
+/// each secret may come from a `*_file` instead.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(skip_serializing)]
+    pub token: Option<String>,
+    pub token_file: Option<String>,
+    #[serde(skip_serializing)]
+    pub key: Option<String>,
+    pub key_file: Option<String>,
+    pub header: Option<String>,
+    pub username: Option<String>,
+    #[serde(skip_serializing)]
+    pub password: Option<String>,
+    pub password_file: Option<String>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelRegistryConfig {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub enable_unifier: bool,
+    pub routing_strategy: RoutingStrategyConfig,
+    pub unification: UnificationConfig,
+}
+
+impl Default for ModelRegistryConfig {
+    fn default() -> Self {
+        Self {
+            kind: "memory".into(),
+            enable_unifier: true,
+            routing_strategy: RoutingStrategyConfig::default(),
+            unification: UnificationConfig::default(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RoutingStrategyConfig {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub options: RoutingOptions,
+}
+
+impl Default for RoutingStrategyConfig {
+    fn default() -> Self {
+        Self {
+            kind: "strict".into(),
+            options: RoutingOptions::default(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RoutingOptions {
+    pub fallback_behavior: String,
+    pub discovery_timeout: Dur,
+    pub discovery_refresh_on_miss: bool,
+}
+
+impl Default for RoutingOptions {
+    fn default() -> Self {
+        Self {
+            fallback_behavior: "compatible_only".into(),
+            discovery_timeout: Dur::secs(2),
+            discovery_refresh_on_miss: false,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UnificationConfig {
+    pub enabled: bool,
+    pub stale_threshold: Dur,
+    pub cleanup_interval: Dur,
+}
+
+impl Default for UnificationConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            stale_threshold: Dur::secs(24 * 3600),
+            cleanup_interval: Dur::secs(600),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TranslatorsConfig {
+    pub anthropic: AnthropicTranslatorConfig,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AnthropicTranslatorConfig {
+    pub enabled: bool,
+    pub passthrough_enabled: bool,
+    pub max_message_size: u64,
+    pub inspector: InspectorConfig,
+}
+
+impl Default for AnthropicTranslatorConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            passthrough_enabled: true,
+            max_message_size: 10 << 20,
+            inspector: InspectorConfig::default(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct InspectorConfig {
+    pub enabled: bool,
+    pub output_dir: Option<String>,
+    pub session_header: Option<String>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DashboardConfig {
+    pub enabled: bool,
+    pub access_policy: AccessPolicy,
+}
+
+impl Default for DashboardConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            access_policy: AccessPolicy::default(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AccessPolicy {
+    pub allowed_cidrs: Vec<String>,
+    pub allowed_hosts: Vec<String>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LoggingConfig {
+    pub level: String,
+    /// `json` | `text`.
+    pub format: String,
+    /// `stdout` | `stderr`.
+    pub output: String,
+}
+
+impl Default for LoggingConfig {
+    fn default() -> Self {
+        Self {
+            level: "info".into(),
+            format: "json".into(),
+            output: "stdout".into(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SupervisionConfig {
+    pub backend_max_restarts: u32,
+    pub backend_restart_window: Dur,
+    pub root_max_restarts: u32,
+    pub root_restart_window: Dur,
+}
+
+impl Default for SupervisionConfig {
+    fn default() -> Self {
+        Self {
+            backend_max_restarts: 5,
+            backend_restart_window: Dur::secs(60),
+            root_max_restarts: 3,
+            root_restart_window: Dur::secs(60),
+        }
+    }
+}

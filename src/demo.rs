@@ -1,0 +1,101 @@
+//! `olla demo`: runs the daemon in front of two in-process mock backends (an Ollama-dialect one
+//! at priority 100 and an OpenAI-compatible one at priority 50, sharing one model), so a fresh
+//! machine has something to serve, and prints the requests to try.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use olla_actors::kind::BackendKind;
+use olla_actors::spec::BackendSpec;
+use olla_actors::{RoutingPolicy, TreeConfig};
+use olla_mock::{MockConfig, MockServer};
+use tokio::net::TcpListener;
+
+use crate::config::ServerSettings;
+use crate::Daemon;
+
+/// Starts the mocks and the daemon on `127.0.0.1:port`, prints instructions, runs until `stop`.
+pub async fn run(port: u16, stop: impl Future<Output = ()>) -> Result<(), String> {
+    let gpu = MockServer::start(MockConfig {
+        name: "local-gpu".into(),
+        models: vec!["llama3.2:3b".into(), "qwen2.5-coder:7b".into()],
+        tokens: 24,
+        token_delay_ms: 40,
+        ..MockConfig::default()
+    })
+    .await
+    .map_err(|e| format!("cannot start the first mock backend: {e}"))?;
+    let cloud = MockServer::start(MockConfig {
+        name: "cloud-spillover".into(),
+        models: vec!["llama3.2:3b".into(), "gpt-4o-mini".into()],
+        tokens: 24,
+        token_delay_ms: 20,
+        ..MockConfig::default()
+    })
+    .await
+    .map_err(|e| format!("cannot start the second mock backend: {e}"))?;
+
+    let spec = |name: &str, url: String, kind, priority| -> Result<Arc<BackendSpec>, String> {
+        let mut s = BackendSpec::new(name, url.parse().map_err(|e| format!("{e}"))?, kind);
+        s.priority = priority;
+        s.check_interval = Duration::from_secs(2);
+        s.check_timeout = Duration::from_secs(1);
+        s.discovery.interval = Duration::from_secs(30);
+        Ok(Arc::new(s))
+    };
+    let runtime = crate::config::Runtime {
+        server: ServerSettings {
+            host: "127.0.0.1".into(),
+            port,
+            read_header_timeout: Duration::from_secs(10),
+            shutdown_timeout: Duration::from_secs(5),
+            max_body_size: 100 << 20,
+            max_header_size: 1 << 20,
+            request_logging: true,
+            proxy_engine: "olla".into(),
+            proxy_profile: "auto".into(),
+        },
+        tree: TreeConfig {
+            specs: vec![
+                spec("local-gpu", gpu.url(), BackendKind::Ollama, 100)?,
+                spec("cloud-spillover", cloud.url(), BackendKind::OpenAiCompatible, 50)?,
+            ],
+            policy: RoutingPolicy::default(),
+            model_aliases: Default::default(),
+            stale_threshold: Duration::from_secs(86400),
+            supervision: Default::default(),
+        },
+    };
+    let listener = TcpListener::bind(("127.0.0.1", port))
+        .await
+        .map_err(|e| format!("cannot listen on 127.0.0.1:{port}: {e} (try --port 0)"))?;
+    let daemon = Daemon::start(runtime, listener).await?;
+    let base = daemon.url();
+    println!(
+        "\nolla demo is running on {base}\n\
+         backends: local-gpu ({}, ollama, priority 100) and cloud-spillover ({}, openai-compatible, priority 50)\n\n\
+         try:\n\
+         curl -s {base}/internal/status/endpoints\n\
+         curl -s {base}/olla/models\n\
+         curl -s {base}/olla/proxy/v1/models\n\
+         curl -sN {base}/olla/proxy/v1/chat/completions -H 'content-type: application/json' \\\n\
+           -d '{{\"model\":\"llama3.2:3b\",\"stream\":true,\"messages\":[{{\"role\":\"user\",\"content\":\"hi\"}}]}}'\n\
+         curl -s {base}/olla/ollama/api/tags\n\n\
+         python (pip install openai):\n\
+         from openai import OpenAI\n\
+         c = OpenAI(base_url=\"{base}/olla/proxy/v1\", api_key=\"unused\")\n\
+         for ch in c.chat.completions.create(model=\"llama3.2:3b\", stream=True, messages=[{{\"role\":\"user\",\"content\":\"hi\"}}]):\n\
+             print(ch.choices[0].delta.content or \"\", end=\"\", flush=True) if ch.choices else None\n\n\
+         Ctrl-C to stop.\n",
+        gpu.url(),
+        cloud.url()
+    );
+    let exit = daemon.run_until(stop).await;
+    gpu.stop().await;
+    cloud.stop().await;
+    match exit {
+        crate::Exit::Stopped => Ok(()),
+        crate::Exit::TreeFailed => Err("the supervision tree failed".into()),
+    }
+}

@@ -1,0 +1,75 @@
+//! Small HTTP building blocks shared by the server, routes and proxy: the response body type,
+//! constructors for fixed bodies and JSON, and request-id handling.
+
+use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode};
+use http_body_util::{combinators::BoxBody, BodyExt, Empty, Full};
+use serde::Serialize;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The body of every response olla sends.
+pub type Body = BoxBody<Bytes, BoxError>;
+
+pub fn full(data: impl Into<Bytes>) -> Body {
+    Full::new(data.into()).map_err(|never| match never {}).boxed()
+}
+
+pub fn empty() -> Body {
+    Empty::<Bytes>::new().map_err(|never| match never {}).boxed()
+}
+
+/// A JSON response with the given status.
+pub fn json_response<T: Serialize>(status: StatusCode, value: &T) -> Response<Body> {
+    let bytes = serde_json::to_vec(value).unwrap_or_else(|_| b"{}".to_vec());
+    let mut r = Response::new(full(bytes));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+const LLAMAS: &[&str] = &[
+    "huacaya", "suri", "vicuna", "alpaca", "guanaco", "woolly", "silky", "fluffy", "curly",
+    "shaggy", "noble", "gentle", "swift", "steady", "proud",
+];
+const ACTIONS: &[&str] = &[
+    "grazing", "trekking", "humming", "spitting", "prancing", "carrying", "leading", "following",
+    "resting", "alerting", "browsing", "foraging", "wandering", "galloping", "ambling",
+];
+
+/// The request id: an inbound `X-Request-ID` if it is at most 128 printable ASCII characters
+/// without spaces (as Olla accepts it), else a generated one such as `alpaca_grazing_0f3a`.
+pub fn request_id(inbound: Option<&HeaderValue>) -> String {
+    if let Some(v) = inbound.and_then(|v| v.to_str().ok()) {
+        if !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| (0x21..=0x7e).contains(&b)) {
+            return v.to_string();
+        }
+    }
+    format!(
+        "{}_{}_{:04x}",
+        LLAMAS[fastrand::usize(..LLAMAS.len())],
+        ACTIONS[fastrand::usize(..ACTIONS.len())],
+        fastrand::u16(..)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids_are_sanitised_or_generated() {
+        let ok = HeaderValue::from_static("abc-123");
+        assert_eq!(request_id(Some(&ok)), "abc-123");
+        let spaced = HeaderValue::from_static("a b");
+        let generated = request_id(Some(&spaced));
+        let parts: Vec<&str> = generated.split('_').collect();
+        assert_eq!(parts.len(), 3, "{generated}");
+        assert_eq!(parts[2].len(), 4);
+        let long = HeaderValue::try_from("x".repeat(129)).unwrap();
+        assert_ne!(request_id(Some(&long)).len(), 129);
+    }
+}

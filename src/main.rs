@@ -1,0 +1,161 @@
+//! The `olla` command line: run the daemon (default), check a config (`--validate-config`), or
+//! start a self-contained demo with two in-process mock backends (`demo`).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use olla::config::{self, Source};
+use olla::{Daemon, Exit};
+use tokio::net::TcpListener;
+use tracing::{error, info};
+
+#[derive(Parser, Debug)]
+#[command(name = "olla", version, about = "Proxy and load balancer for LLM inference servers")]
+struct Cli {
+    /// Config file (else OLLA_CONFIG_FILE, config/config.local.yaml, config/config.yaml, config.yaml).
+    #[arg(short, long, global = true)]
+    config: Option<PathBuf>,
+    /// Check the config, print every problem, and exit (0 = valid).
+    #[arg(long)]
+    validate_config: bool,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the daemon (the default).
+    Run,
+    /// Run the daemon in front of two in-process mock backends, and print what to try.
+    Demo {
+        /// Port for olla (0 = any free port).
+        #[arg(long, default_value_t = 40114)]
+        port: u16,
+    },
+}
+
+fn init_logging(level: &str, format: &str, output: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    let to_stderr = output == "stderr";
+    match (format, to_stderr) {
+        ("json", false) => builder.json().init(),
+        ("json", true) => builder.json().with_writer(std::io::stderr).init(),
+        (_, false) => builder.init(),
+        (_, true) => builder.with_writer(std::io::stderr).init(),
+    }
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let term = signal(SignalKind::terminate());
+        let int = signal(SignalKind::interrupt());
+        match (term, int) {
+            (Ok(mut t), Ok(mut i)) => {
+                tokio::select! {
+                    _ = t.recv() => info!("SIGTERM received"),
+                    _ = i.recv() => info!("SIGINT received"),
+                }
+            }
+            _ => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("olla: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async_main(cli))
+}
+
+async fn async_main(cli: Cli) -> ExitCode {
+    if let Some(Command::Demo { port }) = cli.command {
+        init_logging("info", "text", "stderr");
+        return match olla::demo::run(port, shutdown_signal()).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("olla demo: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    let loaded = config::load(cli.config.as_deref());
+    if cli.validate_config {
+        return match loaded {
+            Ok((source, _, rt)) => {
+                let from = match source {
+                    Source::File(p) => p.display().to_string(),
+                    Source::Defaults => "built-in defaults (no config file found)".into(),
+                };
+                println!("config OK: {from} ({} endpoints)", rt.tree.specs.len());
+                ExitCode::SUCCESS
+            }
+            Err(errors) => {
+                eprintln!("config has {} problem(s):", errors.len());
+                for e in errors {
+                    eprintln!("  - {e}");
+                }
+                ExitCode::from(2)
+            }
+        };
+    }
+    let (source, cfg, rt) = match loaded {
+        Ok(x) => x,
+        Err(errors) => {
+            eprintln!("olla: invalid config:");
+            for e in errors {
+                eprintln!("  - {e}");
+            }
+            return ExitCode::from(2);
+        }
+    };
+    init_logging(&cfg.logging.level, &cfg.logging.format, &cfg.logging.output);
+    match &source {
+        Source::File(p) => info!(path = %p.display(), "config loaded"),
+        Source::Defaults => info!("no config file found; running with defaults and no endpoints"),
+    }
+    let bind = format!("{}:{}", rt.server.host, rt.server.port);
+    let listener = match TcpListener::bind(&bind).await {
+        Ok(l) => l,
+        Err(e) => {
+            error!(address = %bind, error = %e, "cannot listen");
+            return ExitCode::FAILURE;
+        }
+    };
+    let endpoints = rt.tree.specs.len();
+    let daemon = match Daemon::start(rt, listener).await {
+        Ok(d) => d,
+        Err(e) => {
+            error!(error = %e, "cannot start");
+            return ExitCode::FAILURE;
+        }
+    };
+    info!(address = %daemon.addr, endpoints, version = env!("CARGO_PKG_VERSION"), "olla is listening");
+    match daemon.run_until(shutdown_signal()).await {
+        Exit::Stopped => {
+            info!("stopped");
+            ExitCode::SUCCESS
+        }
+        Exit::TreeFailed => {
+            error!("the supervision tree exhausted its restart budget; exiting so a process supervisor can restart olla");
+            ExitCode::from(3)
+        }
+    }
+}

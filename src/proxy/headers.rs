@@ -1,0 +1,217 @@
+//! Header rules of the proxy: hop-by-hop headers are stripped both ways; the client's
+//! credentials never reach a backend; a backend's `X-Olla-*` headers never reach the client;
+//! forwarding headers (`X-Forwarded-*`, `X-Real-IP`, `Via`) are added outbound, and the routing
+//! headers (`X-Olla-*`, `X-Served-By`, `Via`) inbound.
+
+use std::net::IpAddr;
+
+use http::header::{HeaderMap, HeaderName, HeaderValue};
+
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// `Olla/<version>`-style product token (`X-Served-By`, `X-Proxied-By`).
+pub fn served_by() -> HeaderValue {
+    HeaderValue::from_static(concat!("Olla/v", env!("CARGO_PKG_VERSION")))
+}
+
+/// `1.1 olla/<version>` (`Via`).
+pub fn via() -> &'static str {
+    concat!("1.1 olla/v", env!("CARGO_PKG_VERSION"))
+}
+
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// Client credentials that are never forwarded to a backend.
+const CREDENTIALS: &[&str] = &[
+    "authorization",
+    "cookie",
+    "x-api-key",
+    "x-auth-token",
+    "proxy-authorization",
+];
+
+fn connection_listed(headers: &HeaderMap) -> Vec<HeaderName> {
+    headers
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::try_from(t.trim()).ok())
+        .collect()
+}
+
+/// Where the request came from, for the forwarding headers.
+pub struct ClientInfo {
+    pub peer: IpAddr,
+    pub tls: bool,
+}
+
+/// Builds the outbound headers from the client's: hop-by-hop, `Host`, credentials and
+/// `Content-Length` removed (the body is re-sent whole); forwarding headers added; then the
+/// backend's configured headers and auth (auth wins).
+pub fn outbound(
+    inbound: &HeaderMap,
+    client: &ClientInfo,
+    model: Option<&str>,
+    backend_headers: &[(HeaderName, HeaderValue)],
+) -> HeaderMap {
+    let listed = connection_listed(inbound);
+    let mut out = HeaderMap::with_capacity(inbound.len() + 8);
+    for (k, v) in inbound {
+        let name = k.as_str();
+        if HOP_BY_HOP.contains(&name)
+            || CREDENTIALS.contains(&name)
+            || name == "host"
+            || name == "content-length"
+            || listed.contains(k)
+        {
+            continue;
+        }
+        out.append(k, v.clone());
+    }
+    let client_ip = inbound
+        .get("x-forwarded-for")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(',').next())
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| client.peer.to_string());
+    let xff = match inbound.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        Some(prev) if !prev.is_empty() => format!("{prev}, {}", client.peer),
+        _ => client.peer.to_string(),
+    };
+    if let Ok(v) = HeaderValue::try_from(xff) {
+        out.insert("x-forwarded-for", v);
+    }
+    if !inbound.contains_key("x-real-ip") {
+        if let Ok(v) = HeaderValue::try_from(client_ip) {
+            out.insert("x-real-ip", v);
+        }
+    }
+    if !inbound.contains_key("x-forwarded-proto") {
+        out.insert(
+            "x-forwarded-proto",
+            HeaderValue::from_static(if client.tls { "https" } else { "http" }),
+        );
+    }
+    if !inbound.contains_key("x-forwarded-host") {
+        if let Some(h) = inbound.get(http::header::HOST) {
+            out.insert("x-forwarded-host", h.clone());
+        }
+    }
+    let via_value = match inbound.get(http::header::VIA).and_then(|v| v.to_str().ok()) {
+        Some(prev) => format!("{prev}, {}", via()),
+        None => via().to_string(),
+    };
+    if let Ok(v) = HeaderValue::try_from(via_value) {
+        out.insert(http::header::VIA, v);
+    }
+    out.insert("x-proxied-by", served_by());
+    if let Some(m) = model.and_then(|m| HeaderValue::try_from(m).ok()) {
+        out.insert("x-model", m);
+    }
+    for (k, v) in backend_headers {
+        out.insert(k, v.clone());
+    }
+    out
+}
+
+/// Cleans a backend's response headers: hop-by-hop, `Set-Cookie`, auth headers, the backend's
+/// own configured header names, and every `X-Olla-*` removed.
+pub fn inbound_response(
+    upstream: &HeaderMap,
+    backend_headers: &[(HeaderName, HeaderValue)],
+) -> HeaderMap {
+    let listed = connection_listed(upstream);
+    let mut out = HeaderMap::with_capacity(upstream.len() + 10);
+    for (k, v) in upstream {
+        let name = k.as_str();
+        if HOP_BY_HOP.contains(&name)
+            || CREDENTIALS.contains(&name)
+            || name == "set-cookie"
+            || name.starts_with("x-olla-")
+            || listed.contains(k)
+            || backend_headers.iter().any(|(b, _)| b == k)
+        {
+            continue;
+        }
+        out.append(k, v.clone());
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(*k, HeaderValue::from_static(v));
+        }
+        h
+    }
+
+    #[test]
+    fn outbound_strips_credentials_and_hop_by_hop_and_adds_forwarding() {
+        let inbound = map(&[
+            ("authorization", "Bearer client-secret"),
+            ("cookie", "a=b"),
+            ("x-api-key", "k"),
+            ("connection", "keep-alive, x-custom-hop"),
+            ("x-custom-hop", "1"),
+            ("host", "olla.local:40114"),
+            ("content-type", "application/json"),
+            ("x-request-id", "abc"),
+        ]);
+        let client = ClientInfo { peer: "10.1.2.3".parse().unwrap(), tls: false };
+        let backend = vec![(http::header::AUTHORIZATION, HeaderValue::from_static("Bearer backend"))];
+        let out = outbound(&inbound, &client, Some("llama3"), &backend);
+        assert_eq!(out["authorization"], "Bearer backend");
+        assert!(!out.contains_key("cookie") && !out.contains_key("x-api-key"));
+        assert!(!out.contains_key("connection") && !out.contains_key("x-custom-hop"));
+        assert!(!out.contains_key("host"));
+        assert_eq!(out["x-forwarded-for"], "10.1.2.3");
+        assert_eq!(out["x-forwarded-proto"], "http");
+        assert_eq!(out["x-forwarded-host"], "olla.local:40114");
+        assert_eq!(out["x-real-ip"], "10.1.2.3");
+        assert_eq!(out["x-model"], "llama3");
+        assert_eq!(out["x-request-id"], "abc");
+        assert!(out["via"].to_str().unwrap().starts_with("1.1 olla/"));
+    }
+
+    #[test]
+    fn forwarded_for_is_appended() {
+        let inbound = map(&[("x-forwarded-for", "1.1.1.1")]);
+        let client = ClientInfo { peer: "10.0.0.1".parse().unwrap(), tls: true };
+        let out = outbound(&inbound, &client, None, &[]);
+        assert_eq!(out["x-forwarded-for"], "1.1.1.1, 10.0.0.1");
+        assert_eq!(out["x-real-ip"], "1.1.1.1");
+        assert_eq!(out["x-forwarded-proto"], "https");
+    }
+
+    #[test]
+    fn response_drops_upstream_olla_headers_and_cookies() {
+        let upstream = map(&[
+            ("x-olla-endpoint", "spoofed"),
+            ("set-cookie", "s=1"),
+            ("transfer-encoding", "chunked"),
+            ("content-type", "text/event-stream"),
+            ("x-tenant-id", "acme"),
+        ]);
+        let backend = vec![(HeaderName::from_static("x-tenant-id"), HeaderValue::from_static("acme"))];
+        let out = inbound_response(&upstream, &backend);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out["content-type"], "text/event-stream");
+    }
+}

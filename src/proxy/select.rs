@@ -1,0 +1,231 @@
+//! Candidate selection for one request: which backends may serve it (route scope, model
+//! availability in the catalog, aliases, routability now), the routing decision reported in the
+//! `X-Olla-Routing-*` headers, and the order to try them in (priority tiers, then the balancer).
+
+use std::sync::Arc;
+
+use olla_actors::balance::{self, Weighed};
+use olla_actors::kind::BackendKind;
+use olla_actors::published::{Fallback, ModelRouting};
+use olla_actors::BackendHandle;
+use tokio::time::Instant;
+
+use crate::app::App;
+use crate::error::ProxyError;
+
+/// Which backend types a route reaches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KindFilter {
+    /// `/olla/proxy/...`: every backend.
+    Any,
+    /// `/olla/openai/...`: every OpenAI-compatible backend.
+    OpenAiCompatible,
+    /// `/olla/<provider>/...`: that type only.
+    Only(BackendKind),
+}
+
+impl KindFilter {
+    pub fn allows(self, kind: BackendKind) -> bool {
+        match self {
+            Self::Any => true,
+            Self::OpenAiCompatible => kind.profile().openai_compatible,
+            Self::Only(k) => kind == k || kind == BackendKind::Auto,
+        }
+    }
+
+    /// The type named in "No <type> endpoints available".
+    pub fn provider_name(self) -> Option<&'static str> {
+        match self {
+            Self::Any => None,
+            Self::OpenAiCompatible => Some("openai-compatible"),
+            Self::Only(k) => Some(k.as_str()),
+        }
+    }
+}
+
+/// A backend chosen for a request, with the model name it knows the requested model by.
+#[derive(Clone)]
+pub struct Candidate {
+    pub handle: BackendHandle,
+    pub native_model: Option<String>,
+}
+
+impl Weighed for Candidate {
+    fn priority(&self) -> i64 {
+        self.handle.spec().priority
+    }
+    fn weight(&self) -> u32 {
+        self.handle.spec().weight
+    }
+    fn in_flight(&self) -> usize {
+        self.handle.in_flight()
+    }
+    fn traffic_factor(&self) -> f64 {
+        self.handle.status().traffic_factor()
+    }
+}
+
+/// The `X-Olla-Routing-*` values.
+#[derive(Clone, Debug)]
+pub struct Decision {
+    pub strategy: &'static str,
+    pub action: &'static str,
+    pub reason: &'static str,
+}
+
+fn strategy_name(m: ModelRouting) -> &'static str {
+    match m {
+        ModelRouting::Strict => "strict",
+        ModelRouting::Optimistic => "optimistic",
+        ModelRouting::Discovery => "discovery",
+    }
+}
+
+/// The outcome of selection.
+pub struct Selection {
+    pub candidates: Vec<Candidate>,
+    pub decision: Option<Decision>,
+}
+
+/// Picks and orders the candidates. On rejection, the error comes with its decision.
+pub async fn select(
+    app: &Arc<App>,
+    filter: KindFilter,
+    model: Option<&str>,
+) -> Result<Selection, (ProxyError, Option<Decision>)> {
+    let published = &app.tree.published;
+    let table = published.table();
+    let in_scope: Vec<&BackendHandle> = table
+        .backends
+        .iter()
+        .filter(|b| filter.allows(b.kind()))
+        .collect();
+    if in_scope.is_empty() {
+        return Err((
+            match filter.provider_name() {
+                Some(p) => ProxyError::NoProviderEndpoints(p.to_string()),
+                None => ProxyError::NoHealthyEndpoints,
+            },
+            None,
+        ));
+    }
+    let policy = published.policy.load_full();
+    let strategy = strategy_name(policy.model_routing);
+    let now = Instant::now();
+    let all_routable = || -> Vec<Candidate> {
+        in_scope
+            .iter()
+            .filter(|b| b.is_routable(now))
+            .map(|b| Candidate {
+                handle: (*b).clone(),
+                native_model: None,
+            })
+            .collect()
+    };
+
+    let (mut candidates, decision) = match model {
+        None => (all_routable(), None),
+        Some(requested) => {
+            let mut catalog = published.catalog.load_full();
+            let in_scope_names = |c: &olla_actors::catalog::Catalog| {
+                c.resolve(requested)
+                    .into_iter()
+                    .filter(|a| in_scope.iter().any(|b| b.name() == a.backend))
+                    .collect::<Vec<_>>()
+            };
+            let mut available = in_scope_names(&catalog);
+            if available.is_empty() && policy.model_routing == ModelRouting::Discovery {
+                // Discovery on a miss: really re-fetch the model lists, then decide.
+                let names: Vec<String> = in_scope
+                    .iter()
+                    .filter(|b| b.is_routable(now))
+                    .map(|b| b.name().to_string())
+                    .collect();
+                app.tree.refresh_models(&names, policy.discovery_timeout).await;
+                catalog = published.catalog.load_full();
+                available = in_scope_names(&catalog);
+            }
+            if !available.is_empty() {
+                let routable: Vec<Candidate> = available
+                    .iter()
+                    .filter_map(|a| {
+                        in_scope
+                            .iter()
+                            .find(|b| b.name() == a.backend && b.is_routable(now))
+                            .map(|b| Candidate {
+                                handle: (*b).clone(),
+                                native_model: Some(a.native_name.clone()),
+                            })
+                    })
+                    .collect();
+                if routable.is_empty() {
+                    return Err((
+                        ProxyError::ModelUnavailable(requested.to_string()),
+                        Some(Decision {
+                            strategy,
+                            action: "rejected",
+                            reason: "model_unavailable",
+                        }),
+                    ));
+                }
+                let reason = if catalog.is_alias(requested) {
+                    "alias_resolved"
+                } else {
+                    "model_found"
+                };
+                (
+                    routable,
+                    Some(Decision {
+                        strategy,
+                        action: "routed",
+                        reason,
+                    }),
+                )
+            } else {
+                let catalog_covers = in_scope
+                    .iter()
+                    .any(|b| catalog.backends.contains_key(b.name()));
+                if !catalog_covers {
+                    // Nothing discovered for these backends (discovery off or not yet done):
+                    // the catalog cannot say no, so any compatible backend may serve.
+                    (
+                        all_routable(),
+                        Some(Decision {
+                            strategy,
+                            action: "fallback",
+                            reason: "no_model_catalog",
+                        }),
+                    )
+                } else if policy.model_routing == ModelRouting::Optimistic
+                    && policy.fallback == Fallback::All
+                {
+                    (
+                        all_routable(),
+                        Some(Decision {
+                            strategy,
+                            action: "fallback",
+                            reason: "model_not_found_fallback",
+                        }),
+                    )
+                } else {
+                    return Err((
+                        ProxyError::ModelNotFound(requested.to_string()),
+                        Some(Decision {
+                            strategy,
+                            action: "rejected",
+                            reason: "model_not_found",
+                        }),
+                    ));
+                }
+            }
+        }
+    };
+    if candidates.is_empty() {
+        return Err((ProxyError::NoHealthyEndpoints, decision));
+    }
+    balance::order(&mut candidates, policy.strategy, &published.cursor, fastrand::f64);
+    Ok(Selection {
+        candidates,
+        decision,
+    })
+}
