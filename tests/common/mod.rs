@@ -1,0 +1,119 @@
+//! Shared integration-test harness: start mock backends and an olla daemon on 127.0.0.1:0 from a
+//! YAML config, an HTTP client, and deadline-bounded polling (no sleep-and-hope).
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::time::Duration;
+
+pub use olla::Daemon;
+pub use olla_mock::{Fault, MockConfig, MockServer};
+use tokio::net::TcpListener;
+
+/// Starts a mock backend serving `models`.
+pub async fn mock(name: &str, models: &[&str]) -> MockServer {
+    MockServer::start(MockConfig {
+        name: name.into(),
+        models: models.iter().map(|m| m.to_string()).collect(),
+        ..MockConfig::default()
+    })
+    .await
+    .expect("mock starts")
+}
+
+/// One endpoint line for a config: `{name, url, type, priority}` plus extra YAML flow keys.
+pub fn endpoint(name: &str, url: &str, kind: &str, priority: i64, extra: &str) -> String {
+    let extra = if extra.is_empty() { String::new() } else { format!(", {extra}") };
+    format!("      - {{name: {name}, url: \"{url}\", type: {kind}, priority: {priority}, check_interval: 200ms, check_timeout: 500ms{extra}}}\n")
+}
+
+/// A config with the given endpoints and extra top-level YAML (e.g. a `proxy:` block).
+pub fn config(endpoints: &[String], extra: &str) -> String {
+    let server = if extra.contains("server:") { "" } else { "server: {host: 127.0.0.1, port: 0, shutdown_timeout: 5s}\n" };
+    format!(
+        "{server}{extra}\ndiscovery:\n  model_discovery: {{interval: 1s, timeout: 2s}}\n  static:\n    endpoints:\n{}",
+        endpoints.concat()
+    )
+}
+
+/// Starts a daemon from YAML text on 127.0.0.1:0.
+pub async fn daemon(yaml: &str) -> Daemon {
+    let cfg = olla::config::parse(yaml, &|_| None).unwrap_or_else(|e| panic!("config parses: {e}\n{yaml}"));
+    let rt = olla::config::resolve(&cfg).unwrap_or_else(|e| panic!("config resolves: {e:?}"));
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    Daemon::start(rt, listener).await.expect("daemon starts")
+}
+
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("client")
+}
+
+/// Polls `check` every 20 ms until it is true or `within` passes; panics with `what` on timeout.
+pub async fn wait_until<F, Fut>(within: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if check().await {
+            return;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            panic!("timed out after {within:?} waiting for: {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Waits until every named backend is routable (status endpoint says so) and, when
+/// `with_models`, has a discovered model list.
+pub async fn wait_routable(d: &Daemon, names: &[&str], with_models: bool) {
+    let app = d.app.clone();
+    let names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
+    wait_until(Duration::from_secs(10), &format!("backends {names:?} routable"), || {
+        let app = app.clone();
+        let names = names.clone();
+        async move {
+            let table = app.tree.published.table();
+            let catalog = app.tree.published.catalog.load();
+            names.iter().all(|n| {
+                table.get(n).is_some_and(|b| b.is_routable(tokio::time::Instant::now()))
+                    && (!with_models || catalog.backends.contains_key(n))
+            })
+        }
+    })
+    .await;
+}
+
+/// A chat completion request body.
+pub fn chat(model: &str, stream: bool) -> String {
+    format!(r#"{{"model":"{model}","stream":{stream},"messages":[{{"role":"user","content":"hi"}}]}}"#)
+}
+
+/// POSTs a chat completion through `/olla/proxy`; returns (status, X-Olla-Endpoint, body).
+pub async fn post_chat(c: &reqwest::Client, base: &str, model: &str) -> (u16, String, String) {
+    let r = c
+        .post(format!("{base}/olla/proxy/v1/chat/completions"))
+        .header("content-type", "application/json")
+        .body(chat(model, false))
+        .send()
+        .await;
+    match r {
+        Ok(r) => {
+            let status = r.status().as_u16();
+            let ep = r
+                .headers()
+                .get("x-olla-endpoint")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_string();
+            let body = r.text().await.unwrap_or_default();
+            (status, ep, body)
+        }
+        Err(e) => (0, String::new(), e.to_string()),
+    }
+}

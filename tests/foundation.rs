@@ -1,0 +1,357 @@
+//! Foundation behaviour over real sockets: unbuffered streaming, priority routing and failover
+//! under load, upstream cancellation on client disconnect, bad inputs, headers, h2c, graceful
+//! shutdown.
+
+mod common;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sse_events_arrive_as_the_backend_emits_them() {
+    let m = MockServer::start(MockConfig {
+        name: "s".into(),
+        models: vec!["m".into()],
+        tokens: 10,
+        token_delay_ms: 50,
+        ..MockConfig::default()
+    })
+    .await
+    .unwrap();
+    let d = daemon(&config(&[endpoint("s", &m.url(), "openai", 100, "")], "")).await;
+    wait_routable(&d, &["s"], true).await;
+    let started = Instant::now();
+    let mut r = client()
+        .post(format!("{}/olla/proxy/v1/chat/completions", d.url()))
+        .header("content-type", "application/json")
+        .body(chat("m", true))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-type"], "text/event-stream");
+    let mut arrivals = Vec::new();
+    let mut text = String::new();
+    while let Some(chunk) = r.chunk().await.unwrap() {
+        let s = String::from_utf8_lossy(&chunk).to_string();
+        if s.contains("tok") {
+            arrivals.push(started.elapsed());
+        }
+        text.push_str(&s);
+    }
+    assert!(text.contains("tok9") && text.contains("[DONE]"), "{text}");
+    let first = arrivals[0];
+    let last = *arrivals.last().unwrap();
+    // The backend needs ~450 ms between the first and last token: a buffering proxy would
+    // deliver everything at once at the end.
+    assert!(last >= Duration::from_millis(400), "stream took {last:?}");
+    assert!(first + Duration::from_millis(300) < last, "first {first:?}, last {last:?}");
+    assert!(arrivals.len() >= 5, "events were coalesced: {arrivals:?}");
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn priority_routing_fails_over_under_load_and_returns() {
+    let high = mock("high", &["m"]).await;
+    let low = mock("low", &["m"]).await;
+    let high_addr = high.addr();
+    let eps = [
+        endpoint("high", &high.url(), "openai", 100, ""),
+        endpoint("low", &low.url(), "openai", 50, ""),
+    ];
+    let d = daemon(&config(&eps, "proxy: {load_balancer: priority}")).await;
+    wait_routable(&d, &["high", "low"], true).await;
+    let c = client();
+    for _ in 0..20 {
+        let (status, ep, _) = post_chat(&c, &d.url(), "m").await;
+        assert_eq!((status, ep.as_str()), (200, "high"));
+    }
+
+    // Steady load from 4 workers while the preferred backend dies.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let failures = Arc::new(AtomicUsize::new(0));
+    let served_low = Arc::new(AtomicUsize::new(0));
+    let mut workers = Vec::new();
+    for _ in 0..4 {
+        let (stop, failures, served_low, c, base) = (stop.clone(), failures.clone(), served_low.clone(), c.clone(), d.url());
+        workers.push(tokio::spawn(async move {
+            let mut n = 0;
+            while !stop.load(Ordering::Relaxed) && n < 5000 {
+                n += 1;
+                let (status, ep, body) = post_chat(&c, &base, "m").await;
+                if status != 200 {
+                    failures.fetch_add(1, Ordering::Relaxed);
+                    eprintln!("failed: {status} {body}");
+                } else if ep == "low" {
+                    served_low.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    high.stop().await;
+    wait_until(Duration::from_secs(5), "traffic moves to low", || {
+        let s = served_low.clone();
+        async move { s.load(Ordering::Relaxed) > 50 }
+    })
+    .await;
+    // Bring it back on the same port: traffic returns once probes see it healthy.
+    let _high = MockServer::start_at(high_addr, MockConfig { name: "high".into(), models: vec!["m".into()], ..MockConfig::default() })
+        .await
+        .unwrap();
+    let base = d.url();
+    wait_until(Duration::from_secs(10), "traffic returns to high", || {
+        let (c, base) = (c.clone(), base.clone());
+        async move { post_chat(&c, &base, "m").await.1 == "high" }
+    })
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    for w in workers {
+        w.await.unwrap();
+    }
+    assert_eq!(failures.load(Ordering::Relaxed), 0, "requests failed during failover");
+    drop(low);
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_disconnect_cancels_the_upstream_mid_stream_and_before_first_byte() {
+    let m = MockServer::start(MockConfig {
+        name: "s".into(),
+        models: vec!["m".into()],
+        tokens: 200,
+        token_delay_ms: 50,
+        ..MockConfig::default()
+    })
+    .await
+    .unwrap();
+    let d = daemon(&config(&[endpoint("s", &m.url(), "openai", 100, "")], "")).await;
+    wait_routable(&d, &["s"], true).await;
+    let c = client();
+
+    // Mid-stream: read one chunk, then drop the response.
+    m.reset_stats();
+    let mut r = c
+        .post(format!("{}/olla/proxy/v1/chat/completions", d.url()))
+        .header("content-type", "application/json")
+        .body(chat("m", true))
+        .send()
+        .await
+        .unwrap();
+    r.chunk().await.unwrap();
+    let dropped_at = Instant::now();
+    drop(r);
+    wait_until(Duration::from_millis(500), "mock sees the stream cancelled", || async { m.stats().cancelled == 1 }).await;
+    assert!(dropped_at.elapsed() < Duration::from_millis(500));
+    wait_until(Duration::from_secs(2), "in-flight released", || async {
+        d.app.tree.published.table().get("s").unwrap().in_flight() == 0
+    })
+    .await;
+
+    // Before the first byte: the backend takes 10 s to answer; the client gives up.
+    m.update(|c| c.ttft_ms = 10_000);
+    m.reset_stats();
+    let req = c
+        .post(format!("{}/olla/proxy/v1/chat/completions", d.url()))
+        .header("content-type", "application/json")
+        .body(chat("m", false))
+        .send();
+    let task = tokio::spawn(req);
+    wait_until(Duration::from_secs(2), "request reached the mock", || async { m.stats().in_flight == 1 }).await;
+    task.abort();
+    let aborted_at = Instant::now();
+    wait_until(Duration::from_millis(500), "mock sees the waiting request cancelled", || async { m.stats().cancelled == 1 }).await;
+    assert!(aborted_at.elapsed() < Duration::from_millis(500));
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_inputs_get_clear_errors_and_the_daemon_keeps_serving() {
+    let m = mock("s", &["m"]).await;
+    let d = daemon(&config(
+        &[endpoint("s", &m.url(), "openai", 100, "")],
+        "server: {host: 127.0.0.1, request_limits: {max_body_size: 1024, max_header_size: 2048}}",
+    ))
+    .await;
+    wait_routable(&d, &["s"], true).await;
+    let c = client();
+    let url = format!("{}/olla/proxy/v1/chat/completions", d.url());
+
+    let r = c.post(&url).header("content-type", "application/json").body("{\"model\":").send().await.unwrap();
+    assert_eq!(r.status(), 400);
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "invalid_request");
+
+    let big = format!(r#"{{"model":"m","pad":"{}"}}"#, "x".repeat(2000));
+    let r = c.post(&url).header("content-type", "application/json").body(big).send().await.unwrap();
+    assert_eq!(r.status(), 413);
+    assert_eq!(r.json::<serde_json::Value>().await.unwrap()["error"]["code"], "request_too_large");
+
+    let r = c.post(&url).header("x-big", "y".repeat(3000)).body(chat("m", false)).send().await.unwrap();
+    assert_eq!(r.status(), 431);
+
+    let r = c.get(format!("{}/no/such/route", d.url())).send().await.unwrap();
+    assert_eq!(r.status(), 404);
+    assert_eq!(r.json::<serde_json::Value>().await.unwrap()["error"]["code"], "route_not_found");
+
+    let r = c.post(&url).header("content-type", "application/json").body(chat("unknown-model", false)).send().await.unwrap();
+    assert_eq!(r.status(), 404);
+    assert_eq!(r.headers()["x-olla-routing-reason"], "model_not_found");
+
+    let (status, ep, _) = post_chat(&c, &d.url(), "m").await;
+    assert_eq!((status, ep.as_str()), (200, "s"), "still serving after bad requests");
+
+    // No backend left: 503 with a JSON error; then it comes back and serves again.
+    let addr = m.addr();
+    m.stop().await;
+    let base = d.url();
+    wait_until(Duration::from_secs(5), "503 when the only backend is gone", || {
+        let (c, base) = (c.clone(), base.clone());
+        async move { post_chat(&c, &base, "m").await.0 == 503 }
+    })
+    .await;
+    let r = c.post(&url).header("content-type", "application/json").body(chat("m", false)).send().await.unwrap();
+    assert_eq!(r.status(), 503);
+    assert!(r.headers().contains_key("x-olla-request-id"));
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert!(v["error"]["message"].as_str().unwrap().contains("not available"), "{v}");
+    let _m = MockServer::start_at(addr, MockConfig { name: "s".into(), models: vec!["m".into()], ..MockConfig::default() }).await.unwrap();
+    wait_until(Duration::from_secs(10), "serves again", || {
+        let (c, base) = (c.clone(), base.clone());
+        async move { post_chat(&c, &base, "m").await.0 == 200 }
+    })
+    .await;
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn headers_are_cleaned_and_added_both_ways() {
+    let m = mock("s", &["m"]).await;
+    let eps = [endpoint("s", &m.url(), "openai", 100, "headers: {X-Tenant-ID: acme}")];
+    let d = daemon(&config(&eps, "")).await;
+    wait_routable(&d, &["s"], true).await;
+    let r = client()
+        .post(format!("{}/olla/proxy/v1/chat/completions?x=1", d.url()))
+        .header("content-type", "application/json")
+        .header("authorization", "Bearer client-secret")
+        .header("cookie", "session=1")
+        .header("x-api-key", "k")
+        .header("x-request-id", "my-request-42")
+        .body(chat("m", false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let h = r.headers();
+    assert_eq!(h["x-olla-request-id"], "my-request-42");
+    assert_eq!(h["x-olla-endpoint"], "s");
+    assert_eq!(h["x-olla-backend-type"], "openai-compatible");
+    assert_eq!(h["x-olla-model"], "m");
+    assert!(h["x-olla-response-time"].to_str().unwrap().ends_with("ms"));
+    assert!(h["x-served-by"].to_str().unwrap().starts_with("Olla/"));
+    assert!(h["via"].to_str().unwrap().contains("olla/"));
+    let rec = m.last_request().unwrap();
+    assert_eq!(rec.path, "/v1/chat/completions");
+    assert_eq!(rec.query.as_deref(), Some("x=1"));
+    let get = |n: &str| rec.headers.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone());
+    assert_eq!(get("authorization"), None);
+    assert_eq!(get("cookie"), None);
+    assert_eq!(get("x-api-key"), None);
+    assert_eq!(get("x-tenant-id").as_deref(), Some("acme"));
+    assert_eq!(get("x-forwarded-for").as_deref(), Some("127.0.0.1"));
+    assert_eq!(get("x-forwarded-proto").as_deref(), Some("http"));
+    assert!(get("x-forwarded-host").is_some());
+    assert!(get("via").is_some_and(|v| v.contains("olla/")));
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn first_byte_timeout_and_connection_errors_move_to_the_next_backend() {
+    let slow = mock("slow", &["m"]).await;
+    slow.update(|c| c.fault = Fault::Hang);
+    let ok = mock("ok", &["m"]).await;
+    let eps = [
+        endpoint("slow", &slow.url(), "openai", 100, "timeouts: {first_byte: 300ms}"),
+        endpoint("ok", &ok.url(), "openai", 50, ""),
+    ];
+    let d = daemon(&config(&eps, "proxy: {load_balancer: priority}")).await;
+    wait_routable(&d, &["slow", "ok"], true).await;
+    let started = Instant::now();
+    let (status, ep, _) = post_chat(&client(), &d.url(), "m").await;
+    assert_eq!((status, ep.as_str()), (200, "ok"));
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    wait_until(Duration::from_secs(2), "hung upstream request cancelled", || async { slow.stats().cancelled >= 1 }).await;
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2c_clients_are_served() {
+    let m = mock("s", &["m"]).await;
+    let d = daemon(&config(&[endpoint("s", &m.url(), "openai", 100, "")], "")).await;
+    wait_routable(&d, &["s"], true).await;
+    let c = reqwest::Client::builder().no_proxy().http2_prior_knowledge().build().unwrap();
+    let r = c
+        .post(format!("{}/olla/proxy/v1/chat/completions", d.url()))
+        .header("content-type", "application/json")
+        .body(chat("m", true))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.version(), reqwest::Version::HTTP_2);
+    assert_eq!(r.status(), 200);
+    assert!(r.text().await.unwrap().contains("[DONE]"));
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_shutdown_lets_an_in_flight_stream_finish() {
+    let m = MockServer::start(MockConfig {
+        name: "s".into(),
+        models: vec!["m".into()],
+        tokens: 10,
+        token_delay_ms: 50,
+        ..MockConfig::default()
+    })
+    .await
+    .unwrap();
+    let d = daemon(&config(&[endpoint("s", &m.url(), "openai", 100, "")], "")).await;
+    wait_routable(&d, &["s"], true).await;
+    let url = format!("{}/olla/proxy/v1/chat/completions", d.url());
+    let base = d.url();
+    let mut r = client().post(&url).header("content-type", "application/json").body(chat("m", true)).send().await.unwrap();
+    let first = r.chunk().await.unwrap().unwrap();
+    assert!(!first.is_empty());
+    let stopping = tokio::spawn(d.stop());
+    // New connections are refused while the old stream still completes.
+    wait_until(Duration::from_secs(2), "listener closed", || {
+        let base = base.clone();
+        async move { client().get(format!("{base}/internal/health")).send().await.is_err() }
+    })
+    .await;
+    let mut rest = String::new();
+    while let Some(c) = r.chunk().await.unwrap() {
+        rest.push_str(&String::from_utf8_lossy(&c));
+    }
+    assert!(rest.contains("[DONE]"), "stream completed: {rest}");
+    stopping.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_and_version_routes() {
+    let d = daemon(&config(&[], "")).await;
+    let c = client();
+    let v: serde_json::Value = c.get(format!("{}/internal/health", d.url())).send().await.unwrap().json().await.unwrap();
+    assert_eq!(v, serde_json::json!({"status": "healthy"}));
+    let r = c.get(format!("{}/version", d.url())).send().await.unwrap();
+    assert!(r.headers().contains_key("x-olla-request-id"));
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["name"], "Olla");
+    assert!(v["version"].as_str().unwrap().starts_with('v'));
+    // No endpoints configured at all: a proxied request gets a clear 503.
+    let (status, _, body) = post_chat(&c, &d.url(), "m").await;
+    assert_eq!(status, 503, "{body}");
+    d.stop().await;
+}
