@@ -6,6 +6,7 @@ use std::future::Future;
 use std::time::Duration;
 
 pub use olla::Daemon;
+#[allow(unused_imports)]
 pub use olla_mock::{Fault, MockConfig, MockServer};
 use tokio::net::TcpListener;
 

@@ -36,8 +36,10 @@ pub enum BackendMsg {
     /// A live request could not connect: probe now.
     PassiveFailure,
     BreakerChanged(BreakerTransition),
-    /// Fails the actor on purpose (exercises supervision).
+    /// Fails the actor on purpose by returning an error (exercises supervision).
     Crash(String),
+    /// Fails the actor on purpose by panicking (exercises supervision of panics).
+    Panic(String),
     GetHandle(RpcReplyPort<BackendHandle>),
 }
 
@@ -396,6 +398,9 @@ impl Actor for BackendActor {
             },
             BackendMsg::Crash(why) => {
                 return Err(format!("backend {} asked to crash: {why}", state.spec.name).into());
+            }
+            BackendMsg::Panic(why) => {
+                panic!("backend {} asked to panic: {why}", state.spec.name);
             }
             BackendMsg::GetHandle(reply) => {
                 let _ = reply.send(state.handle.clone());
