@@ -1,0 +1,147 @@
+//! Criterion benches of the request hot path:
+//! - `pick/select/N`: the whole candidate selection for one request (catalog lookup of the
+//!   model, routability of each backend, priority tiers + balancer) over a published snapshot
+//!   of N backends (1, 10, 100);
+//! - `pick/order/N`: the balancer ordering alone;
+//! - `accounting/*`: taking a slot on a backend and reporting the outcome (breaker, in-flight
+//!   counter, stats), with the breaker on and off, against a bare atomic counter as baseline.
+
+use std::hint::black_box;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
+use olla::app::App;
+use olla::config::ServerSettings;
+use olla::proxy::select::{select, Candidate, KindFilter};
+use olla_actors::balance::{order, Strategy};
+use olla_actors::discovery::DiscoveredModel;
+use olla_actors::kind::BackendKind;
+use olla_actors::registry::RegistryMsg;
+use olla_actors::spec::BackendSpec;
+use olla_actors::{EndpointStatus, Outcome, RoutingPolicy, SlotAttempt, Tree, TreeConfig};
+
+fn settings() -> ServerSettings {
+    ServerSettings {
+        host: "127.0.0.1".into(),
+        port: 0,
+        read_header_timeout: Duration::from_secs(10),
+        shutdown_timeout: Duration::from_secs(1),
+        max_body_size: 1 << 20,
+        max_header_size: 1 << 20,
+        request_logging: false,
+        proxy_engine: "olla".into(),
+        proxy_profile: "auto".into(),
+    }
+}
+
+/// A tree of `n` backends (unreachable URLs, probes far apart), all forced healthy, with a
+/// catalog where every backend serves `shared` and one model of its own.
+async fn app_with(n: usize, breaker: bool) -> Arc<App> {
+    let specs = (0..n)
+        .map(|i| {
+            let mut s = BackendSpec::new(format!("b{i}"), format!("http://127.0.0.1:{}", 1 + i).parse().unwrap(), BackendKind::Ollama);
+            s.priority = if i % 2 == 0 { 100 } else { 50 };
+            s.check_interval = Duration::from_secs(3600);
+            s.check_timeout = Duration::from_millis(1);
+            s.discovery.enabled = false;
+            s.breaker.enabled = breaker;
+            Arc::new(s)
+        })
+        .collect();
+    let tree = Tree::start(TreeConfig {
+        specs,
+        policy: RoutingPolicy { strategy: Strategy::LeastConnections, ..RoutingPolicy::default() },
+        model_aliases: Default::default(),
+        stale_threshold: Duration::from_secs(86400),
+        supervision: Default::default(),
+    })
+    .await
+    .unwrap();
+    // Wait for every handle, let the first probe fail, then force them healthy.
+    while tree.published.table().backends.len() < n {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    for b in &tree.published.table().backends {
+        b.set_status(EndpointStatus::Healthy);
+    }
+    let updates = (0..n)
+        .map(|i| {
+            let models = vec![
+                DiscoveredModel { name: "shared:8b".into(), ..Default::default() },
+                DiscoveredModel { name: format!("own-{i}"), ..Default::default() },
+            ];
+            (format!("b{i}"), BackendKind::Ollama, models)
+        })
+        .collect();
+    let registry = tree.published.registry().unwrap();
+    ractor::call!(registry, RegistryMsg::UpdateMany, updates).unwrap();
+    Arc::new(App::new(settings(), tree, "least-connections".into()))
+}
+
+fn bench_pick(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let mut group = c.benchmark_group("pick");
+    for n in [1usize, 10, 100] {
+        let app = rt.block_on(app_with(n, true));
+        group.bench_with_input(BenchmarkId::new("select", n), &n, |b, _| {
+            b.to_async(&rt).iter(|| async {
+                let s = select(&app, KindFilter::Any, Some(black_box("shared:8b"))).await;
+                black_box(s.map(|s| s.candidates.len()).unwrap_or(0))
+            })
+        });
+        let cands: Vec<Candidate> = app
+            .tree
+            .published
+            .table()
+            .backends
+            .iter()
+            .map(|h| Candidate { handle: h.clone(), native_model: None })
+            .collect();
+        let cursor = AtomicUsize::new(0);
+        group.bench_with_input(BenchmarkId::new("order", n), &n, |b, _| {
+            b.iter(|| {
+                let mut v = cands.clone();
+                order(&mut v, Strategy::LeastConnections, &cursor, fastrand::f64);
+                black_box(v.len())
+            })
+        });
+    }
+    group.finish();
+}
+
+fn bench_accounting(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let mut group = c.benchmark_group("accounting");
+    let counter = AtomicUsize::new(0);
+    group.bench_function("baseline_atomic_inc_dec", |b| {
+        b.iter(|| {
+            counter.fetch_add(1, Ordering::Relaxed);
+            black_box(counter.load(Ordering::Relaxed));
+            counter.fetch_sub(1, Ordering::Relaxed);
+        })
+    });
+    for breaker in [true, false] {
+        let app = rt.block_on(app_with(1, breaker));
+        let handle = app.tree.published.table().backends[0].clone();
+        let name = if breaker { "slot_and_report_breaker_on" } else { "slot_and_report_breaker_off" };
+        group.bench_function(name, |b| {
+            let _guard = rt.enter();
+            b.iter(|| {
+                if let SlotAttempt::Admitted(mut g) = handle.try_slot() {
+                    g.report(Outcome::Success, Some(Duration::from_millis(3)));
+                    g.add_bytes(100);
+                }
+            })
+        });
+        group.bench_function(format!("is_routable_{}", if breaker { "breaker_on" } else { "breaker_off" }), |b| {
+            b.iter(|| black_box(handle.is_routable(tokio::time::Instant::now())))
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench_pick, bench_accounting);
+criterion_main!(benches);
