@@ -137,21 +137,18 @@ impl Catalog {
 
     /// Every `(backend, native name)` that can serve a requested model, config aliases
     /// included. Empty when nobody has it.
-    pub fn resolve(&self, requested: &str) -> Vec<Availability> {
-        let mut out: Vec<Availability> = Vec::new();
-        let push_model = |name: &str, out: &mut Vec<Availability>| {
-            if let Some(m) = self.lookup(name) {
-                for a in &m.availability {
-                    if !out.iter().any(|o| o.backend == a.backend) {
-                        out.push(a.clone());
-                    }
-                }
-            }
-        };
-        push_model(requested, &mut out);
+    pub fn resolve(&self, requested: &str) -> Vec<&Availability> {
+        let mut names: Vec<&str> = vec![requested];
         if let Some(real) = self.aliases.get(&requested.to_lowercase()) {
-            for r in real {
-                push_model(r, &mut out);
+            names.extend(real.iter().map(String::as_str));
+        }
+        let mut out: Vec<&Availability> = Vec::new();
+        let mut seen: std::collections::HashSet<&str> = std::collections::HashSet::new();
+        for m in names.into_iter().filter_map(|n| self.lookup(n)) {
+            for a in &m.availability {
+                if seen.insert(a.backend.as_str()) {
+                    out.push(a);
+                }
             }
         }
         out

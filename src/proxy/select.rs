@@ -2,9 +2,11 @@
 //! availability in the catalog, aliases, routability now), the routing decision reported in the
 //! `X-Olla-Routing-*` headers, and the order to try them in (priority tiers, then the balancer).
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use olla_actors::balance::{self, Weighed};
+use olla_actors::catalog::{Availability, Catalog};
 use olla_actors::kind::BackendKind;
 use olla_actors::published::{Fallback, ModelRouting};
 use olla_actors::BackendHandle;
@@ -81,6 +83,13 @@ fn strategy_name(m: ModelRouting) -> &'static str {
     }
 }
 
+/// The endpoints of a model (aliases included) among the backends in scope.
+fn scoped<'c>(catalog: &'c Catalog, requested: &str, scope: &HashSet<&str>) -> Vec<&'c Availability> {
+    let mut found = catalog.resolve(requested);
+    found.retain(|a| scope.contains(a.backend.as_str()));
+    found
+}
+
 /// The outcome of selection.
 pub struct Selection {
     pub candidates: Vec<Candidate>,
@@ -126,14 +135,11 @@ pub async fn select(
     let (mut candidates, decision) = match model {
         None => (all_routable(), None),
         Some(requested) => {
-            let mut catalog = published.catalog.load_full();
-            let in_scope_names = |c: &olla_actors::catalog::Catalog| {
-                c.resolve(requested)
-                    .into_iter()
-                    .filter(|a| in_scope.iter().any(|b| b.name() == a.backend))
-                    .collect::<Vec<_>>()
-            };
-            let mut available = in_scope_names(&catalog);
+            let scope: HashSet<&str> = in_scope.iter().map(|b| b.name()).collect();
+            let first = published.catalog.load_full();
+            let refreshed;
+            let mut catalog: &Catalog = &first;
+            let mut available = scoped(catalog, requested, &scope);
             if available.is_empty() && policy.model_routing == ModelRouting::Discovery {
                 // Discovery on a miss: really re-fetch the model lists, then decide.
                 let names: Vec<String> = in_scope
@@ -142,20 +148,24 @@ pub async fn select(
                     .map(|b| b.name().to_string())
                     .collect();
                 app.tree.refresh_models(&names, policy.discovery_timeout).await;
-                catalog = published.catalog.load_full();
-                available = in_scope_names(&catalog);
+                refreshed = published.catalog.load_full();
+                catalog = &refreshed;
+                available = scoped(catalog, requested, &scope);
             }
             if !available.is_empty() {
-                let routable: Vec<Candidate> = available
+                // One pass over the backends, looking each up among the model's endpoints.
+                let by_backend: HashMap<&str, &str> = available
                     .iter()
-                    .filter_map(|a| {
-                        in_scope
-                            .iter()
-                            .find(|b| b.name() == a.backend && b.is_routable(now))
-                            .map(|b| Candidate {
-                                handle: (*b).clone(),
-                                native_model: Some(a.native_name.clone()),
-                            })
+                    .map(|a| (a.backend.as_str(), a.native_name.as_str()))
+                    .collect();
+                let routable: Vec<Candidate> = in_scope
+                    .iter()
+                    .filter_map(|b| {
+                        let native = by_backend.get(b.name())?;
+                        b.is_routable(now).then(|| Candidate {
+                            handle: (*b).clone(),
+                            native_model: Some(native.to_string()),
+                        })
                     })
                     .collect();
                 if routable.is_empty() {
