@@ -39,8 +39,13 @@ fn init_logging(level: &str, format: &str, output: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
     let to_stderr = output == "stderr";
+    let ansi = if to_stderr {
+        std::io::IsTerminal::is_terminal(&std::io::stderr())
+    } else {
+        std::io::IsTerminal::is_terminal(&std::io::stdout())
+    };
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi);
     match (format, to_stderr) {
         ("json", false) => builder.json().init(),
         ("json", true) => builder.json().with_writer(std::io::stderr).init(),
