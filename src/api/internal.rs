@@ -378,7 +378,7 @@ pub fn status<B>(app: &App, req: &Request<B>) -> Response<Body> {
             "status": system_status,
             "endpoints_up": format!("{healthy}/{total}"),
             "success_rate": success.map(format::percentage).unwrap_or_else(|| "N/A".into()),
-            "avg_latency": format::latency_ms(if lat_n > 0 { lat_total / lat_n } else { 0 }),
+            "avg_latency": format::latency_ms(lat_total.checked_div(lat_n).unwrap_or(0)),
             "total_traffic": format::bytes(bytes),
             "uptime": format::uptime(StdInstant::now().duration_since(app.started)),
             "version": concat!("v", env!("CARGO_PKG_VERSION")),

@@ -194,9 +194,9 @@ pub fn list(app: &App, query: Option<&str>) -> Result<Response<Body>, ProxyError
         .unwrap_or("")
         .split('&')
         .filter(|s| !s.is_empty())
-        .filter_map(|kv| {
+        .map(|kv| {
             let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
-            Some((k.to_string(), percent_decode(v)))
+            (k.to_string(), percent_decode(v))
         })
         .collect();
     let format = q.get("format").map(String::as_str).unwrap_or("unified");

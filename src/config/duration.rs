@@ -68,7 +68,7 @@ pub fn parse_duration(input: &str) -> Result<Duration, String> {
         total += value * factor;
         rest = &rest[unit_len..];
     }
-    if !total.is_finite() || total < 0.0 || total > 1e10 {
+    if !total.is_finite() || !(0.0..=1e10).contains(&total) {
         return Err(format!("invalid duration {input:?}: out of range"));
     }
     Ok(Duration::from_secs_f64(total))
