@@ -306,6 +306,10 @@ impl Run<'_> {
             Ok(Err(e)) => {
                 let outcome = if e.is_connect() { Outcome::ConnectFailure } else { Outcome::Fault };
                 guard.report(outcome, None);
+                if !e.is_connect() {
+                    // Reset or closed mid-request: the backend may have died; check it now.
+                    handle.request_probe();
+                }
                 let msg = error_chain(&e);
                 tracing::warn!(backend = handle.name(), error = %msg, "upstream request failed; trying the next backend");
                 return Attempt::Next {

@@ -8,6 +8,7 @@ Helpers (importable: ``from conftest import wait_until, free_port, ...``):
     wait_until(pred, timeout, interval)     poll pred() until truthy; returns its value or raises TimeoutError
     http_get(url, timeout) -> (status, body)  plain GET, never raises on HTTP status
     backend_for(server, name, priority=100, **extra) -> dict   an Olla static endpoint for a llama server
+    mock_backend(mock, type, priority=100, **extra) -> dict    an Olla static endpoint for an olla-mock
     to_yaml(obj) -> str                     tiny YAML emitter (dict/list/str/int/float/bool/None)
 
 Fixtures:
@@ -17,6 +18,11 @@ Fixtures:
                     -> OllaProcess with .base .port .config_path .config .url(path) .stop() .kill()
                     .is_running() .logs() .log_tail(); every olla started is stopped at teardown
     olla_bin        path of the olla binary (env OLLA_BIN, default <repo>/target/debug/olla)
+    olla_mock       factory: olla_mock(name, models=("mock-model",), tokens=16, token_delay_ms=20,
+                    ttft_ms=None, fault=None, extra_args=()) -> MockBackend (`olla-mock --port 0`; the
+                    port is read from its "listening on" line) with .url .port .name .models
+                    .stats() .last_request(); every mock started is stopped at teardown
+    mock_bin        path of the olla-mock binary (env OLLA_MOCK_BIN, default <repo>/target/debug/olla-mock)
     llama_env       dict with OLLA_TEST_LLAMA_SERVER, OLLA_TEST_MODEL
 """
 
@@ -24,6 +30,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -274,6 +281,81 @@ class OllaProcess(ManagedProcess):
         return f"<OllaProcess {self.base} pid={self.pid}>"
 
 
+class MockBackend(ManagedProcess):
+    """One `olla-mock` process on 127.0.0.1 with `--port 0`; the port comes from its stdout line
+    `olla-mock <name> listening on http://HOST:PORT` (stdout goes to the log file)."""
+
+    LISTEN_RE = re.compile(r"^olla-mock (\S+) listening on (http://[^\s]+?):(\d+)\s*$", re.M)
+
+    def __init__(self, binary: str, name: str, log_dir: Path, models: Iterable[str] = ("mock-model",),
+                 tokens: int = 16, token_delay_ms: int = 20, ttft_ms: Optional[int] = None,
+                 fault: Optional[str] = None, extra_args: Iterable[str] = ()):
+        super().__init__(Path(log_dir) / f"mock-{name}.log")
+        self.binary = binary
+        self.name = name
+        self.models = list(models)
+        self.tokens = tokens
+        self.token_delay_ms = token_delay_ms
+        self.ttft_ms = ttft_ms
+        self.fault = fault
+        self.extra_args = list(extra_args)
+        self.port: Optional[int] = None
+        self.host = "127.0.0.1"
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def argv(self) -> list[str]:
+        a = [self.binary, "--host", "127.0.0.1", "--port", "0", "--name", self.name,
+             "--models", ",".join(self.models), "--tokens", str(self.tokens),
+             "--token-delay-ms", str(self.token_delay_ms)]
+        if self.ttft_ms is not None:
+            a += ["--ttft-ms", str(self.ttft_ms)]
+        if self.fault is not None:
+            a += ["--fault", self.fault]
+        return a + self.extra_args
+
+    def start(self, timeout: float = 15.0) -> "MockBackend":
+        if self.is_running():
+            raise RuntimeError(f"mock {self.name} already running (pid {self.pid})")
+        offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+        self._spawn(self.argv())
+
+        def listening():
+            if not self.is_running():
+                return "exited"
+            m = self.LISTEN_RE.search(self.logs()[offset:])
+            return m or None
+
+        try:
+            m = wait_until(listening, timeout=timeout, interval=0.02, desc=f"olla-mock {self.name} listening line")
+        except TimeoutError as e:
+            raise RuntimeError(f"{e}\n--- {self.log_path} (tail) ---\n{self.log_tail()}") from None
+        if m == "exited":
+            raise RuntimeError(f"olla-mock {self.name} exited with code {self.proc.returncode}\n"
+                               f"--- {self.log_path} (tail) ---\n{self.log_tail()}")
+        self.host = m.group(2)[len("http://"):].strip("[]")
+        self.port = int(m.group(3))
+        _wait_ok(self, self.url + "/health", timeout)
+        return self
+
+    def _get_json(self, path: str) -> Any:
+        status, body = http_get(self.url + path)
+        return json.loads(body) if status == 200 else None
+
+    def stats(self) -> dict:
+        """GET /_mock/stats: requests, completed, cancelled, in_flight, by_path."""
+        return self._get_json("/_mock/stats")
+
+    def last_request(self) -> Optional[dict]:
+        """GET /_mock/last: method, path, query, headers [[k, v]...], body; None if none yet."""
+        return self._get_json("/_mock/last")
+
+    def __repr__(self) -> str:
+        return f"<MockBackend {self.name} {self.url if self.port else '(not started)'} pid={self.pid}>"
+
+
 def _wait_ok(p: ManagedProcess, url: str, timeout: float) -> None:
     """Poll url until 200 with a deadline; fail fast (with the log tail) if the process dies."""
 
@@ -308,6 +390,20 @@ def backend_for(server: LlamaServer, name: Optional[str] = None, priority: int =
         "type": "llamacpp",
         "priority": priority,
         "check_interval": "1s",
+        "check_timeout": "1s",
+    }
+    d.update(extra)
+    return d
+
+
+def mock_backend(mock: "MockBackend", kind: str, priority: int = 100, **extra) -> dict:
+    """An Olla static endpoint entry for an olla-mock of type `kind` (500ms health checks)."""
+    d = {
+        "name": mock.name,
+        "url": mock.url,
+        "type": kind,
+        "priority": priority,
+        "check_interval": "500ms",
         "check_timeout": "1s",
     }
     d.update(extra)
@@ -461,3 +557,35 @@ def olla(olla_bin, tmp_path):
     finally:
         for p in started:
             p.stop(grace=5.0)
+
+
+@pytest.fixture(scope="session")
+def mock_bin() -> str:
+    path = Path(os.environ.get("OLLA_MOCK_BIN") or REPO_ROOT / "target" / "debug" / "olla-mock")
+    if not path.is_absolute():
+        path = REPO_ROOT / path
+    if not (path.is_file() and os.access(path, os.X_OK)):
+        pytest.fail(f"olla-mock binary not found at {path}: run `cargo build` (or set OLLA_MOCK_BIN)",
+                    pytrace=False)
+    return str(path)
+
+
+@pytest.fixture
+def olla_mock(mock_bin, tmp_path):
+    """Factory: olla_mock(name, models=("mock-model",), tokens=16, token_delay_ms=20, ttft_ms=None,
+    fault=None, extra_args=()) -> a started MockBackend. Every mock started is stopped at teardown."""
+    started: list[MockBackend] = []
+
+    def start(name: str, models: Iterable[str] = ("mock-model",), tokens: int = 16, token_delay_ms: int = 20,
+              ttft_ms: Optional[int] = None, fault: Optional[str] = None,
+              extra_args: Iterable[str] = ()) -> MockBackend:
+        m = MockBackend(mock_bin, name, tmp_path / "mocks", models, tokens, token_delay_ms, ttft_ms, fault,
+                        extra_args)
+        started.append(m)
+        return m.start()
+
+    try:
+        yield start
+    finally:
+        for m in started:
+            m.stop(grace=5.0)
