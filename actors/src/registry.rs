@@ -41,6 +41,11 @@ pub struct RegistryState {
 }
 
 impl RegistryState {
+    fn insert(&mut self, backend: String, kind: BackendKind, models: Vec<DiscoveredModel>) {
+        let updated_at = SystemTime::now();
+        self.backends.insert(backend, BackendModels { kind, models, updated_at });
+    }
+
     fn publish(&self) {
         let aliases = self.published.model_aliases.read().clone();
         let catalog = Catalog::build(self.backends.clone(), aliases);
@@ -80,26 +85,12 @@ impl Actor for RegistryActor {
                 kind,
                 models,
             } => {
-                state.backends.insert(
-                    backend,
-                    BackendModels {
-                        kind,
-                        models,
-                        updated_at: SystemTime::now(),
-                    },
-                );
+                state.insert(backend, kind, models);
                 state.publish();
             }
             RegistryMsg::UpdateMany(updates, reply) => {
                 for (backend, kind, models) in updates {
-                    state.backends.insert(
-                        backend,
-                        BackendModels {
-                            kind,
-                            models,
-                            updated_at: SystemTime::now(),
-                        },
-                    );
+                    state.insert(backend, kind, models);
                 }
                 state.publish();
                 let _ = reply.send(());

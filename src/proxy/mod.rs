@@ -167,6 +167,30 @@ pub async fn forward(
     run.walk(selection.candidates, ctx).await
 }
 
+/// What the failed attempts of a request left: the last error, and the last retryable upstream
+/// response (returned as it is when no candidate succeeds).
+#[derive(Default)]
+struct Misses {
+    last_error: Option<ProxyError>,
+    kept: Option<Response<Body>>,
+}
+
+impl Misses {
+    /// Returns the response of a finished attempt, or records why it did not finish.
+    fn settle(&mut self, attempt: Attempt) -> Option<Response<Body>> {
+        match attempt {
+            Attempt::Done(r) => Some(r),
+            Attempt::Next { error, kept } => {
+                self.last_error = Some(error);
+                if kept.is_some() {
+                    self.kept = kept;
+                }
+                None
+            }
+        }
+    }
+}
+
 struct Run<'a> {
     parts: &'a Parts,
     body: &'a Bytes,
@@ -182,8 +206,7 @@ impl Run<'_> {
     async fn walk(&self, candidates: Vec<Candidate>, ctx: &mut HeaderMap) -> Result<Response<Body>, ProxyError> {
         let total = candidates.len();
         let mut tried = 0usize;
-        let mut last_error: Option<ProxyError> = None;
-        let mut kept: Option<Response<Body>> = None;
+        let mut misses = Misses::default();
         let mut saw_capacity: Option<Duration> = None;
         let mut start = 0;
         while start < total {
@@ -199,15 +222,8 @@ impl Run<'_> {
                 match cand.handle.try_slot() {
                     SlotAttempt::Admitted(guard) => {
                         tried += 1;
-                        let more = tried < total;
-                        match self.attempt(guard, cand, more, ctx).await {
-                            Attempt::Done(r) => return Ok(r),
-                            Attempt::Next { error, kept: k } => {
-                                last_error = Some(error);
-                                if k.is_some() {
-                                    kept = k;
-                                }
-                            }
+                        if let Some(r) = misses.settle(self.attempt(guard, cand, tried < total, ctx).await) {
+                            return Ok(r);
                         }
                     }
                     SlotAttempt::Full => full.push(cand),
@@ -227,15 +243,8 @@ impl Run<'_> {
                 match ticket.wait(wait).await {
                     Some(guard) => {
                         tried += 1;
-                        let more = tried < total;
-                        match self.attempt(guard, cand, more, ctx).await {
-                            Attempt::Done(r) => return Ok(r),
-                            Attempt::Next { error, kept: k } => {
-                                last_error = Some(error);
-                                if k.is_some() {
-                                    kept = k;
-                                }
-                            }
+                        if let Some(r) = misses.settle(self.attempt(guard, cand, tried < total, ctx).await) {
+                            return Ok(r);
                         }
                         break;
                     }
@@ -247,10 +256,10 @@ impl Run<'_> {
             }
             start = end;
         }
-        if let Some(resp) = kept {
+        if let Some(resp) = misses.kept {
             return Ok(resp);
         }
-        if let Some(e) = last_error {
+        if let Some(e) = misses.last_error {
             return Err(e);
         }
         if let Some(wait) = saw_capacity {
