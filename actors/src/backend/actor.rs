@@ -304,7 +304,10 @@ impl Actor for BackendActor {
                 {
                     state.start_discovery(&myself);
                 }
-                state.schedule_probe(&myself, step.next_check);
+                // The interval runs from the start of this probe, so probes keep their exact
+                // cadence however long each one takes.
+                let after = step.next_check.saturating_sub(elapsed).max(Duration::from_millis(10));
+                state.schedule_probe(&myself, after);
             }
             BackendMsg::Discover { token } => {
                 if token == state.discovery_token && state.handle.status().is_routable() {
