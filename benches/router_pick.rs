@@ -41,7 +41,11 @@ fn settings() -> ServerSettings {
 async fn app_with(n: usize, breaker: bool) -> Arc<App> {
     let specs = (0..n)
         .map(|i| {
-            let mut s = BackendSpec::new(format!("b{i}"), format!("http://127.0.0.1:{}", 1 + i).parse().unwrap(), BackendKind::Ollama);
+            let mut s = BackendSpec::new(
+                format!("b{i}"),
+                format!("http://127.0.0.1:{}", 1 + i).parse().unwrap(),
+                BackendKind::Ollama,
+            );
             s.priority = if i % 2 == 0 { 100 } else { 50 };
             s.check_interval = Duration::from_secs(3600);
             s.check_timeout = Duration::from_millis(1);
@@ -52,7 +56,10 @@ async fn app_with(n: usize, breaker: bool) -> Arc<App> {
         .collect();
     let tree = Tree::start(TreeConfig {
         specs,
-        policy: RoutingPolicy { strategy: Strategy::LeastConnections, ..RoutingPolicy::default() },
+        policy: RoutingPolicy {
+            strategy: Strategy::LeastConnections,
+            ..RoutingPolicy::default()
+        },
         model_aliases: Default::default(),
         stale_threshold: Duration::from_secs(86400),
         supervision: Default::default(),
@@ -70,8 +77,14 @@ async fn app_with(n: usize, breaker: bool) -> Arc<App> {
     let updates = (0..n)
         .map(|i| {
             let models = vec![
-                DiscoveredModel { name: "shared:8b".into(), ..Default::default() },
-                DiscoveredModel { name: format!("own-{i}"), ..Default::default() },
+                DiscoveredModel {
+                    name: "shared:8b".into(),
+                    ..Default::default()
+                },
+                DiscoveredModel {
+                    name: format!("own-{i}"),
+                    ..Default::default()
+                },
             ];
             (format!("b{i}"), BackendKind::Ollama, models)
         })
@@ -82,7 +95,11 @@ async fn app_with(n: usize, breaker: bool) -> Arc<App> {
 }
 
 fn bench_pick(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     let mut group = c.benchmark_group("pick");
     for n in [1usize, 10, 100] {
         let app = rt.block_on(app_with(n, true));
@@ -98,7 +115,10 @@ fn bench_pick(c: &mut Criterion) {
             .table()
             .backends
             .iter()
-            .map(|h| Candidate { handle: h.clone(), native_model: None })
+            .map(|h| Candidate {
+                handle: h.clone(),
+                native_model: None,
+            })
             .collect();
         let cursor = AtomicUsize::new(0);
         group.bench_with_input(BenchmarkId::new("order", n), &n, |b, _| {
@@ -113,7 +133,11 @@ fn bench_pick(c: &mut Criterion) {
 }
 
 fn bench_accounting(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     let mut group = c.benchmark_group("accounting");
     let counter = AtomicUsize::new(0);
     group.bench_function("baseline_atomic_inc_dec", |b| {
@@ -126,7 +150,11 @@ fn bench_accounting(c: &mut Criterion) {
     for breaker in [true, false] {
         let app = rt.block_on(app_with(1, breaker));
         let handle = app.tree.published.table().backends[0].clone();
-        let name = if breaker { "slot_and_report_breaker_on" } else { "slot_and_report_breaker_off" };
+        let name = if breaker {
+            "slot_and_report_breaker_on"
+        } else {
+            "slot_and_report_breaker_off"
+        };
         group.bench_function(name, |b| {
             let _guard = rt.enter();
             b.iter(|| {
@@ -136,9 +164,13 @@ fn bench_accounting(c: &mut Criterion) {
                 }
             })
         });
-        group.bench_function(format!("is_routable_{}", if breaker { "breaker_on" } else { "breaker_off" }), |b| {
-            b.iter(|| black_box(handle.is_routable(tokio::time::Instant::now())))
-        });
+        group.bench_function(
+            format!(
+                "is_routable_{}",
+                if breaker { "breaker_on" } else { "breaker_off" }
+            ),
+            |b| b.iter(|| black_box(handle.is_routable(tokio::time::Instant::now()))),
+        );
     }
     group.finish();
 }

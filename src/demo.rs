@@ -59,7 +59,12 @@ pub async fn run(port: u16, stop: impl Future<Output = ()>) -> Result<(), String
         tree: TreeConfig {
             specs: vec![
                 spec("local-gpu", gpu.url(), BackendKind::Ollama, 100)?,
-                spec("cloud-spillover", cloud.url(), BackendKind::OpenAiCompatible, 50)?,
+                spec(
+                    "cloud-spillover",
+                    cloud.url(),
+                    BackendKind::OpenAiCompatible,
+                    50,
+                )?,
             ],
             policy: RoutingPolicy::default(),
             model_aliases: Default::default(),

@@ -117,7 +117,10 @@ impl ProxyError {
         for (k, v) in extra {
             h.append(k, v.clone());
         }
-        h.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        h.insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
         if let Self::AtCapacity { retry_after } = self {
             let secs = retry_after.as_secs().max(1);
             if let Ok(v) = HeaderValue::try_from(secs.to_string()) {
@@ -151,7 +154,10 @@ mod tests {
             let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
             assert!(v["error"]["message"].is_string() && v["error"]["code"].is_string());
         }
-        let r = ProxyError::AtCapacity { retry_after: Duration::from_secs(3) }.to_response(&HeaderMap::new(), true);
+        let r = ProxyError::AtCapacity {
+            retry_after: Duration::from_secs(3),
+        }
+        .to_response(&HeaderMap::new(), true);
         assert_eq!(r.headers()["retry-after"], "3");
         let body = r.into_body().collect().await.unwrap().to_bytes();
         let v: serde_json::Value = serde_json::from_slice(&body).unwrap();

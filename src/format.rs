@@ -51,7 +51,10 @@ pub fn short_duration(d: Duration) -> String {
 pub fn time_ago(t: Option<SystemTime>) -> String {
     match t {
         None => "never".into(),
-        Some(t) => format!("{} ago", short_duration(SystemTime::now().duration_since(t).unwrap_or_default())),
+        Some(t) => format!(
+            "{} ago",
+            short_duration(SystemTime::now().duration_since(t).unwrap_or_default())
+        ),
     }
 }
 

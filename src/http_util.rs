@@ -12,11 +12,15 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub type Body = BoxBody<Bytes, BoxError>;
 
 pub fn full(data: impl Into<Bytes>) -> Body {
-    Full::new(data.into()).map_err(|never| match never {}).boxed()
+    Full::new(data.into())
+        .map_err(|never| match never {})
+        .boxed()
 }
 
 pub fn empty() -> Body {
-    Empty::<Bytes>::new().map_err(|never| match never {}).boxed()
+    Empty::<Bytes>::new()
+        .map_err(|never| match never {})
+        .boxed()
 }
 
 /// A JSON response with the given status.
@@ -36,8 +40,21 @@ const LLAMAS: &[&str] = &[
     "shaggy", "noble", "gentle", "swift", "steady", "proud",
 ];
 const ACTIONS: &[&str] = &[
-    "grazing", "trekking", "humming", "spitting", "prancing", "carrying", "leading", "following",
-    "resting", "alerting", "browsing", "foraging", "wandering", "galloping", "ambling",
+    "grazing",
+    "trekking",
+    "humming",
+    "spitting",
+    "prancing",
+    "carrying",
+    "leading",
+    "following",
+    "resting",
+    "alerting",
+    "browsing",
+    "foraging",
+    "wandering",
+    "galloping",
+    "ambling",
 ];
 
 /// The request id: an inbound `X-Request-ID` if it is at most 128 printable ASCII characters

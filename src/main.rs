@@ -11,7 +11,11 @@ use tokio::net::TcpListener;
 use tracing::{error, info};
 
 #[derive(Parser, Debug)]
-#[command(name = "olla", version, about = "Proxy and load balancer for LLM inference servers")]
+#[command(
+    name = "olla",
+    version,
+    about = "Proxy and load balancer for LLM inference servers"
+)]
 struct Cli {
     /// Config file (else OLLA_CONFIG_FILE, config/config.local.yaml, config/config.yaml, config.yaml).
     #[arg(short, long, global = true)]
@@ -45,7 +49,9 @@ fn init_logging(level: &str, format: &str, output: &str) {
     } else {
         std::io::IsTerminal::is_terminal(&std::io::stdout())
     };
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(ansi);
     match (format, to_stderr) {
         ("json", false) => builder.json().init(),
         ("json", true) => builder.json().with_writer(std::io::stderr).init(),
@@ -80,7 +86,10 @@ async fn shutdown_signal() {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("olla: cannot start the async runtime: {e}");

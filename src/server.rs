@@ -53,7 +53,11 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: impl Future<O
             let app = app.clone();
             async move { Ok::<_, Infallible>(api::handle(app, req, peer).await) }
         });
-        let conn = graceful.watch(builder.serve_connection(TokioIo::new(stream), svc).into_owned());
+        let conn = graceful.watch(
+            builder
+                .serve_connection(TokioIo::new(stream), svc)
+                .into_owned(),
+        );
         tokio::spawn(async move {
             if let Err(e) = conn.await {
                 debug!(error = %e, peer = %peer, "connection ended with an error");
@@ -62,8 +66,14 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: impl Future<O
     }
     drop(listener);
     let limit = app.settings.shutdown_timeout;
-    info!(timeout_ms = limit.as_millis() as u64, "shutting down: draining in-flight requests");
-    if tokio::time::timeout(limit, graceful.shutdown()).await.is_err() {
+    info!(
+        timeout_ms = limit.as_millis() as u64,
+        "shutting down: draining in-flight requests"
+    );
+    if tokio::time::timeout(limit, graceful.shutdown())
+        .await
+        .is_err()
+    {
         warn!("shutdown timeout reached with requests still in flight; closing them");
     }
 }

@@ -19,7 +19,8 @@ fn shipped_configs_validate() {
     for entry in std::fs::read_dir(root().join("config")).unwrap() {
         let path = entry.unwrap().path();
         if path.extension().is_some_and(|e| e == "yaml") {
-            let cfg = olla::config::load_file(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            let cfg = olla::config::load_file(&path)
+                .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
             olla::config::resolve(&cfg).unwrap_or_else(|e| panic!("{}: {e:?}", path.display()));
             n += 1;
         }
@@ -44,7 +45,10 @@ fn each_validation_error_has_its_message() {
     ];
     for (yaml, want) in cases {
         let err = validate(yaml).expect_err(yaml);
-        assert!(err.contains(want), "for\n{yaml}\nwanted {want:?} in:\n{err}");
+        assert!(
+            err.contains(want),
+            "for\n{yaml}\nwanted {want:?} in:\n{err}"
+        );
     }
 }
 
@@ -56,19 +60,36 @@ fn validate_config_flag_exits_zero_or_nonzero() {
         .arg(root().join("config/config.yaml"))
         .output()
         .unwrap();
-    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
     assert!(String::from_utf8_lossy(&ok.stdout).contains("config OK"));
 
     let dir = std::env::temp_dir().join(format!("olla-cfg-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let bad = dir.join("bad.yaml");
     std::fs::write(&bad, "server:\n  prot: 1\ndiscovery:\n  static:\n    endpoints:\n      - {name: a, url: 'ftp://x', type: ollama}\n").unwrap();
-    let out = Command::new(bin).arg("--validate-config").arg("-c").arg(&bad).output().unwrap();
+    let out = Command::new(bin)
+        .arg("--validate-config")
+        .arg("-c")
+        .arg(&bad)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("unknown key `prot` in `server`") && err.contains("did you mean `port`"), "{err}");
+    assert!(
+        err.contains("unknown key `prot` in `server`") && err.contains("did you mean `port`"),
+        "{err}"
+    );
 
-    let missing = Command::new(bin).arg("--validate-config").arg("-c").arg(dir.join("nope.yaml")).output().unwrap();
+    let missing = Command::new(bin)
+        .arg("--validate-config")
+        .arg("-c")
+        .arg(dir.join("nope.yaml"))
+        .output()
+        .unwrap();
     assert_eq!(missing.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&missing.stderr).contains("not found"));
     std::fs::remove_dir_all(&dir).ok();

@@ -1166,10 +1166,18 @@ async fn auto_type_is_detected_and_its_models_discovered() {
     let c = client();
     let st = endpoint_status(&c, &d.url(), "auto-one").await;
     assert_eq!(st["type"], "ollama", "{st}");
-    let r = chat_at(&c, &d.url(), "/olla/ollama/v1/chat/completions", "detect-me:1b").await;
+    let r = chat_at(
+        &c,
+        &d.url(),
+        "/olla/ollama/v1/chat/completions",
+        "detect-me:1b",
+    )
+    .await;
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.header("x-olla-backend-type"), "ollama");
-    let tags = get(&c, &format!("{}/olla/ollama/api/tags", d.url())).await.json();
+    let tags = get(&c, &format!("{}/olla/ollama/api/tags", d.url()))
+        .await
+        .json();
     assert_eq!(tags["models"][0]["name"], "detect-me:1b");
     d.stop().await;
 }
@@ -1179,7 +1187,13 @@ async fn a_recovering_backend_is_rediscovered_without_waiting_for_the_interval()
     let m = mock("comeback", &["old-model"]).await;
     let addr = m.addr();
     // Discovery every 5 minutes: only the recovery trigger can explain a fresh list.
-    let eps = [endpoint("comeback", &m.url(), "openai", 100, "health: {healthy_threshold: 1}")];
+    let eps = [endpoint(
+        "comeback",
+        &m.url(),
+        "openai",
+        100,
+        "health: {healthy_threshold: 1}",
+    )];
     let yaml = config_md(&eps, "", "interval: 5m, timeout: 2s");
     let d = daemon(&yaml).await;
     wait_routable(&d, &["comeback"], true).await;
@@ -1192,14 +1206,27 @@ async fn a_recovering_backend_is_rediscovered_without_waiting_for_the_interval()
     .await;
     let _m = MockServer::start_at(
         addr,
-        MockConfig { name: "comeback".into(), models: vec!["new-model".into()], ..MockConfig::default() },
+        MockConfig {
+            name: "comeback".into(),
+            models: vec!["new-model".into()],
+            ..MockConfig::default()
+        },
     )
     .await
     .unwrap();
-    wait_until(Duration::from_secs(10), "new model routable after recovery", || {
-        let (c, base) = (c.clone(), d.url());
-        async move { chat_at(&c, &base, "/olla/proxy/v1/chat/completions", "new-model").await.status == 200 }
-    })
+    wait_until(
+        Duration::from_secs(10),
+        "new model routable after recovery",
+        || {
+            let (c, base) = (c.clone(), d.url());
+            async move {
+                chat_at(&c, &base, "/olla/proxy/v1/chat/completions", "new-model")
+                    .await
+                    .status
+                    == 200
+            }
+        },
+    )
     .await;
     let r = chat_at(&c, &d.url(), "/olla/proxy/v1/chat/completions", "old-model").await;
     assert_eq!(r.status, 404, "the old list was replaced: {}", r.body);

@@ -48,7 +48,10 @@ async fn sse_events_arrive_as_the_backend_emits_them() {
     // The backend needs ~450 ms between the first and last token: a buffering proxy would
     // deliver everything at once at the end.
     assert!(last >= Duration::from_millis(400), "stream took {last:?}");
-    assert!(first + Duration::from_millis(300) < last, "first {first:?}, last {last:?}");
+    assert!(
+        first + Duration::from_millis(300) < last,
+        "first {first:?}, last {last:?}"
+    );
     assert!(arrivals.len() >= 5, "events were coalesced: {arrivals:?}");
     d.stop().await;
 }
@@ -76,7 +79,13 @@ async fn priority_routing_fails_over_under_load_and_returns() {
     let served_low = Arc::new(AtomicUsize::new(0));
     let mut workers = Vec::new();
     for _ in 0..4 {
-        let (stop, failures, served_low, c, base) = (stop.clone(), failures.clone(), served_low.clone(), c.clone(), d.url());
+        let (stop, failures, served_low, c, base) = (
+            stop.clone(),
+            failures.clone(),
+            served_low.clone(),
+            c.clone(),
+            d.url(),
+        );
         workers.push(tokio::spawn(async move {
             let mut n = 0;
             while !stop.load(Ordering::Relaxed) && n < 5000 {
@@ -99,9 +108,16 @@ async fn priority_routing_fails_over_under_load_and_returns() {
     })
     .await;
     // Bring it back on the same port: traffic returns once probes see it healthy.
-    let _high = MockServer::start_at(high_addr, MockConfig { name: "high".into(), models: vec!["m".into()], ..MockConfig::default() })
-        .await
-        .unwrap();
+    let _high = MockServer::start_at(
+        high_addr,
+        MockConfig {
+            name: "high".into(),
+            models: vec!["m".into()],
+            ..MockConfig::default()
+        },
+    )
+    .await
+    .unwrap();
     let base = d.url();
     wait_until(Duration::from_secs(10), "traffic returns to high", || {
         let (c, base) = (c.clone(), base.clone());
@@ -112,7 +128,11 @@ async fn priority_routing_fails_over_under_load_and_returns() {
     for w in workers {
         w.await.unwrap();
     }
-    assert_eq!(failures.load(Ordering::Relaxed), 0, "requests failed during failover");
+    assert_eq!(
+        failures.load(Ordering::Relaxed),
+        0,
+        "requests failed during failover"
+    );
     drop(low);
     d.stop().await;
 }
@@ -144,7 +164,12 @@ async fn client_disconnect_cancels_the_upstream_mid_stream_and_before_first_byte
     r.chunk().await.unwrap();
     let dropped_at = Instant::now();
     drop(r);
-    wait_until(Duration::from_millis(500), "mock sees the stream cancelled", || async { m.stats().cancelled == 1 }).await;
+    wait_until(
+        Duration::from_millis(500),
+        "mock sees the stream cancelled",
+        || async { m.stats().cancelled == 1 },
+    )
+    .await;
     assert!(dropped_at.elapsed() < Duration::from_millis(500));
     wait_until(Duration::from_secs(2), "in-flight released", || async {
         d.app.tree.published.table().get("s").unwrap().in_flight() == 0
@@ -160,10 +185,20 @@ async fn client_disconnect_cancels_the_upstream_mid_stream_and_before_first_byte
         .body(chat("m", false))
         .send();
     let task = tokio::spawn(req);
-    wait_until(Duration::from_secs(2), "request reached the mock", || async { m.stats().in_flight == 1 }).await;
+    wait_until(
+        Duration::from_secs(2),
+        "request reached the mock",
+        || async { m.stats().in_flight == 1 },
+    )
+    .await;
     task.abort();
     let aborted_at = Instant::now();
-    wait_until(Duration::from_millis(500), "mock sees the waiting request cancelled", || async { m.stats().cancelled == 1 }).await;
+    wait_until(
+        Duration::from_millis(500),
+        "mock sees the waiting request cancelled",
+        || async { m.stats().cancelled == 1 },
+    )
+    .await;
     assert!(aborted_at.elapsed() < Duration::from_millis(500));
     d.stop().await;
 }
@@ -180,45 +215,108 @@ async fn bad_inputs_get_clear_errors_and_the_daemon_keeps_serving() {
     let c = client();
     let url = format!("{}/olla/proxy/v1/chat/completions", d.url());
 
-    let r = c.post(&url).header("content-type", "application/json").body("{\"model\":").send().await.unwrap();
+    let r = c
+        .post(&url)
+        .header("content-type", "application/json")
+        .body("{\"model\":")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 400);
     let v: serde_json::Value = r.json().await.unwrap();
     assert_eq!(v["error"]["code"], "invalid_request");
 
     let big = format!(r#"{{"model":"m","pad":"{}"}}"#, "x".repeat(2000));
-    let r = c.post(&url).header("content-type", "application/json").body(big).send().await.unwrap();
+    let r = c
+        .post(&url)
+        .header("content-type", "application/json")
+        .body(big)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 413);
-    assert_eq!(r.json::<serde_json::Value>().await.unwrap()["error"]["code"], "request_too_large");
+    assert_eq!(
+        r.json::<serde_json::Value>().await.unwrap()["error"]["code"],
+        "request_too_large"
+    );
 
-    let r = c.post(&url).header("x-big", "y".repeat(3000)).body(chat("m", false)).send().await.unwrap();
+    let r = c
+        .post(&url)
+        .header("x-big", "y".repeat(3000))
+        .body(chat("m", false))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 431);
 
-    let r = c.get(format!("{}/no/such/route", d.url())).send().await.unwrap();
+    let r = c
+        .get(format!("{}/no/such/route", d.url()))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 404);
-    assert_eq!(r.json::<serde_json::Value>().await.unwrap()["error"]["code"], "route_not_found");
+    assert_eq!(
+        r.json::<serde_json::Value>().await.unwrap()["error"]["code"],
+        "route_not_found"
+    );
 
-    let r = c.post(&url).header("content-type", "application/json").body(chat("unknown-model", false)).send().await.unwrap();
+    let r = c
+        .post(&url)
+        .header("content-type", "application/json")
+        .body(chat("unknown-model", false))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 404);
     assert_eq!(r.headers()["x-olla-routing-reason"], "model_not_found");
 
     let (status, ep, _) = post_chat(&c, &d.url(), "m").await;
-    assert_eq!((status, ep.as_str()), (200, "s"), "still serving after bad requests");
+    assert_eq!(
+        (status, ep.as_str()),
+        (200, "s"),
+        "still serving after bad requests"
+    );
 
     // No backend left: 503 with a JSON error; then it comes back and serves again.
     let addr = m.addr();
     m.stop().await;
     let base = d.url();
-    wait_until(Duration::from_secs(5), "503 when the only backend is gone", || {
-        let (c, base) = (c.clone(), base.clone());
-        async move { post_chat(&c, &base, "m").await.0 == 503 }
-    })
+    wait_until(
+        Duration::from_secs(5),
+        "503 when the only backend is gone",
+        || {
+            let (c, base) = (c.clone(), base.clone());
+            async move { post_chat(&c, &base, "m").await.0 == 503 }
+        },
+    )
     .await;
-    let r = c.post(&url).header("content-type", "application/json").body(chat("m", false)).send().await.unwrap();
+    let r = c
+        .post(&url)
+        .header("content-type", "application/json")
+        .body(chat("m", false))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 503);
     assert!(r.headers().contains_key("x-olla-request-id"));
     let v: serde_json::Value = r.json().await.unwrap();
-    assert!(v["error"]["message"].as_str().unwrap().contains("not available"), "{v}");
-    let _m = MockServer::start_at(addr, MockConfig { name: "s".into(), models: vec!["m".into()], ..MockConfig::default() }).await.unwrap();
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("not available"),
+        "{v}"
+    );
+    let _m = MockServer::start_at(
+        addr,
+        MockConfig {
+            name: "s".into(),
+            models: vec!["m".into()],
+            ..MockConfig::default()
+        },
+    )
+    .await
+    .unwrap();
     wait_until(Duration::from_secs(10), "serves again", || {
         let (c, base) = (c.clone(), base.clone());
         async move { post_chat(&c, &base, "m").await.0 == 200 }
@@ -230,7 +328,13 @@ async fn bad_inputs_get_clear_errors_and_the_daemon_keeps_serving() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn headers_are_cleaned_and_added_both_ways() {
     let m = mock("s", &["m"]).await;
-    let eps = [endpoint("s", &m.url(), "openai", 100, "headers: {X-Tenant-ID: acme}")];
+    let eps = [endpoint(
+        "s",
+        &m.url(),
+        "openai",
+        100,
+        "headers: {X-Tenant-ID: acme}",
+    )];
     let d = daemon(&config(&eps, "")).await;
     wait_routable(&d, &["s"], true).await;
     let r = client()
@@ -256,7 +360,12 @@ async fn headers_are_cleaned_and_added_both_ways() {
     let rec = m.last_request().unwrap();
     assert_eq!(rec.path, "/v1/chat/completions");
     assert_eq!(rec.query.as_deref(), Some("x=1"));
-    let get = |n: &str| rec.headers.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone());
+    let get = |n: &str| {
+        rec.headers
+            .iter()
+            .find(|(k, _)| k == n)
+            .map(|(_, v)| v.clone())
+    };
     assert_eq!(get("authorization"), None);
     assert_eq!(get("cookie"), None);
     assert_eq!(get("x-api-key"), None);
@@ -274,7 +383,13 @@ async fn first_byte_timeout_and_connection_errors_move_to_the_next_backend() {
     slow.update(|c| c.fault = Fault::Hang);
     let ok = mock("ok", &["m"]).await;
     let eps = [
-        endpoint("slow", &slow.url(), "openai", 100, "timeouts: {first_byte: 300ms}"),
+        endpoint(
+            "slow",
+            &slow.url(),
+            "openai",
+            100,
+            "timeouts: {first_byte: 300ms}",
+        ),
         endpoint("ok", &ok.url(), "openai", 50, ""),
     ];
     let d = daemon(&config(&eps, "proxy: {load_balancer: priority}")).await;
@@ -283,7 +398,12 @@ async fn first_byte_timeout_and_connection_errors_move_to_the_next_backend() {
     let (status, ep, _) = post_chat(&client(), &d.url(), "m").await;
     assert_eq!((status, ep.as_str()), (200, "ok"));
     assert!(started.elapsed() >= Duration::from_millis(300));
-    wait_until(Duration::from_secs(2), "hung upstream request cancelled", || async { slow.stats().cancelled >= 1 }).await;
+    wait_until(
+        Duration::from_secs(2),
+        "hung upstream request cancelled",
+        || async { slow.stats().cancelled >= 1 },
+    )
+    .await;
     d.stop().await;
 }
 
@@ -292,7 +412,11 @@ async fn h2c_clients_are_served() {
     let m = mock("s", &["m"]).await;
     let d = daemon(&config(&[endpoint("s", &m.url(), "openai", 100, "")], "")).await;
     wait_routable(&d, &["s"], true).await;
-    let c = reqwest::Client::builder().no_proxy().http2_prior_knowledge().build().unwrap();
+    let c = reqwest::Client::builder()
+        .no_proxy()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
     let r = c
         .post(format!("{}/olla/proxy/v1/chat/completions", d.url()))
         .header("content-type", "application/json")
@@ -321,14 +445,26 @@ async fn graceful_shutdown_lets_an_in_flight_stream_finish() {
     wait_routable(&d, &["s"], true).await;
     let url = format!("{}/olla/proxy/v1/chat/completions", d.url());
     let base = d.url();
-    let mut r = client().post(&url).header("content-type", "application/json").body(chat("m", true)).send().await.unwrap();
+    let mut r = client()
+        .post(&url)
+        .header("content-type", "application/json")
+        .body(chat("m", true))
+        .send()
+        .await
+        .unwrap();
     let first = r.chunk().await.unwrap().unwrap();
     assert!(!first.is_empty());
     let stopping = tokio::spawn(d.stop());
     // New connections are refused while the old stream still completes.
     wait_until(Duration::from_secs(2), "listener closed", || {
         let base = base.clone();
-        async move { client().get(format!("{base}/internal/health")).send().await.is_err() }
+        async move {
+            client()
+                .get(format!("{base}/internal/health"))
+                .send()
+                .await
+                .is_err()
+        }
     })
     .await;
     let mut rest = String::new();
@@ -343,7 +479,14 @@ async fn graceful_shutdown_lets_an_in_flight_stream_finish() {
 async fn health_and_version_routes() {
     let d = daemon(&config(&[], "")).await;
     let c = client();
-    let v: serde_json::Value = c.get(format!("{}/internal/health", d.url())).send().await.unwrap().json().await.unwrap();
+    let v: serde_json::Value = c
+        .get(format!("{}/internal/health", d.url()))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(v, serde_json::json!({"status": "healthy"}));
     let r = c.get(format!("{}/version", d.url())).send().await.unwrap();
     assert!(r.headers().contains_key("x-olla-request-id"));

@@ -17,13 +17,27 @@ async fn actor_id(d: &Daemon, name: &str) -> Option<ractor::ActorId> {
 }
 
 /// Runs steady non-stream load in the background; returns (stop flag, failures, successes, tasks).
-fn load(d: &Daemon, workers: usize) -> (Arc<AtomicBool>, Arc<AtomicUsize>, Arc<AtomicUsize>, Vec<tokio::task::JoinHandle<()>>) {
+fn load(
+    d: &Daemon,
+    workers: usize,
+) -> (
+    Arc<AtomicBool>,
+    Arc<AtomicUsize>,
+    Arc<AtomicUsize>,
+    Vec<tokio::task::JoinHandle<()>>,
+) {
     let stop = Arc::new(AtomicBool::new(false));
     let failures = Arc::new(AtomicUsize::new(0));
     let ok = Arc::new(AtomicUsize::new(0));
     let tasks = (0..workers)
         .map(|_| {
-            let (stop, failures, ok, base, c) = (stop.clone(), failures.clone(), ok.clone(), d.url(), client());
+            let (stop, failures, ok, base, c) = (
+                stop.clone(),
+                failures.clone(),
+                ok.clone(),
+                d.url(),
+                client(),
+            );
             tokio::spawn(async move {
                 let mut n = 0;
                 while !stop.load(Ordering::Relaxed) && n < 20_000 {
@@ -45,7 +59,11 @@ fn load(d: &Daemon, workers: usize) -> (Arc<AtomicBool>, Arc<AtomicUsize>, Arc<A
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_panicking_backend_actor_is_restarted_and_traffic_goes_on() {
     let m = mock("only", &["m"]).await;
-    let d = daemon(&config(&[endpoint("only", &m.url(), "openai", 100, "")], "")).await;
+    let d = daemon(&config(
+        &[endpoint("only", &m.url(), "openai", 100, "")],
+        "",
+    ))
+    .await;
     wait_routable(&d, &["only"], true).await;
     let (stop, failures, ok, tasks) = load(&d, 3);
     for (i, msg) in ["panic", "error", "panic"].into_iter().enumerate() {
@@ -58,19 +76,25 @@ async fn a_panicking_backend_actor_is_restarted_and_traffic_goes_on() {
         };
         sent.unwrap();
         let dd = &d;
-        wait_until(Duration::from_secs(5), "restarted with a new actor id", || async move {
-            actor_id(dd, "only").await.is_some_and(|id| id != before)
-        })
+        wait_until(
+            Duration::from_secs(5),
+            "restarted with a new actor id",
+            || async move { actor_id(dd, "only").await.is_some_and(|id| id != before) },
+        )
         .await;
         // The restarted actor published a fresh handle and probes again.
         wait_routable(&d, &["only"], true).await;
     }
     let served_before = ok.load(Ordering::Relaxed);
     let okc = ok.clone();
-    wait_until(Duration::from_secs(5), "traffic continues after restarts", || {
-        let okc = okc.clone();
-        async move { okc.load(Ordering::Relaxed) > served_before + 20 }
-    })
+    wait_until(
+        Duration::from_secs(5),
+        "traffic continues after restarts",
+        || {
+            let okc = okc.clone();
+            async move { okc.load(Ordering::Relaxed) > served_before + 20 }
+        },
+    )
     .await;
     stop.store(true, Ordering::Relaxed);
     for t in tasks {
@@ -85,7 +109,10 @@ async fn a_panicking_backend_actor_is_restarted_and_traffic_goes_on() {
 async fn an_exhausted_backend_budget_escalates_to_a_backend_supervisor_restart() {
     let a = mock("a", &["m"]).await;
     let b = mock("b", &["m"]).await;
-    let eps = [endpoint("a", &a.url(), "openai", 100, ""), endpoint("b", &b.url(), "openai", 100, "")];
+    let eps = [
+        endpoint("a", &a.url(), "openai", 100, ""),
+        endpoint("b", &b.url(), "openai", 100, ""),
+    ];
     let sup = "supervision: {backend_max_restarts: 2, backend_restart_window: 60s, root_max_restarts: 3, root_restart_window: 60s}";
     let d = daemon(&config(&eps, sup)).await;
     wait_routable(&d, &["a", "b"], true).await;
@@ -95,32 +122,64 @@ async fn an_exhausted_backend_budget_escalates_to_a_backend_supervisor_restart()
     // Within budget: two restarts of "a" keep the supervisor.
     for _ in 0..2 {
         let before = actor_id(&d, "a").await.unwrap();
-        d.app.tree.backend_actor("a").await.unwrap().cast(BackendMsg::Crash("budget".into())).unwrap();
+        d.app
+            .tree
+            .backend_actor("a")
+            .await
+            .unwrap()
+            .cast(BackendMsg::Crash("budget".into()))
+            .unwrap();
         let dd = &d;
         wait_until(Duration::from_secs(5), "a restarted", || async move {
             actor_id(dd, "a").await.is_some_and(|id| id != before)
         })
         .await;
     }
-    assert_eq!(d.app.tree.backend_supervisor().await.unwrap().get_id(), sup_before);
+    assert_eq!(
+        d.app.tree.backend_supervisor().await.unwrap().get_id(),
+        sup_before
+    );
     // The third failure in the window exhausts the budget: the backend supervisor fails and the
     // root restarts it, with fresh actors for every backend.
-    d.app.tree.backend_actor("a").await.unwrap().cast(BackendMsg::Crash("over budget".into())).unwrap();
+    d.app
+        .tree
+        .backend_actor("a")
+        .await
+        .unwrap()
+        .cast(BackendMsg::Crash("over budget".into()))
+        .unwrap();
     let dd = &d;
-    wait_until(Duration::from_secs(10), "backend supervisor restarted", || async move {
-        dd.app.tree.backend_supervisor().await.is_some_and(|s| s.get_id() != sup_before)
-    })
+    wait_until(
+        Duration::from_secs(10),
+        "backend supervisor restarted",
+        || async move {
+            dd.app
+                .tree
+                .backend_supervisor()
+                .await
+                .is_some_and(|s| s.get_id() != sup_before)
+        },
+    )
     .await;
-    wait_until(Duration::from_secs(10), "both backends have fresh actors", || async move {
-        actor_id(dd, "b").await.is_some_and(|id| id != b_before) && actor_id(dd, "a").await.is_some()
-    })
+    wait_until(
+        Duration::from_secs(10),
+        "both backends have fresh actors",
+        || async move {
+            actor_id(dd, "b").await.is_some_and(|id| id != b_before)
+                && actor_id(dd, "a").await.is_some()
+        },
+    )
     .await;
     wait_routable(&d, &["a", "b"], true).await;
     stop.store(true, Ordering::Relaxed);
     for t in tasks {
         t.await.unwrap();
     }
-    assert_eq!(failures.load(Ordering::Relaxed), 0, "no request failed while the tree healed");
+    assert_eq!(
+        failures.load(Ordering::Relaxed),
+        0,
+        "no request failed while the tree healed"
+    );
     assert!(d.app.tree.is_running());
     d.stop().await;
 }
@@ -142,20 +201,38 @@ async fn an_exhausted_root_budget_stops_the_tree_and_the_daemon_reports_it() {
             if let Some(a) = app.tree.backend_actor("a").await {
                 break a;
             }
-            assert!(tokio::time::Instant::now() < deadline, "backend actor available");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "backend actor available"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         };
-        actor.cast(BackendMsg::Crash(format!("round {round}"))).unwrap();
+        actor
+            .cast(BackendMsg::Crash(format!("round {round}")))
+            .unwrap();
         if round == 0 {
             let app2 = app.clone();
-            wait_until(Duration::from_secs(5), "backend supervisor restarted once", || {
-                let app2 = app2.clone();
-                async move { app2.tree.backend_supervisor().await.map(|s| s.get_id()).is_some_and(|id| Some(id) != before) }
-            })
+            wait_until(
+                Duration::from_secs(5),
+                "backend supervisor restarted once",
+                || {
+                    let app2 = app2.clone();
+                    async move {
+                        app2.tree
+                            .backend_supervisor()
+                            .await
+                            .map(|s| s.get_id())
+                            .is_some_and(|id| Some(id) != before)
+                    }
+                },
+            )
             .await;
         }
     }
-    let exit = tokio::time::timeout(Duration::from_secs(10), run).await.expect("daemon ends").unwrap();
+    let exit = tokio::time::timeout(Duration::from_secs(10), run)
+        .await
+        .expect("daemon ends")
+        .unwrap();
     assert_eq!(exit, olla::Exit::TreeFailed);
     assert!(!app.tree.is_running());
 }

@@ -21,7 +21,9 @@ impl Strategy {
         match s {
             "priority" => Some(Self::Priority),
             "round-robin" | "round_robin" | "roundrobin" => Some(Self::RoundRobin),
-            "least-connections" | "least_connections" | "least-conn" => Some(Self::LeastConnections),
+            "least-connections" | "least_connections" | "least-conn" => {
+                Some(Self::LeastConnections)
+            }
             _ => None,
         }
     }
@@ -57,7 +59,11 @@ pub fn order<T: Weighed>(
     let mut start = 0;
     while start < cands.len() {
         let p = cands[start].priority();
-        let end = start + cands[start..].iter().take_while(|c| c.priority() == p).count();
+        let end = start
+            + cands[start..]
+                .iter()
+                .take_while(|c| c.priority() == p)
+                .count();
         let tier = &mut cands[start..end];
         if tier.len() > 1 {
             match strategy {
@@ -65,8 +71,12 @@ pub fn order<T: Weighed>(
                 Strategy::LeastConnections => {
                     tier.rotate_left(turn % tier.len());
                     tier.sort_by(|a, b| {
-                        let la = a.in_flight() as f64 / f64::from(a.weight().max(1)) / a.traffic_factor().max(0.01);
-                        let lb = b.in_flight() as f64 / f64::from(b.weight().max(1)) / b.traffic_factor().max(0.01);
+                        let la = a.in_flight() as f64
+                            / f64::from(a.weight().max(1))
+                            / a.traffic_factor().max(0.01);
+                        let lb = b.in_flight() as f64
+                            / f64::from(b.weight().max(1))
+                            / b.traffic_factor().max(0.01);
                         la.total_cmp(&lb)
                     });
                 }
@@ -133,7 +143,13 @@ mod tests {
         }
     }
     fn c(name: &'static str, prio: i64, weight: u32, load: usize) -> C {
-        C { name, prio, weight, load, factor: 1.0 }
+        C {
+            name,
+            prio,
+            weight,
+            load,
+            factor: 1.0,
+        }
     }
     fn names(v: &[C]) -> Vec<&'static str> {
         v.iter().map(|c| c.name).collect()
@@ -141,7 +157,11 @@ mod tests {
 
     #[test]
     fn tiers_come_first_in_every_strategy() {
-        for s in [Strategy::Priority, Strategy::RoundRobin, Strategy::LeastConnections] {
+        for s in [
+            Strategy::Priority,
+            Strategy::RoundRobin,
+            Strategy::LeastConnections,
+        ] {
             let mut v = vec![c("low", 50, 1, 0), c("high", 100, 1, 99)];
             order(&mut v, s, &AtomicUsize::new(0), fastrand::f64);
             assert_eq!(names(&v), vec!["high", "low"], "{s:?}");
@@ -163,7 +183,12 @@ mod tests {
     #[test]
     fn least_connections_prefers_idle_per_weight() {
         let mut v = vec![c("busy", 1, 1, 5), c("idle", 1, 1, 1), c("big", 1, 10, 9)];
-        order(&mut v, Strategy::LeastConnections, &AtomicUsize::new(0), fastrand::f64);
+        order(
+            &mut v,
+            Strategy::LeastConnections,
+            &AtomicUsize::new(0),
+            fastrand::f64,
+        );
         assert_eq!(names(&v), vec!["big", "idle", "busy"]);
     }
 
@@ -189,7 +214,13 @@ mod tests {
         let mut rng = fastrand::Rng::with_seed(11);
         let mut busy_first = 0;
         for _ in 0..2000 {
-            let mut v = vec![C { factor: 0.3, ..c("busy", 1, 1, 0) }, c("ok", 1, 1, 0)];
+            let mut v = vec![
+                C {
+                    factor: 0.3,
+                    ..c("busy", 1, 1, 0)
+                },
+                c("ok", 1, 1, 0),
+            ];
             order(&mut v, Strategy::Priority, &cursor, || rng.f64());
             if v[0].name == "busy" {
                 busy_first += 1;

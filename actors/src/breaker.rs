@@ -16,9 +16,13 @@ use crate::spec::BreakerSettings;
 pub enum BreakerState {
     Closed,
     /// Not routable until the instant; then half-open.
-    Open { until: Instant },
+    Open {
+        until: Instant,
+    },
     /// `trials` requests are in flight as trials.
-    HalfOpen { trials: u32 },
+    HalfOpen {
+        trials: u32,
+    },
 }
 
 /// The answer to "may a request go to this backend now?".
@@ -240,7 +244,11 @@ mod tests {
         assert_eq!(b.admit(later), Admission::Trial);
         assert_eq!(b.admit(later), Admission::Reject, "only two trials at once");
         b.release_trial();
-        assert_eq!(b.admit(later), Admission::Trial, "a released slot is reusable");
+        assert_eq!(
+            b.admit(later),
+            Admission::Trial,
+            "a released slot is reusable"
+        );
         assert_eq!(b.on_success(true), Some(BreakerTransition::Closed));
         assert_eq!(b.admit(later), Admission::Pass);
     }
@@ -257,7 +265,10 @@ mod tests {
             t += Duration::from_secs(30);
             assert_eq!(b.admit(t), Admission::Trial);
             let want = Duration::from_secs(expected.next().unwrap());
-            assert_eq!(b.on_fault(t, true), Some(BreakerTransition::Opened { open_for: want }));
+            assert_eq!(
+                b.on_fault(t, true),
+                Some(BreakerTransition::Opened { open_for: want })
+            );
             assert!(!b.would_admit(t + want - Duration::from_millis(1)));
             assert!(b.would_admit(t + want));
         }

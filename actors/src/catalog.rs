@@ -69,7 +69,10 @@ impl Catalog {
                     .or_else(|| {
                         by_name.get(&lname).copied().filter(|&i| {
                             // Same name but a different known digest: a different model.
-                            match (&digest, models[i].meta.digest.as_deref().map(normalize_digest)) {
+                            match (
+                                &digest,
+                                models[i].meta.digest.as_deref().map(normalize_digest),
+                            ) {
                                 (Some(a), Some(b)) => *a == b,
                                 _ => true,
                             }
@@ -210,15 +213,30 @@ mod tests {
     #[test]
     fn merges_by_name_case_insensitively_and_by_digest() {
         let mut b = BTreeMap::new();
-        b.insert("a".into(), list(BackendKind::Ollama, &[("Llama3:8b", Some("sha256:abc")), ("only-a", None)]));
-        b.insert("b".into(), list(BackendKind::LmStudio, &[("llama3:8B", None), ("other-name", Some("abc"))]));
+        b.insert(
+            "a".into(),
+            list(
+                BackendKind::Ollama,
+                &[("Llama3:8b", Some("sha256:abc")), ("only-a", None)],
+            ),
+        );
+        b.insert(
+            "b".into(),
+            list(
+                BackendKind::LmStudio,
+                &[("llama3:8B", None), ("other-name", Some("abc"))],
+            ),
+        );
         let c = Catalog::build(b, HashMap::new());
         let m = c.lookup("LLAMA3:8b").unwrap();
         assert_eq!(m.id, "Llama3:8b");
         let mut backends: Vec<&str> = m.availability.iter().map(|a| a.backend.as_str()).collect();
         backends.dedup();
         assert_eq!(backends, vec!["a", "b"]);
-        assert!(c.lookup("other-name").is_some_and(|o| o.id == "Llama3:8b"), "digest merge");
+        assert!(
+            c.lookup("other-name").is_some_and(|o| o.id == "Llama3:8b"),
+            "digest merge"
+        );
         assert_eq!(c.resolve("only-a").len(), 1);
         assert!(c.resolve("missing").is_empty());
     }
@@ -235,10 +253,22 @@ mod tests {
     #[test]
     fn config_aliases_resolve_to_every_real_name() {
         let mut b = BTreeMap::new();
-        b.insert("a".into(), list(BackendKind::Ollama, &[("llama3.1:8b", None)]));
-        b.insert("b".into(), list(BackendKind::LmStudio, &[("llama-3.1-8b-instruct", None)]));
+        b.insert(
+            "a".into(),
+            list(BackendKind::Ollama, &[("llama3.1:8b", None)]),
+        );
+        b.insert(
+            "b".into(),
+            list(BackendKind::LmStudio, &[("llama-3.1-8b-instruct", None)]),
+        );
         let mut aliases = HashMap::new();
-        aliases.insert("My-Llama".to_string(), vec!["llama3.1:8b".to_string(), "llama-3.1-8b-instruct".to_string()]);
+        aliases.insert(
+            "My-Llama".to_string(),
+            vec![
+                "llama3.1:8b".to_string(),
+                "llama-3.1-8b-instruct".to_string(),
+            ],
+        );
         let c = Catalog::build(b, aliases);
         let r = c.resolve("my-llama");
         assert_eq!(r.len(), 2);

@@ -68,7 +68,10 @@ pub async fn get(
     let mut req = Request::builder()
         .method(Method::GET)
         .uri(uri)
-        .header(http::header::USER_AGENT, concat!("olla/", env!("CARGO_PKG_VERSION")))
+        .header(
+            http::header::USER_AGENT,
+            concat!("olla/", env!("CARGO_PKG_VERSION")),
+        )
         .header(http::header::ACCEPT, "application/json");
     for (k, v) in &spec.outbound_headers {
         req = req.header(k, v);
@@ -148,7 +151,9 @@ pub async fn detect_kind(
             continue;
         };
         let found = match kind {
-            BackendKind::Ollama => v.get("models").is_some_and(|m| m.is_array()) && v.get("data").is_none(),
+            BackendKind::Ollama => {
+                v.get("models").is_some_and(|m| m.is_array()) && v.get("data").is_none()
+            }
             // llama.cpp's /v1/models carries an Ollama-style `models` array beside `data`,
             // or its server header names it.
             BackendKind::LlamaCpp => {
@@ -158,10 +163,10 @@ pub async fn detect_kind(
                         .and_then(|s| s.to_str().ok())
                         .is_some_and(|s| s.contains("llama"))
             }
-            BackendKind::LmStudio => v
-                .get("data")
-                .and_then(|d| d.as_array())
-                .is_some_and(|d| d.iter().any(|m| m.get("compatibility_type").is_some() || m.get("state").is_some())),
+            BackendKind::LmStudio => v.get("data").and_then(|d| d.as_array()).is_some_and(|d| {
+                d.iter()
+                    .any(|m| m.get("compatibility_type").is_some() || m.get("state").is_some())
+            }),
             BackendKind::Vllm => v
                 .get("data")
                 .and_then(|d| d.as_array())
@@ -177,7 +182,10 @@ pub async fn detect_kind(
 }
 
 /// Parses a model list in a backend kind's dialect.
-pub fn parse_models(kind: BackendKind, body: &[u8]) -> Result<Vec<DiscoveredModel>, DiscoveryError> {
+pub fn parse_models(
+    kind: BackendKind,
+    body: &[u8],
+) -> Result<Vec<DiscoveredModel>, DiscoveryError> {
     let v: Value =
         serde_json::from_slice(body).map_err(|e| DiscoveryError::Malformed(e.to_string()))?;
     let models = match kind {
@@ -189,7 +197,10 @@ pub fn parse_models(kind: BackendKind, body: &[u8]) -> Result<Vec<DiscoveredMode
 }
 
 fn str_of(v: &Value, key: &str) -> Option<String> {
-    v.get(key).and_then(|x| x.as_str()).filter(|s| !s.is_empty()).map(str::to_string)
+    v.get(key)
+        .and_then(|x| x.as_str())
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
 }
 
 fn parse_ollama(v: &Value) -> Result<Vec<DiscoveredModel>, DiscoveryError> {
@@ -215,7 +226,11 @@ fn parse_ollama(v: &Value) -> Result<Vec<DiscoveredModel>, DiscoveryError> {
         model.capabilities = m
             .get("capabilities")
             .and_then(|c| c.as_array())
-            .map(|c| c.iter().filter_map(|x| x.as_str().map(str::to_string)).collect())
+            .map(|c| {
+                c.iter()
+                    .filter_map(|x| x.as_str().map(str::to_string))
+                    .collect()
+            })
             .unwrap_or_default();
         model.name = name;
         enrich_from_name(&mut model);
@@ -266,8 +281,22 @@ fn enrich_from_name(m: &mut DiscoveredModel) {
     let lower = m.name.to_lowercase();
     if m.family.is_none() {
         const FAMILIES: &[&str] = &[
-            "llama", "qwen", "mistral", "mixtral", "gemma", "phi", "deepseek", "smollm", "granite",
-            "command-r", "codellama", "starcoder", "nomic-bert", "bert", "llava", "gpt-oss",
+            "llama",
+            "qwen",
+            "mistral",
+            "mixtral",
+            "gemma",
+            "phi",
+            "deepseek",
+            "smollm",
+            "granite",
+            "command-r",
+            "codellama",
+            "starcoder",
+            "nomic-bert",
+            "bert",
+            "llava",
+            "gpt-oss",
         ];
         let base = lower.rsplit('/').next().unwrap_or(&lower);
         m.family = FAMILIES
@@ -332,7 +361,8 @@ mod tests {
 
     #[test]
     fn parses_openai_lmstudio_and_vllm_lists() {
-        let body = br#"{"object":"list","data":[{"id":"qwen2.5-7b-instruct-q4_k_m","object":"model"}]}"#;
+        let body =
+            br#"{"object":"list","data":[{"id":"qwen2.5-7b-instruct-q4_k_m","object":"model"}]}"#;
         let m = parse_models(BackendKind::OpenAiCompatible, body).unwrap();
         assert_eq!(m[0].family.as_deref(), Some("qwen"));
         assert_eq!(m[0].parameter_size.as_deref(), Some("7B"));
@@ -343,7 +373,10 @@ mod tests {
         assert_eq!(m[0].context_length, Some(8192));
         assert!(m[0].capabilities.contains(&"vision".to_string()));
         let vllm = br#"{"data":[{"id":"meta/Llama-3-8B","max_model_len":4096}]}"#;
-        assert_eq!(parse_models(BackendKind::Vllm, vllm).unwrap()[0].context_length, Some(4096));
+        assert_eq!(
+            parse_models(BackendKind::Vllm, vllm).unwrap()[0].context_length,
+            Some(4096)
+        );
     }
 
     #[test]

@@ -364,7 +364,11 @@ mod tests {
     fn k_failures_to_go_down_with_quick_confirmation() {
         let mut t = tracker(EndpointStatus::Healthy);
         let s1 = t.observe(&refused(), 0.0);
-        assert_eq!(s1.status, EndpointStatus::Healthy, "one failure is only suspect");
+        assert_eq!(
+            s1.status,
+            EndpointStatus::Healthy,
+            "one failure is only suspect"
+        );
         assert_eq!(s1.next_check, Duration::from_millis(500));
         let s2 = t.observe(&refused(), 0.0);
         assert_eq!(s2.status, EndpointStatus::Offline);
@@ -410,7 +414,10 @@ mod tests {
         assert_eq!(c.next_check, Duration::from_secs(1));
         // Backoff restarts from the interval after recovery.
         t.observe(&refused(), 0.0);
-        assert_eq!(t.observe(&refused(), 0.0).next_check, Duration::from_secs(1));
+        assert_eq!(
+            t.observe(&refused(), 0.0).next_check,
+            Duration::from_secs(1)
+        );
     }
 
     #[test]

@@ -132,7 +132,9 @@ impl BackendKind {
             Self::Lemonade => p("/api/v1/health", "/api/v1/models", &["lemonade"], true),
             Self::LiteLlm => p("/health/liveliness", "/v1/models", &["litellm"], true),
             Self::LmDeploy => p("/health", "/v1/models", &["lmdeploy"], true),
-            Self::DockerModelRunner => p("/engines/v1/models", "/engines/v1/models", &["dmr"], true),
+            Self::DockerModelRunner => {
+                p("/engines/v1/models", "/engines/v1/models", &["dmr"], true)
+            }
             Self::Omlx => p("/health", "/v1/models", &["omlx"], true),
             Self::OpenAiCompatible | Self::Auto => p(
                 "/v1/models",
@@ -165,7 +167,10 @@ mod tests {
     #[test]
     fn parses_olla_names_and_aliases() {
         assert_eq!(BackendKind::parse("lm-studio"), Some(BackendKind::LmStudio));
-        assert_eq!(BackendKind::parse("openai"), Some(BackendKind::OpenAiCompatible));
+        assert_eq!(
+            BackendKind::parse("openai"),
+            Some(BackendKind::OpenAiCompatible)
+        );
         assert_eq!(BackendKind::parse("LLAMACPP"), Some(BackendKind::LlamaCpp));
         assert_eq!(BackendKind::parse("nope"), None);
     }
@@ -179,9 +184,18 @@ mod tests {
 
     #[test]
     fn prefixes_map_to_kinds() {
-        assert_eq!(BackendKind::from_prefix("lm_studio"), Some(BackendKind::LmStudio));
-        assert_eq!(BackendKind::from_prefix("openai"), Some(BackendKind::OpenAiCompatible));
-        assert_eq!(BackendKind::from_prefix("ollama"), Some(BackendKind::Ollama));
+        assert_eq!(
+            BackendKind::from_prefix("lm_studio"),
+            Some(BackendKind::LmStudio)
+        );
+        assert_eq!(
+            BackendKind::from_prefix("openai"),
+            Some(BackendKind::OpenAiCompatible)
+        );
+        assert_eq!(
+            BackendKind::from_prefix("ollama"),
+            Some(BackendKind::Ollama)
+        );
         assert_eq!(BackendKind::from_prefix("x"), None);
     }
 }

@@ -43,7 +43,14 @@ pub struct RegistryState {
 impl RegistryState {
     fn insert(&mut self, backend: String, kind: BackendKind, models: Vec<DiscoveredModel>) {
         let updated_at = SystemTime::now();
-        self.backends.insert(backend, BackendModels { kind, models, updated_at });
+        self.backends.insert(
+            backend,
+            BackendModels {
+                kind,
+                models,
+                updated_at,
+            },
+        );
     }
 
     fn publish(&self) {
@@ -64,7 +71,8 @@ impl Actor for RegistryActor {
         published: Arc<Published>,
     ) -> Result<RegistryState, ActorProcessingErr> {
         let backends = published.catalog.load().backends.clone();
-        let cleanup_every = (published.stale_threshold / 4).clamp(Duration::from_secs(1), Duration::from_secs(600));
+        let cleanup_every =
+            (published.stale_threshold / 4).clamp(Duration::from_secs(1), Duration::from_secs(600));
         myself.send_interval(cleanup_every, || RegistryMsg::Cleanup);
         *published.registry.write() = Some(myself);
         Ok(RegistryState {

@@ -290,13 +290,22 @@ mod tests {
     #[test]
     fn joins_paths() {
         let base: Uri = "http://h:1/".parse().unwrap();
-        assert_eq!(join_uri(&base, "/v1/models").unwrap(), "http://h:1/v1/models");
+        assert_eq!(
+            join_uri(&base, "/v1/models").unwrap(),
+            "http://h:1/v1/models"
+        );
         let base: Uri = "https://h/api/".parse().unwrap();
-        assert_eq!(join_uri(&base, "/v1/x?a=1").unwrap(), "https://h/api/v1/x?a=1");
+        assert_eq!(
+            join_uri(&base, "/v1/x?a=1").unwrap(),
+            "https://h/api/v1/x?a=1"
+        );
         let spec = BackendSpec::new("a", "http://h:1".parse().unwrap(), BackendKind::Ollama);
         assert_eq!(spec.health_uri(BackendKind::Ollama).unwrap(), "http://h:1/");
         let mut spec = spec;
         spec.health_check_url = Some("http://other:2/health".into());
-        assert_eq!(spec.health_uri(BackendKind::Ollama).unwrap(), "http://other:2/health");
+        assert_eq!(
+            spec.health_uri(BackendKind::Ollama).unwrap(),
+            "http://other:2/health"
+        );
     }
 }

@@ -16,7 +16,9 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
-use ractor::{Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+use ractor::{
+    Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent,
+};
 use tokio::time::Instant;
 use tracing::{error, info, warn};
 
@@ -120,7 +122,11 @@ pub struct BackendSupState {
 }
 
 impl BackendSupState {
-    async fn spawn_child(&mut self, myself: &ActorRef<BackendSupMsg>, name: &str) -> Result<(), ActorProcessingErr> {
+    async fn spawn_child(
+        &mut self,
+        myself: &ActorRef<BackendSupMsg>,
+        name: &str,
+    ) -> Result<(), ActorProcessingErr> {
         let Some(spec) = self.specs.get(name).cloned() else {
             return Ok(());
         };
@@ -152,7 +158,11 @@ impl Actor for BackendSupervisor {
         let mut state = BackendSupState {
             published: args.published,
             settings: args.settings,
-            specs: args.specs.into_iter().map(|s| (s.name.clone(), s)).collect(),
+            specs: args
+                .specs
+                .into_iter()
+                .map(|s| (s.name.clone(), s))
+                .collect(),
             children: HashMap::new(),
             refs: BTreeMap::new(),
             budgets: HashMap::new(),
@@ -198,7 +208,10 @@ impl Actor for BackendSupervisor {
                 }
                 state.specs.insert(name.clone(), spec);
                 state.publish_specs();
-                let r = state.spawn_child(&myself, &name).await.map_err(|e| e.to_string());
+                let r = state
+                    .spawn_child(&myself, &name)
+                    .await
+                    .map_err(|e| e.to_string());
                 let _ = reply.send(r);
             }
             BackendSupMsg::Remove(name, reply) => {
@@ -216,7 +229,13 @@ impl Actor for BackendSupervisor {
                 let _ = reply.send(existed);
             }
             BackendSupMsg::Children(reply) => {
-                let _ = reply.send(state.refs.iter().map(|(k, v)| (k.clone(), v.clone())).collect());
+                let _ = reply.send(
+                    state
+                        .refs
+                        .iter()
+                        .map(|(k, v)| (k.clone(), v.clone()))
+                        .collect(),
+                );
             }
         }
         Ok(())
@@ -238,10 +257,9 @@ impl Actor for BackendSupervisor {
                     return Ok(());
                 }
                 let settings = &state.settings;
-                let budget = state
-                    .budgets
-                    .entry(name.clone())
-                    .or_insert_with(|| RestartBudget::new(settings.backend_max_restarts, settings.backend_window));
+                let budget = state.budgets.entry(name.clone()).or_insert_with(|| {
+                    RestartBudget::new(settings.backend_max_restarts, settings.backend_window)
+                });
                 match budget.on_failure(Instant::now()) {
                     RestartDecision::RestartAfter(delay) => {
                         warn!(backend = %name, error = %err, delay_ms = delay.as_millis() as u64, "backend actor failed; restarting");
@@ -249,14 +267,20 @@ impl Actor for BackendSupervisor {
                     }
                     RestartDecision::Escalate => {
                         error!(backend = %name, error = %err, "backend actor exhausted its restart budget; escalating");
-                        return Err(format!("backend {name} exhausted its restart budget: {err}").into());
+                        return Err(
+                            format!("backend {name} exhausted its restart budget: {err}").into(),
+                        );
                     }
                 }
             }
             SupervisionEvent::ActorTerminated(cell, _, reason) => {
                 // A clean stop is never restarted.
                 if let Some(name) = state.children.remove(&cell.get_id()) {
-                    if state.refs.get(&name).is_some_and(|r| r.get_id() == cell.get_id()) {
+                    if state
+                        .refs
+                        .get(&name)
+                        .is_some_and(|r| r.get_id() == cell.get_id())
+                    {
                         state.refs.remove(&name);
                     }
                     info!(backend = %name, reason = ?reason, "backend actor stopped");
@@ -312,15 +336,21 @@ pub struct RootState {
 }
 
 impl RootState {
-    async fn spawn(&mut self, myself: &ActorRef<RootMsg>, child: RootChild) -> Result<(), ActorProcessingErr> {
+    async fn spawn(
+        &mut self,
+        myself: &ActorRef<RootMsg>,
+        child: RootChild,
+    ) -> Result<(), ActorProcessingErr> {
         let cell = myself.get_cell();
         match child {
             RootChild::Registry => {
-                let (r, _) = Actor::spawn_linked(None, RegistryActor, self.published.clone(), cell).await?;
+                let (r, _) =
+                    Actor::spawn_linked(None, RegistryActor, self.published.clone(), cell).await?;
                 self.registry = Some(r);
             }
             RootChild::Router => {
-                let (r, _) = Actor::spawn_linked(None, RouterActor, self.published.clone(), cell).await?;
+                let (r, _) =
+                    Actor::spawn_linked(None, RouterActor, self.published.clone(), cell).await?;
                 self.router = Some(r);
             }
             RootChild::Backends => {
@@ -424,10 +454,9 @@ impl Actor for RootSupervisor {
                 };
                 state.clear(child);
                 let settings = &state.settings;
-                let budget = state
-                    .budgets
-                    .entry(child)
-                    .or_insert_with(|| RestartBudget::new(settings.root_max_restarts, settings.root_window));
+                let budget = state.budgets.entry(child).or_insert_with(|| {
+                    RestartBudget::new(settings.root_max_restarts, settings.root_window)
+                });
                 match budget.on_failure(Instant::now()) {
                     RestartDecision::RestartAfter(delay) => {
                         warn!(child = ?child, error = %err, "supervisor child failed; restarting");
@@ -469,11 +498,23 @@ mod tests {
     async fn budget_backs_off_then_escalates_and_forgets_old_failures() {
         let mut b = RestartBudget::new(3, Duration::from_secs(10));
         let t = Instant::now();
-        assert_eq!(b.on_failure(t), RestartDecision::RestartAfter(Duration::from_millis(100)));
-        assert_eq!(b.on_failure(t), RestartDecision::RestartAfter(Duration::from_millis(200)));
-        assert_eq!(b.on_failure(t), RestartDecision::RestartAfter(Duration::from_millis(400)));
+        assert_eq!(
+            b.on_failure(t),
+            RestartDecision::RestartAfter(Duration::from_millis(100))
+        );
+        assert_eq!(
+            b.on_failure(t),
+            RestartDecision::RestartAfter(Duration::from_millis(200))
+        );
+        assert_eq!(
+            b.on_failure(t),
+            RestartDecision::RestartAfter(Duration::from_millis(400))
+        );
         assert_eq!(b.on_failure(t), RestartDecision::Escalate);
         let later = t + Duration::from_secs(11);
-        assert_eq!(b.on_failure(later), RestartDecision::RestartAfter(Duration::from_millis(100)));
+        assert_eq!(
+            b.on_failure(later),
+            RestartDecision::RestartAfter(Duration::from_millis(100))
+        );
     }
 }

@@ -114,14 +114,20 @@ impl Tree {
     }
 
     pub async fn add_backend(&self, spec: Arc<BackendSpec>) -> Result<(), String> {
-        let sup = self.backend_supervisor().await.ok_or("backend supervisor unavailable")?;
+        let sup = self
+            .backend_supervisor()
+            .await
+            .ok_or("backend supervisor unavailable")?;
         ask(&sup, |p| BackendSupMsg::Add(spec, p))
             .await
             .ok_or_else(|| "backend supervisor did not answer".to_string())?
     }
 
     pub async fn remove_backend(&self, name: &str) -> Result<bool, String> {
-        let sup = self.backend_supervisor().await.ok_or("backend supervisor unavailable")?;
+        let sup = self
+            .backend_supervisor()
+            .await
+            .ok_or("backend supervisor unavailable")?;
         ask(&sup, |p| BackendSupMsg::Remove(name.to_string(), p))
             .await
             .ok_or_else(|| "backend supervisor did not answer".to_string())
@@ -147,15 +153,16 @@ impl Tree {
     /// the registry has published the results. Returns how many backends answered.
     pub async fn refresh_models(&self, names: &[String], timeout: Duration) -> usize {
         let actors = self.backend_actors().await;
-        let calls = actors
-            .into_iter()
-            .filter(|(n, _)| names.contains(n))
-            .map(|(_, a)| async move {
-                matches!(
-                    a.call(BackendMsg::Refresh, Some(timeout)).await,
-                    Ok(CallResult::Success(Ok(_)))
-                )
-            });
+        let calls =
+            actors
+                .into_iter()
+                .filter(|(n, _)| names.contains(n))
+                .map(|(_, a)| async move {
+                    matches!(
+                        a.call(BackendMsg::Refresh, Some(timeout)).await,
+                        Ok(CallResult::Success(Ok(_)))
+                    )
+                });
         let results = futures_join_all(calls).await;
         results.into_iter().filter(|ok| *ok).count()
     }

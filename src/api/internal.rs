@@ -40,7 +40,13 @@ pub fn version() -> Response<Body> {
 
 /// Keys whose values change with the clock; left out of the ETag.
 const VOLATILE: &[&str] = &[
-    "timestamp", "health_check", "last_model_sync", "uptime", "last_check", "next_check", "last_seen",
+    "timestamp",
+    "health_check",
+    "last_model_sync",
+    "uptime",
+    "last_check",
+    "next_check",
+    "last_seen",
 ];
 
 fn strip_volatile(v: &mut Value) {
@@ -89,11 +95,17 @@ fn etag_matches(header: Option<&HeaderValue>, etag: &str) -> bool {
         return false;
     }
     let want = etag.trim_start_matches("W/");
-    v.split(',').map(str::trim).any(|t| t == "*" || t.trim_start_matches("W/") == want)
+    v.split(',')
+        .map(str::trim)
+        .any(|t| t == "*" || t.trim_start_matches("W/") == want)
 }
 
 fn accepts_gzip<B>(req: &Request<B>) -> bool {
-    let Some(v) = req.headers().get(http::header::ACCEPT_ENCODING).and_then(|h| h.to_str().ok()) else {
+    let Some(v) = req
+        .headers()
+        .get(http::header::ACCEPT_ENCODING)
+        .and_then(|h| h.to_str().ok())
+    else {
         return false;
     };
     if v.len() > 1024 {
@@ -105,7 +117,11 @@ fn accepts_gzip<B>(req: &Request<B>) -> bool {
         let mut parts = token.split(';');
         let name = parts.next().unwrap_or("").trim().to_ascii_lowercase();
         let q = parts
-            .find_map(|p| p.trim().strip_prefix("q=").and_then(|q| q.parse::<f32>().ok()))
+            .find_map(|p| {
+                p.trim()
+                    .strip_prefix("q=")
+                    .and_then(|q| q.parse::<f32>().ok())
+            })
             .unwrap_or(1.0);
         match name.as_str() {
             "gzip" => gzip = Some(q > 0.0),
@@ -127,12 +143,18 @@ pub fn cached_json<B, T: Serialize>(req: &Request<B>, value: &T) -> Response<Bod
         *r.status_mut() = StatusCode::NOT_MODIFIED;
         r
     } else if body.len() >= 256 && accepts_gzip(req) {
-        let mut enc = flate2::write::GzEncoder::new(Vec::with_capacity(body.len() / 3), flate2::Compression::default());
+        let mut enc = flate2::write::GzEncoder::new(
+            Vec::with_capacity(body.len() / 3),
+            flate2::Compression::default(),
+        );
         let compressed = enc.write_all(&body).and_then(|_| enc.finish());
         match compressed {
             Ok(z) => {
                 let mut r = Response::new(full(z));
-                r.headers_mut().insert(http::header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+                r.headers_mut().insert(
+                    http::header::CONTENT_ENCODING,
+                    HeaderValue::from_static("gzip"),
+                );
                 r
             }
             Err(_) => Response::new(full(body)),
@@ -141,9 +163,18 @@ pub fn cached_json<B, T: Serialize>(req: &Request<B>, value: &T) -> Response<Bod
         Response::new(full(body))
     };
     let h = resp.headers_mut();
-    h.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    h.insert(http::header::CACHE_CONTROL, HeaderValue::from_static("private, no-cache"));
-    h.insert(http::header::VARY, HeaderValue::from_static("Accept-Encoding"));
+    h.insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    h.insert(
+        http::header::CACHE_CONTROL,
+        HeaderValue::from_static("private, no-cache"),
+    );
+    h.insert(
+        http::header::VARY,
+        HeaderValue::from_static("Accept-Encoding"),
+    );
     if let Ok(v) = HeaderValue::try_from(etag) {
         h.insert(http::header::ETAG, v);
     }
@@ -224,7 +255,12 @@ fn snapshot(h: &BackendHandle) -> Snapshot {
 
 fn sanitized_url(h: &BackendHandle) -> String {
     let u = &h.spec().url;
-    format!("{}://{}{}", u.scheme_str().unwrap_or("http"), u.authority().map(|a| a.as_str()).unwrap_or(""), u.path().trim_end_matches('/'))
+    format!(
+        "{}://{}{}",
+        u.scheme_str().unwrap_or("http"),
+        u.authority().map(|a| a.as_str()).unwrap_or(""),
+        u.path().trim_end_matches('/')
+    )
 }
 
 fn success_pct(s: &Snapshot) -> Option<f64> {
@@ -239,7 +275,9 @@ fn ordered(app: &App) -> Vec<Snapshot> {
         b.h.spec()
             .priority
             .cmp(&a.h.spec().priority)
-            .then_with(|| (b.h.status().as_str() == "healthy").cmp(&(a.h.status().as_str() == "healthy")))
+            .then_with(|| {
+                (b.h.status().as_str() == "healthy").cmp(&(a.h.status().as_str() == "healthy"))
+            })
             .then_with(|| a.h.name().cmp(b.h.name()))
     });
     v
@@ -271,8 +309,15 @@ pub fn endpoints<B>(app: &App, req: &Request<B>) -> Response<Body> {
                 kind: s.h.kind().as_str().to_string(),
                 status: status.as_str().to_string(),
                 last_model_sync: s.health.last_model_sync.map(|t| format::time_ago(Some(t))),
-                health_check: s.health.last_check.map(|t| format::time_ago(Some(t))).unwrap_or_default(),
-                response_time: s.health.last_latency.map(|d| format::latency_ms(d.as_millis() as u64)),
+                health_check: s
+                    .health
+                    .last_check
+                    .map(|t| format::time_ago(Some(t)))
+                    .unwrap_or_default(),
+                response_time: s
+                    .health
+                    .last_latency
+                    .map(|d| format::latency_ms(d.as_millis() as u64)),
                 success_rate: pct.map(format::percentage).unwrap_or_else(|| "N/A".into()),
                 issues,
                 url: sanitized_url(&s.h),
@@ -293,7 +338,10 @@ pub fn endpoints<B>(app: &App, req: &Request<B>) -> Response<Body> {
             }
         })
         .collect();
-    let healthy = list.iter().filter(|s| s.h.status().as_str() == "healthy").count();
+    let healthy = list
+        .iter()
+        .filter(|s| s.h.status().as_str() == "healthy")
+        .count();
     let routable = list.iter().filter(|s| s.h.status().is_routable()).count();
     let body = json!({
         "timestamp": format::rfc3339(SystemTime::now()),
@@ -309,7 +357,10 @@ pub fn status<B>(app: &App, req: &Request<B>) -> Response<Body> {
     let list = ordered(app);
     let catalog = app.tree.published.catalog.load();
     let total = list.len();
-    let healthy = list.iter().filter(|s| s.h.status().as_str() == "healthy").count();
+    let healthy = list
+        .iter()
+        .filter(|s| s.h.status().as_str() == "healthy")
+        .count();
     let (mut reqs, mut succ, mut fail, mut bytes, mut lat_total, mut lat_n) = (0, 0, 0, 0, 0, 0);
     let endpoints: Vec<Value> = list
         .iter()
@@ -358,7 +409,11 @@ pub fn status<B>(app: &App, req: &Request<B>) -> Response<Body> {
         })
         .collect();
     let success = (succ + fail > 0).then(|| succ as f64 * 100.0 / (succ + fail) as f64);
-    let ratio = if total == 0 { 0.0 } else { healthy as f64 / total as f64 };
+    let ratio = if total == 0 {
+        0.0
+    } else {
+        healthy as f64 / total as f64
+    };
     let system_status = if total == 0 || ratio < 0.5 || success.is_some_and(|s| s < 90.0) {
         "critical"
     } else if ratio < 0.8 || success.is_some_and(|s| s < 95.0) {
@@ -400,8 +455,14 @@ mod tests {
     #[test]
     fn etags_match_weakly_and_by_list() {
         let e = "W/\"abc\"";
-        assert!(etag_matches(Some(&HeaderValue::from_static("W/\"abc\"")), e));
-        assert!(etag_matches(Some(&HeaderValue::from_static("\"x\", \"abc\"")), e));
+        assert!(etag_matches(
+            Some(&HeaderValue::from_static("W/\"abc\"")),
+            e
+        ));
+        assert!(etag_matches(
+            Some(&HeaderValue::from_static("\"x\", \"abc\"")),
+            e
+        ));
         assert!(etag_matches(Some(&HeaderValue::from_static("*")), e));
         assert!(!etag_matches(Some(&HeaderValue::from_static("\"x\"")), e));
         assert!(!etag_matches(None, e));
@@ -409,7 +470,12 @@ mod tests {
 
     #[test]
     fn gzip_negotiation() {
-        let r = |v: &'static str| Request::builder().header("accept-encoding", v).body(()).unwrap();
+        let r = |v: &'static str| {
+            Request::builder()
+                .header("accept-encoding", v)
+                .body(())
+                .unwrap()
+        };
         assert!(accepts_gzip(&r("gzip, deflate")));
         assert!(!accepts_gzip(&r("gzip;q=0")));
         assert!(accepts_gzip(&r("*")));

@@ -111,7 +111,11 @@ async fn route(
         peer: peer.ip(),
         tls: false,
     };
-    let query = req.uri().query().map(|q| format!("?{q}")).unwrap_or_default();
+    let query = req
+        .uri()
+        .query()
+        .map(|q| format!("?{q}"))
+        .unwrap_or_default();
     if let Some(rest) = path.strip_prefix("/olla/proxy") {
         if rest.is_empty() || rest.starts_with('/') {
             let upstream_path = format!("{}{query}", if rest.is_empty() { "/" } else { rest });
@@ -125,8 +129,12 @@ async fn route(
     if let Some(rest) = path.strip_prefix("/olla/") {
         let (prefix, tail) = rest.split_once('/').unwrap_or((rest, ""));
         if let Some(filter) = provider::filter_for(prefix) {
-            return provider::handle(app, req, client, filter, &format!("/{tail}"), &query, ctx).await;
+            return provider::handle(app, req, client, filter, &format!("/{tail}"), &query, ctx)
+                .await;
         }
     }
-    Err(ProxyError::RouteNotFound(format!("{} {path}", req.method())))
+    Err(ProxyError::RouteNotFound(format!(
+        "{} {path}",
+        req.method()
+    )))
 }

@@ -19,7 +19,10 @@ use crate::http_util::{json_response, Body};
 use crate::proxy::select::KindFilter;
 
 fn now_unix() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs()
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs()
 }
 
 /// Which backends are routable now, by name.
@@ -105,10 +108,15 @@ pub fn openai_list(app: &App, filter: KindFilter) -> Response<Body> {
 pub fn ollama_tags(app: &App) -> Response<Body> {
     let catalog = app.tree.published.catalog.load();
     let routable = routable_names(app);
-    let models: Vec<Value> = visible(&catalog, KindFilter::Only(BackendKind::Ollama), &routable, false)
-        .into_iter()
-        .filter_map(|m| native_name(m, BackendKind::Ollama).map(|n| ollama_entry(m, n)))
-        .collect();
+    let models: Vec<Value> = visible(
+        &catalog,
+        KindFilter::Only(BackendKind::Ollama),
+        &routable,
+        false,
+    )
+    .into_iter()
+    .filter_map(|m| native_name(m, BackendKind::Ollama).map(|n| ollama_entry(m, n)))
+    .collect();
     json_response(StatusCode::OK, &json!({"models": models}))
 }
 
@@ -140,10 +148,15 @@ fn lmstudio_entry(m: &UnifiedModel, id: &str) -> Value {
 pub fn lmstudio_list(app: &App) -> Response<Body> {
     let catalog = app.tree.published.catalog.load();
     let routable = routable_names(app);
-    let data: Vec<Value> = visible(&catalog, KindFilter::Only(BackendKind::LmStudio), &routable, false)
-        .into_iter()
-        .filter_map(|m| native_name(m, BackendKind::LmStudio).map(|n| lmstudio_entry(m, n)))
-        .collect();
+    let data: Vec<Value> = visible(
+        &catalog,
+        KindFilter::Only(BackendKind::LmStudio),
+        &routable,
+        false,
+    )
+    .into_iter()
+    .filter_map(|m| native_name(m, BackendKind::LmStudio).map(|n| lmstudio_entry(m, n)))
+    .collect();
     json_response(StatusCode::OK, &json!({"object": "list", "data": data}))
 }
 
@@ -185,7 +198,10 @@ fn capability_matches(m: &UnifiedModel, cap: &str) -> bool {
         "chat" | "text_generation" | "completion" => &["completion", "chat"],
         other => return m.meta.capabilities.iter().any(|c| c == other),
     };
-    m.meta.capabilities.iter().any(|c| wanted.contains(&c.as_str()))
+    m.meta
+        .capabilities
+        .iter()
+        .any(|c| wanted.contains(&c.as_str()))
 }
 
 /// `GET /olla/models`.
@@ -215,32 +231,49 @@ pub fn list(app: &App, query: Option<&str>) -> Result<Response<Body>, ProxyError
             ))
         }
     };
-    let include_unavailable = q.get("include_unavailable").is_some_and(|v| v == "true") || available == Some(false);
+    let include_unavailable =
+        q.get("include_unavailable").is_some_and(|v| v == "true") || available == Some(false);
     let catalog = app.tree.published.catalog.load();
     let routable = routable_names(app);
     let created = now_unix();
-    let models: Vec<&UnifiedModel> = visible(&catalog, KindFilter::Any, &routable, include_unavailable)
-        .into_iter()
-        .filter(|m| q.get("endpoint").is_none_or(|e| m.availability.iter().any(|a| &a.backend == e)))
-        .filter(|m| {
-            q.get("family")
-                .is_none_or(|f| m.meta.family.as_deref().is_some_and(|mf| mf.eq_ignore_ascii_case(f)))
-        })
-        .filter(|m| {
-            q.get("type").is_none_or(|t| {
-                m.availability.iter().any(|a| BackendKind::parse(t).is_some_and(|k| k == a.kind))
+    let models: Vec<&UnifiedModel> =
+        visible(&catalog, KindFilter::Any, &routable, include_unavailable)
+            .into_iter()
+            .filter(|m| {
+                q.get("endpoint")
+                    .is_none_or(|e| m.availability.iter().any(|a| &a.backend == e))
             })
-        })
-        .filter(|m| q.get("capability").is_none_or(|c| capability_matches(m, c)))
-        .filter(|m| match available {
-            None => true,
-            Some(want) => m.availability.iter().any(|a| routable.contains(&a.backend)) == want,
-        })
-        .collect();
+            .filter(|m| {
+                q.get("family").is_none_or(|f| {
+                    m.meta
+                        .family
+                        .as_deref()
+                        .is_some_and(|mf| mf.eq_ignore_ascii_case(f))
+                })
+            })
+            .filter(|m| {
+                q.get("type").is_none_or(|t| {
+                    m.availability
+                        .iter()
+                        .any(|a| BackendKind::parse(t).is_some_and(|k| k == a.kind))
+                })
+            })
+            .filter(|m| q.get("capability").is_none_or(|c| capability_matches(m, c)))
+            .filter(|m| match available {
+                None => true,
+                Some(want) => m.availability.iter().any(|a| routable.contains(&a.backend)) == want,
+            })
+            .collect();
     let body = match format {
-        "openai" => json!({"object": "list", "data": models.iter().map(|m| openai_entry(&m.id, created)).collect::<Vec<_>>()}),
-        "ollama" => json!({"models": models.iter().filter_map(|m| native_name(m, BackendKind::Ollama).map(|n| ollama_entry(m, n))).collect::<Vec<_>>()}),
-        "lmstudio" => json!({"object": "list", "data": models.iter().filter_map(|m| native_name(m, BackendKind::LmStudio).map(|n| lmstudio_entry(m, n))).collect::<Vec<_>>()}),
+        "openai" => {
+            json!({"object": "list", "data": models.iter().map(|m| openai_entry(&m.id, created)).collect::<Vec<_>>()})
+        }
+        "ollama" => {
+            json!({"models": models.iter().filter_map(|m| native_name(m, BackendKind::Ollama).map(|n| ollama_entry(m, n))).collect::<Vec<_>>()})
+        }
+        "lmstudio" => {
+            json!({"object": "list", "data": models.iter().filter_map(|m| native_name(m, BackendKind::LmStudio).map(|n| lmstudio_entry(m, n))).collect::<Vec<_>>()})
+        }
         "vllm" => json!({"object": "list", "data": models.iter().map(|m| {
             let id = native_name(m, BackendKind::Vllm).unwrap_or(&m.id);
             let mut v = json!({"id": id, "object": "model", "created": created,
@@ -250,7 +283,9 @@ pub fn list(app: &App, query: Option<&str>) -> Result<Response<Body>, ProxyError
             }
             v
         }).collect::<Vec<_>>()}),
-        _ => json!({"object": "list", "data": models.iter().map(|m| unified_entry(m, app, &routable, created)).collect::<Vec<_>>()}),
+        _ => {
+            json!({"object": "list", "data": models.iter().map(|m| unified_entry(m, app, &routable, created)).collect::<Vec<_>>()})
+        }
     };
     Ok(json_response(StatusCode::OK, &body))
 }
@@ -266,7 +301,10 @@ pub fn one(app: &App, id: &str) -> Result<Response<Body>, ProxyError> {
     let Some(m) = catalog.lookup(&id) else {
         return Err(ProxyError::ModelNotFound(id));
     };
-    Ok(json_response(StatusCode::OK, &unified_entry(m, app, &routable, now_unix())))
+    Ok(json_response(
+        StatusCode::OK,
+        &unified_entry(m, app, &routable, now_unix()),
+    ))
 }
 
 /// `/internal/status/models` in Olla's shape.
@@ -275,7 +313,12 @@ pub fn status_models<B>(app: &App, req: &Request<B>) -> Response<Body> {
     let table = app.tree.published.table();
     let mut by_family: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for m in &catalog.models {
-        let fam = m.meta.family.clone().filter(|f| !f.is_empty()).unwrap_or_else(|| "unknown".into());
+        let fam = m
+            .meta
+            .family
+            .clone()
+            .filter(|f| !f.is_empty())
+            .unwrap_or_else(|| "unknown".into());
         by_family.entry(fam).or_default().push(m.id.clone());
     }
     for v in by_family.values_mut() {
@@ -288,7 +331,10 @@ pub fn status_models<B>(app: &App, req: &Request<B>) -> Response<Body> {
             .availability
             .iter()
             .map(|a| {
-                let id = table.get(&a.backend).map(|b| b.id().to_string()).unwrap_or_default();
+                let id = table
+                    .get(&a.backend)
+                    .map(|b| b.id().to_string())
+                    .unwrap_or_default();
                 (a.backend.clone(), id)
             })
             .collect();
@@ -349,7 +395,9 @@ pub fn percent_decode(s: &str) -> String {
     while i < bytes.len() {
         match bytes[i] {
             b'%' if i + 2 < bytes.len() => {
-                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok().and_then(|h| u8::from_str_radix(h, 16).ok());
+                let hex = std::str::from_utf8(&bytes[i + 1..i + 3])
+                    .ok()
+                    .and_then(|h| u8::from_str_radix(h, 16).ok());
                 match hex {
                     Some(b) => {
                         out.push(b);

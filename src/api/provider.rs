@@ -27,7 +27,12 @@ pub fn filter_for(prefix: &str) -> Option<KindFilter> {
 }
 
 fn has_backends(app: &App, filter: KindFilter) -> bool {
-    app.tree.published.table().backends.iter().any(|b| filter.allows(b.kind()))
+    app.tree
+        .published
+        .table()
+        .backends
+        .iter()
+        .any(|b| filter.allows(b.kind()))
 }
 
 pub async fn handle(
@@ -45,16 +50,27 @@ pub async fn handle(
     }
     let is_get = req.method() == Method::GET;
     match (filter, tail) {
-        (KindFilter::Only(BackendKind::Ollama), "/api/tags") if is_get => return Ok(models::ollama_tags(app)),
+        (KindFilter::Only(BackendKind::Ollama), "/api/tags") if is_get => {
+            return Ok(models::ollama_tags(app))
+        }
         (KindFilter::Only(BackendKind::Ollama), "/api/show" | "/api/list")
             if req.method() == Method::POST && tail == "/api/show" =>
         {
-            return Err(ProxyError::NotImplemented("model show not supported in multi-instance proxy".into()))
+            return Err(ProxyError::NotImplemented(
+                "model show not supported in multi-instance proxy".into(),
+            ))
         }
-        (KindFilter::Only(BackendKind::Ollama), "/api/pull" | "/api/push" | "/api/create" | "/api/copy" | "/api/delete") => {
-            return Err(ProxyError::NotImplemented("model management operations not supported by proxy".into()))
+        (
+            KindFilter::Only(BackendKind::Ollama),
+            "/api/pull" | "/api/push" | "/api/create" | "/api/copy" | "/api/delete",
+        ) => {
+            return Err(ProxyError::NotImplemented(
+                "model management operations not supported by proxy".into(),
+            ))
         }
-        (KindFilter::Only(BackendKind::LmStudio), "/api/v0/models" | "/api/v1/models") if is_get => {
+        (KindFilter::Only(BackendKind::LmStudio), "/api/v0/models" | "/api/v1/models")
+            if is_get =>
+        {
             return Ok(models::lmstudio_list(app))
         }
         (_, "/v1/models") if is_get => return Ok(models::openai_list(app, filter)),

@@ -36,11 +36,16 @@ pub fn parse_duration(input: &str) -> Result<Duration, String> {
             .find(|c: char| !(c.is_ascii_digit() || c == '.'))
             .unwrap_or(rest.len());
         if num_len == 0 {
-            return Err(format!("invalid duration {input:?}: expected a number at {rest:?}"));
+            return Err(format!(
+                "invalid duration {input:?}: expected a number at {rest:?}"
+            ));
         }
-        let value: f64 = rest[..num_len]
-            .parse()
-            .map_err(|_| format!("invalid duration {input:?}: bad number {:?}", &rest[..num_len]))?;
+        let value: f64 = rest[..num_len].parse().map_err(|_| {
+            format!(
+                "invalid duration {input:?}: bad number {:?}",
+                &rest[..num_len]
+            )
+        })?;
         rest = &rest[num_len..];
         let unit_len = rest
             .find(|c: char| c.is_ascii_digit() || c == '.')
@@ -125,7 +130,9 @@ impl<'de> Deserialize<'de> for Dur {
                 self.visit_u64(v as u64)
             }
             fn visit_f64<E: de::Error>(self, v: f64) -> Result<Dur, E> {
-                Err(E::custom(format!("invalid duration {v}: missing unit (use e.g. \"{v}s\")")))
+                Err(E::custom(format!(
+                    "invalid duration {v}: missing unit (use e.g. \"{v}s\")"
+                )))
             }
         }
         d.deserialize_any(V)
@@ -156,7 +163,9 @@ mod tests {
     fn rejects_bad_durations_with_reasons() {
         assert!(parse_duration("30").unwrap_err().contains("missing unit"));
         assert!(parse_duration("5x").unwrap_err().contains("unknown unit"));
-        assert!(parse_duration("s").unwrap_err().contains("expected a number"));
+        assert!(parse_duration("s")
+            .unwrap_err()
+            .contains("expected a number"));
         assert!(parse_duration("").is_err());
     }
 

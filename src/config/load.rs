@@ -39,7 +39,10 @@ pub fn locate(explicit: Option<&Path>) -> Result<Source, String> {
             return if p.is_file() {
                 Ok(Source::File(p))
             } else {
-                Err(format!("config file {} (from OLLA_CONFIG_FILE) not found", p.display()))
+                Err(format!(
+                    "config file {} (from OLLA_CONFIG_FILE) not found",
+                    p.display()
+                ))
             };
         }
     }
@@ -138,14 +141,29 @@ pub fn substitute(s: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Strin
 const ENV_OVERRIDES: &[(&str, &[&str])] = &[
     ("OLLA_SERVER_HOST", &["server", "host"]),
     ("OLLA_SERVER_PORT", &["server", "port"]),
-    ("OLLA_SERVER_SHUTDOWN_TIMEOUT", &["server", "shutdown_timeout"]),
-    ("OLLA_SERVER_MAX_BODY_SIZE", &["server", "request_limits", "max_body_size"]),
-    ("OLLA_SERVER_MAX_HEADER_SIZE", &["server", "request_limits", "max_header_size"]),
+    (
+        "OLLA_SERVER_SHUTDOWN_TIMEOUT",
+        &["server", "shutdown_timeout"],
+    ),
+    (
+        "OLLA_SERVER_MAX_BODY_SIZE",
+        &["server", "request_limits", "max_body_size"],
+    ),
+    (
+        "OLLA_SERVER_MAX_HEADER_SIZE",
+        &["server", "request_limits", "max_header_size"],
+    ),
     ("OLLA_PROXY_ENGINE", &["proxy", "engine"]),
     ("OLLA_PROXY_PROFILE", &["proxy", "profile"]),
     ("OLLA_PROXY_LOAD_BALANCER", &["proxy", "load_balancer"]),
-    ("OLLA_PROXY_CONNECTION_TIMEOUT", &["proxy", "connection_timeout"]),
-    ("OLLA_PROXY_RESPONSE_TIMEOUT", &["proxy", "response_timeout"]),
+    (
+        "OLLA_PROXY_CONNECTION_TIMEOUT",
+        &["proxy", "connection_timeout"],
+    ),
+    (
+        "OLLA_PROXY_RESPONSE_TIMEOUT",
+        &["proxy", "response_timeout"],
+    ),
     ("OLLA_PROXY_READ_TIMEOUT", &["proxy", "read_timeout"]),
     ("OLLA_LOGGING_LEVEL", &["logging", "level"]),
     ("OLLA_LOG_LEVEL", &["logging", "level"]),
@@ -229,7 +247,11 @@ mod tests {
     use super::*;
 
     fn env(vars: &'static [(&'static str, &'static str)]) -> impl Fn(&str) -> Option<String> {
-        move |k| vars.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string())
+        move |k| {
+            vars.iter()
+                .find(|(n, _)| *n == k)
+                .map(|(_, v)| v.to_string())
+        }
     }
 
     #[test]
@@ -241,13 +263,19 @@ mod tests {
         assert!(e.contains("discovery.static.endpoints[0]"), "{e}");
         assert!(e.contains("did you mean `check_interval`"), "{e}");
         let e = parse("sever: {}\n", &env(&[])).unwrap_err();
-        assert!(e.contains("at the top level") && e.contains("`server`"), "{e}");
+        assert!(
+            e.contains("at the top level") && e.contains("`server`"),
+            "{e}"
+        );
     }
 
     #[test]
     fn bad_duration_names_its_path() {
         let e = parse("server:\n  shutdown_timeout: 10\n", &env(&[])).unwrap_err();
-        assert!(e.contains("server.shutdown_timeout") && e.contains("missing unit"), "{e}");
+        assert!(
+            e.contains("server.shutdown_timeout") && e.contains("missing unit"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -265,7 +293,11 @@ mod tests {
 
     #[test]
     fn env_overrides_apply() {
-        let c = parse("server:\n  port: 1\n", &env(&[("OLLA_SERVER_PORT", "9999"), ("OLLA_LOG_LEVEL", "debug")])).unwrap();
+        let c = parse(
+            "server:\n  port: 1\n",
+            &env(&[("OLLA_SERVER_PORT", "9999"), ("OLLA_LOG_LEVEL", "debug")]),
+        )
+        .unwrap();
         assert_eq!(c.server.port, 9999);
         assert_eq!(c.logging.level, "debug");
     }

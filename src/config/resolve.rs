@@ -11,14 +11,16 @@ use olla_actors::balance::Strategy;
 use olla_actors::kind::{BackendKind, ALL_KINDS};
 use olla_actors::published::{Fallback, ModelRouting, RoutingPolicy};
 use olla_actors::spec::{
-    BackendSpec, BreakerSettings, ConcurrencyLimits, DiscoverySettings, HealthSettings, ModelFilter,
-    UpstreamTimeouts,
+    BackendSpec, BreakerSettings, ConcurrencyLimits, DiscoverySettings, HealthSettings,
+    ModelFilter, UpstreamTimeouts,
 };
 use olla_actors::supervisor::SupervisionSettings;
 use olla_actors::TreeConfig;
 
 use super::load::nearest;
-use super::schema::{AuthConfig, BreakerConfig, Config, EndpointConfig, HealthConfig, TimeoutsConfig};
+use super::schema::{
+    AuthConfig, BreakerConfig, Config, EndpointConfig, HealthConfig, TimeoutsConfig,
+};
 
 /// Server-side settings the HTTP layer needs.
 #[derive(Clone, Debug)]
@@ -56,7 +58,8 @@ pub fn resolve(config: &Config) -> Result<Runtime, Vec<String>> {
         errors.push("server.request_limits.max_body_size: must be greater than 0".to_string());
     }
     if s.request_limits.max_header_size < 1024 {
-        errors.push("server.request_limits.max_header_size: must be at least 1024 bytes".to_string());
+        errors
+            .push("server.request_limits.max_header_size: must be at least 1024 bytes".to_string());
     }
     let p = &config.proxy;
     let strategy = Strategy::parse(&p.load_balancer).unwrap_or_else(|| {
@@ -68,7 +71,10 @@ pub fn resolve(config: &Config) -> Result<Runtime, Vec<String>> {
         Strategy::Priority
     });
     if !["olla", "sherpa"].contains(&p.engine.as_str()) {
-        errors.push(format!("proxy.engine: unknown engine {:?} (valid: olla, sherpa)", p.engine));
+        errors.push(format!(
+            "proxy.engine: unknown engine {:?} (valid: olla, sherpa)",
+            p.engine
+        ));
     }
     if !["auto", "streaming", "standard"].contains(&p.profile.as_str()) {
         errors.push(format!(
@@ -78,7 +84,9 @@ pub fn resolve(config: &Config) -> Result<Runtime, Vec<String>> {
     }
     for code in &p.retry.on_status_codes {
         if !(100..=599).contains(code) {
-            errors.push(format!("proxy.retry.on_status_codes: {code} is not an HTTP status"));
+            errors.push(format!(
+                "proxy.retry.on_status_codes: {code} is not an HTTP status"
+            ));
         }
     }
     let rs = &config.model_registry.routing_strategy;
@@ -112,11 +120,16 @@ pub fn resolve(config: &Config) -> Result<Runtime, Vec<String>> {
         ));
     }
     if tracing_subscriber::EnvFilter::try_new(&config.logging.level).is_err() {
-        errors.push(format!("logging.level: invalid level {:?}", config.logging.level));
+        errors.push(format!(
+            "logging.level: invalid level {:?}",
+            config.logging.level
+        ));
     }
     for (alias, names) in &config.model_aliases {
         if names.is_empty() {
-            errors.push(format!("model_aliases.{alias}: must list at least one model name"));
+            errors.push(format!(
+                "model_aliases.{alias}: must list at least one model name"
+            ));
         }
     }
 
@@ -131,7 +144,10 @@ pub fn resolve(config: &Config) -> Result<Runtime, Vec<String>> {
         if ep.name.trim().is_empty() {
             errors.push(format!("{at}.name: required"));
         } else if !names.insert(ep.name.clone()) {
-            errors.push(format!("{at}.name: duplicate endpoint name {:?} (names must be unique)", ep.name));
+            errors.push(format!(
+                "{at}.name: duplicate endpoint name {:?} (names must be unique)",
+                ep.name
+            ));
         }
         match endpoint_spec(config, ep, &at) {
             Ok(spec) => specs.push(Arc::new(spec)),
@@ -169,7 +185,9 @@ pub fn resolve(config: &Config) -> Result<Runtime, Vec<String>> {
                 } else {
                     Vec::new()
                 },
-                model_routing: if rs.options.discovery_refresh_on_miss && model_routing == ModelRouting::Strict {
+                model_routing: if rs.options.discovery_refresh_on_miss
+                    && model_routing == ModelRouting::Strict
+                {
                     ModelRouting::Discovery
                 } else {
                     model_routing
@@ -211,7 +229,11 @@ pub fn parse_backend_url(raw: &str) -> Result<Uri, String> {
         .map_err(|e| format!("invalid URL {raw:?}: {e}"))?;
     match uri.scheme_str() {
         Some("http") | Some("https") => {}
-        Some(other) => return Err(format!("invalid URL {raw:?}: scheme {other:?} is not http or https")),
+        Some(other) => {
+            return Err(format!(
+                "invalid URL {raw:?}: scheme {other:?} is not http or https"
+            ))
+        }
         None => return Err(format!("invalid URL {raw:?}: missing http:// or https://")),
     }
     let Some(authority) = uri.authority() else {
@@ -228,7 +250,11 @@ pub fn parse_backend_url(raw: &str) -> Result<Uri, String> {
     Ok(uri)
 }
 
-fn endpoint_spec(config: &Config, ep: &EndpointConfig, at: &str) -> Result<BackendSpec, Vec<String>> {
+fn endpoint_spec(
+    config: &Config,
+    ep: &EndpointConfig,
+    at: &str,
+) -> Result<BackendSpec, Vec<String>> {
     let mut errors = Vec::new();
     let url = match parse_backend_url(&ep.url) {
         Ok(u) => Some(u),
@@ -238,7 +264,9 @@ fn endpoint_spec(config: &Config, ep: &EndpointConfig, at: &str) -> Result<Backe
         }
     };
     let kind = if ep.kind.trim().is_empty() {
-        errors.push(format!("{at}.type: required (e.g. ollama, lm-studio, llamacpp, vllm, openai-compatible, auto)"));
+        errors.push(format!(
+            "{at}.type: required (e.g. ollama, lm-studio, llamacpp, vllm, openai-compatible, auto)"
+        ));
         None
     } else {
         match BackendKind::parse(&ep.kind) {
@@ -255,7 +283,10 @@ fn endpoint_spec(config: &Config, ep: &EndpointConfig, at: &str) -> Result<Backe
             }
         }
     };
-    for (field, v) in [("health_check_url", &ep.health_check_url), ("model_url", &ep.model_url)] {
+    for (field, v) in [
+        ("health_check_url", &ep.health_check_url),
+        ("model_url", &ep.model_url),
+    ] {
         if let Some(v) = v {
             if v.starts_with("http://") || v.starts_with("https://") {
                 if let Err(e) = parse_backend_url(v) {
@@ -277,7 +308,10 @@ fn endpoint_spec(config: &Config, ep: &EndpointConfig, at: &str) -> Result<Backe
     }
     let mut outbound_headers = Vec::new();
     for (k, v) in &ep.headers {
-        match (HeaderName::try_from(k.as_str()), HeaderValue::try_from(v.as_str())) {
+        match (
+            HeaderName::try_from(k.as_str()),
+            HeaderValue::try_from(v.as_str()),
+        ) {
             (Ok(n), Ok(val)) => outbound_headers.push((n, val)),
             _ => errors.push(format!("{at}.headers.{k}: invalid header name or value")),
         }
@@ -291,7 +325,9 @@ fn endpoint_spec(config: &Config, ep: &EndpointConfig, at: &str) -> Result<Backe
     let p = &config.proxy;
     let timeouts = timeouts(&p.timeouts, &ep.timeouts, p);
     if timeouts.first_byte.is_zero() || timeouts.idle.is_zero() || timeouts.connect.is_zero() {
-        errors.push(format!("{at}.timeouts: connect, first_byte and idle must be greater than 0"));
+        errors.push(format!(
+            "{at}.timeouts: connect, first_byte and idle must be greater than 0"
+        ));
     }
     let breaker = breaker(&p.circuit_breaker, &ep.circuit_breaker);
     let health = health(&p.health, &ep.health);
@@ -338,13 +374,28 @@ fn endpoint_spec(config: &Config, ep: &EndpointConfig, at: &str) -> Result<Backe
     })
 }
 
-fn timeouts(global: &TimeoutsConfig, ep: &TimeoutsConfig, p: &super::schema::ProxyConfig) -> UpstreamTimeouts {
-    let pick = |e: Option<super::duration::Dur>, g: Option<super::duration::Dur>, olla: Option<super::duration::Dur>, d: Duration| {
-        e.or(g).or(olla).map(|x| x.0).unwrap_or(d)
-    };
+fn timeouts(
+    global: &TimeoutsConfig,
+    ep: &TimeoutsConfig,
+    p: &super::schema::ProxyConfig,
+) -> UpstreamTimeouts {
+    let pick = |e: Option<super::duration::Dur>,
+                g: Option<super::duration::Dur>,
+                olla: Option<super::duration::Dur>,
+                d: Duration| { e.or(g).or(olla).map(|x| x.0).unwrap_or(d) };
     UpstreamTimeouts {
-        connect: pick(ep.connect, global.connect, p.connection_timeout, DEFAULT_CONNECT),
-        first_byte: pick(ep.first_byte, global.first_byte, p.response_header_timeout, DEFAULT_FIRST_BYTE),
+        connect: pick(
+            ep.connect,
+            global.connect,
+            p.connection_timeout,
+            DEFAULT_CONNECT,
+        ),
+        first_byte: pick(
+            ep.first_byte,
+            global.first_byte,
+            p.response_header_timeout,
+            DEFAULT_FIRST_BYTE,
+        ),
         idle: pick(ep.idle, global.idle, p.read_timeout, DEFAULT_IDLE),
         total: ep
             .total
@@ -352,7 +403,8 @@ fn timeouts(global: &TimeoutsConfig, ep: &TimeoutsConfig, p: &super::schema::Pro
             .or(p.response_timeout)
             .map(|d| d.0)
             .filter(|d| !d.is_zero()),
-        pool_idle: nonzero(p.connection_keep_alive.0, Duration::from_secs(90)).max(Duration::from_secs(5)),
+        pool_idle: nonzero(p.connection_keep_alive.0, Duration::from_secs(90))
+            .max(Duration::from_secs(5)),
     }
 }
 
@@ -360,10 +412,21 @@ fn breaker(global: &BreakerConfig, ep: &BreakerConfig) -> BreakerSettings {
     let d = BreakerSettings::default();
     BreakerSettings {
         enabled: ep.enabled.or(global.enabled).unwrap_or(d.enabled),
-        failure_threshold: ep.failure_threshold.or(global.failure_threshold).unwrap_or(d.failure_threshold),
+        failure_threshold: ep
+            .failure_threshold
+            .or(global.failure_threshold)
+            .unwrap_or(d.failure_threshold),
         window: ep.window.or(global.window).map(|x| x.0).unwrap_or(d.window),
-        open_for: ep.open_for.or(global.open_for).map(|x| x.0).unwrap_or(d.open_for),
-        max_open_for: ep.max_open_for.or(global.max_open_for).map(|x| x.0).unwrap_or(d.max_open_for),
+        open_for: ep
+            .open_for
+            .or(global.open_for)
+            .map(|x| x.0)
+            .unwrap_or(d.open_for),
+        max_open_for: ep
+            .max_open_for
+            .or(global.max_open_for)
+            .map(|x| x.0)
+            .unwrap_or(d.max_open_for),
         half_open_max_requests: ep
             .half_open_max_requests
             .or(global.half_open_max_requests)
@@ -375,9 +438,21 @@ fn breaker(global: &BreakerConfig, ep: &BreakerConfig) -> BreakerSettings {
 fn health(global: &HealthConfig, ep: &HealthConfig) -> HealthSettings {
     let d = HealthSettings::default();
     HealthSettings {
-        fall: ep.unhealthy_threshold.or(global.unhealthy_threshold).unwrap_or(d.fall).max(1),
-        rise: ep.healthy_threshold.or(global.healthy_threshold).unwrap_or(d.rise).max(1),
-        max_backoff: ep.max_backoff.or(global.max_backoff).map(|x| x.0).unwrap_or(d.max_backoff),
+        fall: ep
+            .unhealthy_threshold
+            .or(global.unhealthy_threshold)
+            .unwrap_or(d.fall)
+            .max(1),
+        rise: ep
+            .healthy_threshold
+            .or(global.healthy_threshold)
+            .unwrap_or(d.rise)
+            .max(1),
+        max_backoff: ep
+            .max_backoff
+            .or(global.max_backoff)
+            .map(|x| x.0)
+            .unwrap_or(d.max_backoff),
         ..d
     }
 }
@@ -402,13 +477,17 @@ fn auth_header(auth: &AuthConfig) -> Result<(HeaderName, HeaderValue), String> {
         "api_key" => {
             let key = secret(&auth.key, &auth.key_file, "key")?;
             let header = auth.header.clone().unwrap_or_else(|| "X-Api-Key".into());
-            let name = HeaderName::try_from(header.as_str()).map_err(|_| format!("invalid header name {header:?}"))?;
+            let name = HeaderName::try_from(header.as_str())
+                .map_err(|_| format!("invalid header name {header:?}"))?;
             (name, key)
         }
         "basic" => {
             let user = auth.username.clone().ok_or("`username` is required")?;
             let pass = secret(&auth.password, &auth.password_file, "password")?;
-            (http::header::AUTHORIZATION, format!("Basic {}", base64(format!("{user}:{pass}").as_bytes())))
+            (
+                http::header::AUTHORIZATION,
+                format!("Basic {}", base64(format!("{user}:{pass}").as_bytes())),
+            )
         }
         other => {
             return Err(format!(
@@ -417,7 +496,8 @@ fn auth_header(auth: &AuthConfig) -> Result<(HeaderName, HeaderValue), String> {
             ))
         }
     };
-    let mut value = HeaderValue::try_from(value).map_err(|_| "secret contains characters not allowed in a header".to_string())?;
+    let mut value = HeaderValue::try_from(value)
+        .map_err(|_| "secret contains characters not allowed in a header".to_string())?;
     value.set_sensitive(true);
     Ok((name, value))
 }
@@ -426,12 +506,24 @@ fn base64(input: &[u8]) -> String {
     const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::with_capacity(input.len().div_ceil(3) * 4);
     for chunk in input.chunks(3) {
-        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
         let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
         out.push(T[(n >> 18) as usize & 63] as char);
         out.push(T[(n >> 12) as usize & 63] as char);
-        out.push(if chunk.len() > 1 { T[(n >> 6) as usize & 63] as char } else { '=' });
-        out.push(if chunk.len() > 2 { T[n as usize & 63] as char } else { '=' });
+        out.push(if chunk.len() > 1 {
+            T[(n >> 6) as usize & 63] as char
+        } else {
+            '='
+        });
+        out.push(if chunk.len() > 2 {
+            T[n as usize & 63] as char
+        } else {
+            '='
+        });
     }
     out
 }
@@ -463,7 +555,10 @@ mod tests {
     #[test]
     fn credentials_in_url_are_rejected() {
         let yaml = format!("{TWO}      - {{name: a, url: 'http://u:p@h:1', type: ollama}}\n");
-        assert!(resolve_text(&yaml).unwrap_err().join("").contains("credentials"));
+        assert!(resolve_text(&yaml)
+            .unwrap_err()
+            .join("")
+            .contains("credentials"));
     }
 
     #[test]
@@ -487,7 +582,10 @@ mod tests {
     #[test]
     fn missing_secret_file_is_reported() {
         let yaml = format!("{TWO}      - {{name: a, url: 'http://h', type: vllm, auth: {{type: bearer, token_file: /nonexistent/x}}}}\n");
-        assert!(resolve_text(&yaml).unwrap_err().join("").contains("cannot read token_file"));
+        assert!(resolve_text(&yaml)
+            .unwrap_err()
+            .join("")
+            .contains("cannot read token_file"));
     }
 
     #[test]

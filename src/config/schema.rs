@@ -220,7 +220,11 @@ impl Default for StickyConfig {
             enabled: false,
             idle_ttl_seconds: 600,
             max_sessions: 10000,
-            key_sources: vec!["session_header".into(), "prefix_hash".into(), "auth_header".into()],
+            key_sources: vec![
+                "session_header".into(),
+                "prefix_hash".into(),
+                "auth_header".into(),
+            ],
             prefix_hash_bytes: 512,
         }
     }

@@ -174,8 +174,14 @@ mod tests {
             ("content-type", "application/json"),
             ("x-request-id", "abc"),
         ]);
-        let client = ClientInfo { peer: "10.1.2.3".parse().unwrap(), tls: false };
-        let backend = vec![(http::header::AUTHORIZATION, HeaderValue::from_static("Bearer backend"))];
+        let client = ClientInfo {
+            peer: "10.1.2.3".parse().unwrap(),
+            tls: false,
+        };
+        let backend = vec![(
+            http::header::AUTHORIZATION,
+            HeaderValue::from_static("Bearer backend"),
+        )];
         let out = outbound(&inbound, &client, Some("llama3"), &backend);
         assert_eq!(out["authorization"], "Bearer backend");
         assert!(!out.contains_key("cookie") && !out.contains_key("x-api-key"));
@@ -193,7 +199,10 @@ mod tests {
     #[test]
     fn forwarded_for_is_appended() {
         let inbound = map(&[("x-forwarded-for", "1.1.1.1")]);
-        let client = ClientInfo { peer: "10.0.0.1".parse().unwrap(), tls: true };
+        let client = ClientInfo {
+            peer: "10.0.0.1".parse().unwrap(),
+            tls: true,
+        };
         let out = outbound(&inbound, &client, None, &[]);
         assert_eq!(out["x-forwarded-for"], "1.1.1.1, 10.0.0.1");
         assert_eq!(out["x-real-ip"], "1.1.1.1");
@@ -209,7 +218,10 @@ mod tests {
             ("content-type", "text/event-stream"),
             ("x-tenant-id", "acme"),
         ]);
-        let backend = vec![(HeaderName::from_static("x-tenant-id"), HeaderValue::from_static("acme"))];
+        let backend = vec![(
+            HeaderName::from_static("x-tenant-id"),
+            HeaderValue::from_static("acme"),
+        )];
         let out = inbound_response(&upstream, &backend);
         assert_eq!(out.len(), 1);
         assert_eq!(out["content-type"], "text/event-stream");

@@ -68,7 +68,9 @@ pub fn inspect_body(content_type: Option<&str>, body: &[u8]) -> Result<BodyFacts
             stream: p.stream.unwrap_or(false),
         }),
         Err(e) if e.is_data() && !looks_json => Ok(BodyFacts::default()),
-        Err(e) => Err(ProxyError::BadRequest(format!("invalid JSON in request body: {e}"))),
+        Err(e) => Err(ProxyError::BadRequest(format!(
+            "invalid JSON in request body: {e}"
+        ))),
     }
 }
 
@@ -78,9 +80,14 @@ fn rewrite_model(body: &Bytes, native: &str) -> Bytes {
         return body.clone();
     };
     if let Some(obj) = v.as_object_mut() {
-        obj.insert("model".into(), serde_json::Value::String(native.to_string()));
+        obj.insert(
+            "model".into(),
+            serde_json::Value::String(native.to_string()),
+        );
     }
-    serde_json::to_vec(&v).map(Bytes::from).unwrap_or_else(|_| body.clone())
+    serde_json::to_vec(&v)
+        .map(Bytes::from)
+        .unwrap_or_else(|_| body.clone())
 }
 
 /// Reads the request body up to `limit` bytes (413 beyond it).
@@ -97,8 +104,12 @@ pub async fn read_body(parts: &Parts, body: Incoming, limit: u64) -> Result<Byte
     }
     match Limited::new(body, limit as usize).collect().await {
         Ok(c) => Ok(c.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(ProxyError::BodyTooLarge(limit)),
-        Err(e) => Err(ProxyError::BadRequest(format!("could not read request body: {e}"))),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            Err(ProxyError::BodyTooLarge(limit))
+        }
+        Err(e) => Err(ProxyError::BadRequest(format!(
+            "could not read request body: {e}"
+        ))),
     }
 }
 
@@ -203,7 +214,11 @@ struct Run<'a> {
 impl Run<'_> {
     /// Walks the candidates tier by tier: free backends first, then the tier's queues, then the
     /// next tier.
-    async fn walk(&self, candidates: Vec<Candidate>, ctx: &mut HeaderMap) -> Result<Response<Body>, ProxyError> {
+    async fn walk(
+        &self,
+        candidates: Vec<Candidate>,
+        ctx: &mut HeaderMap,
+    ) -> Result<Response<Body>, ProxyError> {
         let total = candidates.len();
         let mut tried = 0usize;
         let mut misses = Misses::default();
@@ -222,7 +237,9 @@ impl Run<'_> {
                 match cand.handle.try_slot() {
                     SlotAttempt::Admitted(guard) => {
                         tried += 1;
-                        if let Some(r) = misses.settle(self.attempt(guard, cand, tried < total, ctx).await) {
+                        if let Some(r) =
+                            misses.settle(self.attempt(guard, cand, tried < total, ctx).await)
+                        {
                             return Ok(r);
                         }
                     }
@@ -243,7 +260,9 @@ impl Run<'_> {
                 match ticket.wait(wait).await {
                     Some(guard) => {
                         tried += 1;
-                        if let Some(r) = misses.settle(self.attempt(guard, cand, tried < total, ctx).await) {
+                        if let Some(r) =
+                            misses.settle(self.attempt(guard, cand, tried < total, ctx).await)
+                        {
                             return Ok(r);
                         }
                         break;
@@ -276,25 +295,41 @@ impl Run<'_> {
             .join(self.path)
             .map_err(|e| ProxyError::Internal(format!("cannot build upstream URL: {e}")))?;
         let body = match (&cand.native_model, &self.facts.model) {
-            (Some(native), Some(requested)) if native != requested => rewrite_model(self.body, native),
+            (Some(native), Some(requested)) if native != requested => {
+                rewrite_model(self.body, native)
+            }
             _ => self.body.clone(),
         };
         let model = cand.native_model.as_deref().or(self.facts.model.as_deref());
         let mut req = Request::new(Full::new(body));
         *req.method_mut() = self.parts.method.clone();
         *req.uri_mut() = uri;
-        *req.headers_mut() = headers::outbound(&self.parts.headers, self.client, model, &spec.outbound_headers);
+        *req.headers_mut() = headers::outbound(
+            &self.parts.headers,
+            self.client,
+            model,
+            &spec.outbound_headers,
+        );
         Ok(req)
     }
 
-    async fn attempt(&self, mut guard: InFlightGuard, cand: &Candidate, more: bool, ctx: &mut HeaderMap) -> Attempt {
+    async fn attempt(
+        &self,
+        mut guard: InFlightGuard,
+        cand: &Candidate,
+        more: bool,
+        ctx: &mut HeaderMap,
+    ) -> Attempt {
         let handle = cand.handle.clone();
         let spec = handle.spec().clone();
         let req = match self.upstream_request(cand) {
             Ok(r) => r,
             Err(e) => {
                 guard.report(Outcome::Cancelled, None);
-                return Attempt::Next { error: e, kept: None };
+                return Attempt::Next {
+                    error: e,
+                    kept: None,
+                };
             }
         };
         let started = Instant::now();
@@ -303,17 +338,26 @@ impl Run<'_> {
             Some(t) => spec.timeouts.first_byte.min(t),
             None => spec.timeouts.first_byte,
         };
-        let resp = match tokio::time::timeout(first_byte_limit, handle.client().request(req)).await {
+        let resp = match tokio::time::timeout(first_byte_limit, handle.client().request(req)).await
+        {
             Err(_) => {
                 guard.report(Outcome::Fault, None);
-                tracing::warn!(backend = handle.name(), timeout_ms = first_byte_limit.as_millis() as u64, "no response headers in time; trying the next backend");
+                tracing::warn!(
+                    backend = handle.name(),
+                    timeout_ms = first_byte_limit.as_millis() as u64,
+                    "no response headers in time; trying the next backend"
+                );
                 return Attempt::Next {
                     error: ProxyError::FirstByteTimeout(first_byte_limit),
                     kept: None,
                 };
             }
             Ok(Err(e)) => {
-                let outcome = if e.is_connect() { Outcome::ConnectFailure } else { Outcome::Fault };
+                let outcome = if e.is_connect() {
+                    Outcome::ConnectFailure
+                } else {
+                    Outcome::Fault
+                };
                 guard.report(outcome, None);
                 if !e.is_connect() {
                     // Reset or closed mid-request: the backend may have died; check it now.
@@ -353,17 +397,32 @@ impl Run<'_> {
         let mut headers = headers::inbound_response(&parts.headers, &spec.outbound_headers);
         set(&mut headers, "x-olla-endpoint", handle.name());
         set(&mut headers, "x-olla-backend-type", handle.kind().as_str());
-        set(&mut headers, "x-olla-response-time", &format!("{}ms", first_byte.as_millis()));
+        set(
+            &mut headers,
+            "x-olla-response-time",
+            &format!("{}ms", first_byte.as_millis()),
+        );
         headers.insert("x-served-by", headers::served_by());
         set(&mut headers, "via", headers::via());
         for (k, v) in ctx.iter() {
             headers.insert(k, v.clone());
         }
         parts.headers = headers;
-        let body = GuardedBody::new(incoming, guard, first_byte, spec.timeouts.idle, total_deadline, sse);
+        let body = GuardedBody::new(
+            incoming,
+            guard,
+            first_byte,
+            spec.timeouts.idle,
+            total_deadline,
+            sse,
+        );
         let response = Response::from_parts(parts, BodyExt::boxed(body));
         if retryable && more {
-            tracing::info!(backend = handle.name(), status = status.as_u16(), "retryable status; trying the next backend");
+            tracing::info!(
+                backend = handle.name(),
+                status = status.as_u16(),
+                "retryable status; trying the next backend"
+            );
             return Attempt::Next {
                 error: ProxyError::Upstream(format!("{} answered {}", handle.name(), status)),
                 kept: Some(response),
@@ -379,23 +438,52 @@ mod tests {
 
     #[test]
     fn inspects_model_and_stream() {
-        let f = inspect_body(Some("application/json"), br#"{"model":"m1","stream":true,"messages":[]}"#).unwrap();
-        assert_eq!(f, BodyFacts { model: Some("m1".into()), stream: true });
+        let f = inspect_body(
+            Some("application/json"),
+            br#"{"model":"m1","stream":true,"messages":[]}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            f,
+            BodyFacts {
+                model: Some("m1".into()),
+                stream: true
+            }
+        );
         assert_eq!(inspect_body(None, b"").unwrap(), BodyFacts::default());
-        assert_eq!(inspect_body(Some("text/plain"), b"hello").unwrap(), BodyFacts::default());
-        assert_eq!(inspect_body(Some("application/json"), br#"{"model":"a\"b"}"#).unwrap().model.as_deref(), Some("a\"b"));
+        assert_eq!(
+            inspect_body(Some("text/plain"), b"hello").unwrap(),
+            BodyFacts::default()
+        );
+        assert_eq!(
+            inspect_body(Some("application/json"), br#"{"model":"a\"b"}"#)
+                .unwrap()
+                .model
+                .as_deref(),
+            Some("a\"b")
+        );
     }
 
     #[test]
     fn malformed_json_is_a_bad_request() {
-        assert!(matches!(inspect_body(Some("application/json"), b"{\"model\":"), Err(ProxyError::BadRequest(_))));
-        assert!(matches!(inspect_body(None, b"{oops"), Err(ProxyError::BadRequest(_))));
-        assert!(matches!(inspect_body(Some("application/json"), br#"{"model":5}"#), Err(ProxyError::BadRequest(_))));
+        assert!(matches!(
+            inspect_body(Some("application/json"), b"{\"model\":"),
+            Err(ProxyError::BadRequest(_))
+        ));
+        assert!(matches!(
+            inspect_body(None, b"{oops"),
+            Err(ProxyError::BadRequest(_))
+        ));
+        assert!(matches!(
+            inspect_body(Some("application/json"), br#"{"model":5}"#),
+            Err(ProxyError::BadRequest(_))
+        ));
     }
 
     #[test]
     fn rewrites_model_only() {
-        let b = Bytes::from_static(br#"{"model":"alias","messages":[{"role":"user","content":"hi"}]}"#);
+        let b =
+            Bytes::from_static(br#"{"model":"alias","messages":[{"role":"user","content":"hi"}]}"#);
         let out = rewrite_model(&b, "real:8b");
         let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(v["model"], "real:8b");

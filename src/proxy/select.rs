@@ -84,7 +84,11 @@ fn strategy_name(m: ModelRouting) -> &'static str {
 }
 
 /// The endpoints of a model (aliases included) among the backends in scope.
-fn scoped<'c>(catalog: &'c Catalog, requested: &str, scope: &HashSet<&str>) -> Vec<&'c Availability> {
+fn scoped<'c>(
+    catalog: &'c Catalog,
+    requested: &str,
+    scope: &HashSet<&str>,
+) -> Vec<&'c Availability> {
     let mut found = catalog.resolve(requested);
     found.retain(|a| scope.contains(a.backend.as_str()));
     found
@@ -147,7 +151,9 @@ pub async fn select(
                     .filter(|b| b.is_routable(now))
                     .map(|b| b.name().to_string())
                     .collect();
-                app.tree.refresh_models(&names, policy.discovery_timeout).await;
+                app.tree
+                    .refresh_models(&names, policy.discovery_timeout)
+                    .await;
                 refreshed = published.catalog.load_full();
                 catalog = &refreshed;
                 available = scoped(catalog, requested, &scope);
@@ -233,7 +239,12 @@ pub async fn select(
     if candidates.is_empty() {
         return Err((ProxyError::NoHealthyEndpoints, decision));
     }
-    balance::order(&mut candidates, policy.strategy, &published.cursor, fastrand::f64);
+    balance::order(
+        &mut candidates,
+        policy.strategy,
+        &published.cursor,
+        fastrand::f64,
+    );
     Ok(Selection {
         candidates,
         decision,

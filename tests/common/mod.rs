@@ -23,13 +23,21 @@ pub async fn mock(name: &str, models: &[&str]) -> MockServer {
 
 /// One endpoint line for a config: `{name, url, type, priority}` plus extra YAML flow keys.
 pub fn endpoint(name: &str, url: &str, kind: &str, priority: i64, extra: &str) -> String {
-    let extra = if extra.is_empty() { String::new() } else { format!(", {extra}") };
+    let extra = if extra.is_empty() {
+        String::new()
+    } else {
+        format!(", {extra}")
+    };
     format!("      - {{name: {name}, url: \"{url}\", type: {kind}, priority: {priority}, check_interval: 200ms, check_timeout: 500ms{extra}}}\n")
 }
 
 /// A config with the given endpoints and extra top-level YAML (e.g. a `proxy:` block).
 pub fn config(endpoints: &[String], extra: &str) -> String {
-    let server = if extra.contains("server:") { "" } else { "server: {host: 127.0.0.1, port: 0, shutdown_timeout: 5s}\n" };
+    let server = if extra.contains("server:") {
+        ""
+    } else {
+        "server: {host: 127.0.0.1, port: 0, shutdown_timeout: 5s}\n"
+    };
     format!(
         "{server}{extra}\ndiscovery:\n  model_discovery: {{interval: 1s, timeout: 2s}}\n  static:\n    endpoints:\n{}",
         endpoints.concat()
@@ -38,7 +46,8 @@ pub fn config(endpoints: &[String], extra: &str) -> String {
 
 /// Starts a daemon from YAML text on 127.0.0.1:0.
 pub async fn daemon(yaml: &str) -> Daemon {
-    let cfg = olla::config::parse(yaml, &|_| None).unwrap_or_else(|e| panic!("config parses: {e}\n{yaml}"));
+    let cfg = olla::config::parse(yaml, &|_| None)
+        .unwrap_or_else(|e| panic!("config parses: {e}\n{yaml}"));
     let rt = olla::config::resolve(&cfg).unwrap_or_else(|e| panic!("config resolves: {e:?}"));
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     Daemon::start(rt, listener).await.expect("daemon starts")
@@ -75,24 +84,32 @@ where
 pub async fn wait_routable(d: &Daemon, names: &[&str], with_models: bool) {
     let app = d.app.clone();
     let names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
-    wait_until(Duration::from_secs(10), &format!("backends {names:?} routable"), || {
-        let app = app.clone();
-        let names = names.clone();
-        async move {
-            let table = app.tree.published.table();
-            let catalog = app.tree.published.catalog.load();
-            names.iter().all(|n| {
-                table.get(n).is_some_and(|b| b.is_routable(tokio::time::Instant::now()))
-                    && (!with_models || catalog.backends.contains_key(n))
-            })
-        }
-    })
+    wait_until(
+        Duration::from_secs(10),
+        &format!("backends {names:?} routable"),
+        || {
+            let app = app.clone();
+            let names = names.clone();
+            async move {
+                let table = app.tree.published.table();
+                let catalog = app.tree.published.catalog.load();
+                names.iter().all(|n| {
+                    table
+                        .get(n)
+                        .is_some_and(|b| b.is_routable(tokio::time::Instant::now()))
+                        && (!with_models || catalog.backends.contains_key(n))
+                })
+            }
+        },
+    )
     .await;
 }
 
 /// A chat completion request body.
 pub fn chat(model: &str, stream: bool) -> String {
-    format!(r#"{{"model":"{model}","stream":{stream},"messages":[{{"role":"user","content":"hi"}}]}}"#)
+    format!(
+        r#"{{"model":"{model}","stream":{stream},"messages":[{{"role":"user","content":"hi"}}]}}"#
+    )
 }
 
 /// POSTs a chat completion through `/olla/proxy`; returns (status, X-Olla-Endpoint, body).

@@ -22,14 +22,18 @@ use crate::spec::BackendSpec;
 
 pub enum BackendMsg {
     /// Run a probe if `token` is current (stale timers carry old tokens).
-    Probe { token: u64 },
+    Probe {
+        token: u64,
+    },
     ProbeDone {
         result: ProbeResult,
         detected: Option<BackendKind>,
         elapsed: Duration,
     },
     /// Run a discovery if `token` is current.
-    Discover { token: u64 },
+    Discover {
+        token: u64,
+    },
     DiscoveryDone(Result<Vec<DiscoveredModel>, String>),
     /// Refresh the model list now; reply once the registry has it.
     Refresh(RpcReplyPort<Result<usize, String>>),
@@ -306,7 +310,10 @@ impl Actor for BackendActor {
                 }
                 // The interval runs from the start of this probe, so probes keep their exact
                 // cadence however long each one takes.
-                let after = step.next_check.saturating_sub(elapsed).max(Duration::from_millis(10));
+                let after = step
+                    .next_check
+                    .saturating_sub(elapsed)
+                    .max(Duration::from_millis(10));
                 state.schedule_probe(&myself, after);
             }
             BackendMsg::Discover { token } => {
@@ -349,9 +356,16 @@ impl Actor for BackendActor {
                                             Some(Duration::from_secs(5)),
                                         )
                                         .await;
-                                    let ok = matches!(published, Ok(ractor::rpc::CallResult::Success(())));
+                                    let ok = matches!(
+                                        published,
+                                        Ok(ractor::rpc::CallResult::Success(()))
+                                    );
                                     for w in waiters {
-                                        let _ = w.send(if ok { Ok(n) } else { Err("registry did not answer".into()) });
+                                        let _ = w.send(if ok {
+                                            Ok(n)
+                                        } else {
+                                            Err("registry did not answer".into())
+                                        });
                                     }
                                 });
                             }
