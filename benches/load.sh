@@ -1,0 +1,451 @@
+#!/usr/bin/env bash
+# Load benchmark of the olla proxy: the same wrk load against one olla-mock backend directly,
+# through olla (round-robin over two mocks) and through haproxy (roundrobin over the same two
+# mocks), in non-stream (JSON) and SSE stream modes; then an SSE inter-event gap check with
+# slow streams (20 tokens, 20 ms apart), direct vs olla (vs haproxy, for reference).
+#
+#   bash benches/load.sh                      # DURATION=10s ROUNDS=3
+#   DURATION=5s ROUNDS=1 bash benches/load.sh # quick look
+#   STRICT=1 bash benches/load.sh             # exit 1 if a bar fails
+#
+# Knobs (environment):
+#   DURATION=10s     wrk duration of each measurement (wrk syntax: 10s, 1m)
+#   ROUNDS=3         measurements per target and mode, interleaved; the median is reported
+#   STRICT=0         1 = exit non-zero when a bar fails
+#   WARMUP=2s        wrk warm-up per target and mode (not recorded)
+#   CONNS=32         wrk connections (always -t1)
+#   WRK_CPU=0        CPU wrk is pinned to (taskset)
+#   SERVER_CPUS=     CPU list for mocks, olla and haproxy (taskset); empty = not pinned (default)
+#   SSE_STREAMS=10   streams per target in the SSE gap check
+#   SKIP_BUILD=0     1 = use the existing target/release binaries
+#   KEEP_LOGS=0      1 = keep the work directory (configs, logs, raw wrk output)
+#
+# Bars: olla rps >= 0.8 x haproxy rps in each mode; SSE gaps through olla (median and p99)
+# within 1 ms of direct. Results are printed and written to target/load-results.txt.
+# Everything listens on and talks to 127.0.0.1 only; every process started here is stopped
+# by PID on exit.
+set -euo pipefail
+
+DURATION=${DURATION:-10s}
+ROUNDS=${ROUNDS:-3}
+STRICT=${STRICT:-0}
+WARMUP=${WARMUP:-2s}
+CONNS=${CONNS:-32}
+WRK_CPU=${WRK_CPU:-0}
+SERVER_CPUS=${SERVER_CPUS:-}
+SSE_STREAMS=${SSE_STREAMS:-10}
+SKIP_BUILD=${SKIP_BUILD:-0}
+KEEP_LOGS=${KEEP_LOGS:-0}
+RPS_BAR=0.8
+GAP_BAR_MS=1
+MODEL=m
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
+RESULTS=$TARGET_DIR/load-results.txt
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/olla-load.XXXXXX")
+PIDS=()
+
+log() { printf '[load] %s\n' "$*" >&2; }
+die() { log "ERROR: $*"; exit 1; }
+# report: print to stdout and append to the results file.
+report() { printf '%s\n' "$*" | tee -a "$RESULTS"; }
+
+cleanup() {
+    local rc=$? pid i alive
+    trap - EXIT INT TERM
+    for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+    for i in $(seq 50); do
+        alive=0
+        for pid in "${PIDS[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
+        [ "$alive" = 0 ] && break
+        sleep 0.1
+    done
+    for pid in "${PIDS[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
+    for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+    if [ "$KEEP_LOGS" = 1 ] || [ "$rc" != 0 ]; then
+        log "work directory kept: $WORK"
+    else
+        rm -rf "$WORK"
+    fi
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# wait_until SECONDS DESCRIPTION COMMAND...: poll COMMAND every 0.2 s until it succeeds.
+wait_until() {
+    local secs=$1 what=$2; shift 2
+    local deadline=$((SECONDS + secs))
+    until "$@" >/dev/null 2>&1; do
+        [ "$SECONDS" -lt "$deadline" ] || die "timed out after ${secs}s waiting for: $what"
+        sleep 0.2
+    done
+}
+
+# dur_secs 10s|1m|500ms|10 -> whole seconds (at least 1)
+dur_secs() {
+    local d=$1
+    case $d in
+        *ms) echo 1 ;;
+        *s) echo "${d%s}" ;;
+        *m) echo $(( ${d%m} * 60 )) ;;
+        *h) echo $(( ${d%h} * 3600 )) ;;
+        *) echo "$d" ;;
+    esac
+}
+
+# ---------------------------------------------------------------------------------------------
+# 1. Tools
+# ---------------------------------------------------------------------------------------------
+have() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ] || [ -x "/usr/bin/$1" ]; }
+need=()
+have wrk || need+=(wrk)
+have haproxy || need+=(haproxy)
+if [ "${#need[@]}" -gt 0 ]; then
+    SUDO=()
+    [ "$(id -u)" = 0 ] || SUDO=(sudo)
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+        # Keep apt from starting haproxy as a system service.
+        printf '#!/bin/sh\nexit 101\n' | "${SUDO[@]}" tee /usr/sbin/policy-rc.d >/dev/null
+        "${SUDO[@]}" chmod 755 /usr/sbin/policy-rc.d
+    fi
+    log "installing: ${need[*]}"
+    if ! "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y "${need[@]}"; then
+        "${SUDO[@]}" apt-get update
+        "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y "${need[@]}"
+    fi
+fi
+HAPROXY=$(command -v haproxy || echo /usr/sbin/haproxy)
+WRK=$(command -v wrk || echo /usr/bin/wrk)
+for t in python3 curl taskset timeout; do have "$t" || die "missing tool: $t"; done
+
+# ---------------------------------------------------------------------------------------------
+# 2. Binaries (copied, so a concurrent cargo build cannot swap them mid-run)
+# ---------------------------------------------------------------------------------------------
+if [ "$SKIP_BUILD" != 1 ]; then
+    log "cargo build --release (may wait on the cargo lock)"
+    (cd "$ROOT" && cargo build --release --bin olla --bin olla-mock -p olla -p olla-mock)
+fi
+for b in olla olla-mock; do
+    [ -x "$TARGET_DIR/release/$b" ] || die "missing $TARGET_DIR/release/$b"
+    cp "$TARGET_DIR/release/$b" "$WORK/$b"
+done
+BIN=$WORK
+STARTED=$(date -u +%Y-%m-%dT%H:%M:%SZ)
+LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
+
+# ---------------------------------------------------------------------------------------------
+# 3. Servers
+# ---------------------------------------------------------------------------------------------
+PIN=()
+[ -n "$SERVER_CPUS" ] && PIN=(taskset -c "$SERVER_CPUS")
+
+free_ports() { # free_ports N -> N free 127.0.0.1 TCP ports
+    python3 - "$1" <<'EOF'
+import socket, sys
+socks = [socket.socket() for _ in range(int(sys.argv[1]))]
+for s in socks:
+    s.bind(("127.0.0.1", 0))
+print(" ".join(str(s.getsockname()[1]) for s in socks))
+EOF
+}
+
+MOCK_PORT=
+start_mock() { # start_mock NAME -> sets MOCK_PORT
+    local name=$1 logf=$WORK/mock-$1.log
+    "${PIN[@]}" "$BIN/olla-mock" --port 0 --host 127.0.0.1 --name "$name" --models "$MODEL" \
+        --tokens 16 --token-delay-ms 0 >"$logf" 2>&1 &
+    PIDS+=($!)
+    MOCK_PIDS+=($!)
+    wait_until 15 "olla-mock $name to listen" grep -q 'listening on http://' "$logf"
+    MOCK_PORT=$(sed -n 's#.*listening on http://127\.0\.0\.1:\([0-9]*\).*#\1#p' "$logf" | head -1)
+    [ -n "$MOCK_PORT" ] || die "cannot read the port of olla-mock $name: $(cat "$logf")"
+}
+
+MOCK_PIDS=()
+start_mock a; PORT_A=$MOCK_PORT
+start_mock b; PORT_B=$MOCK_PORT
+read -r OLLA_PORT HAP_PORT HAP_STATS_PORT < <(free_ports 3)
+
+cat >"$WORK/olla.yaml" <<EOF
+server: {host: 127.0.0.1, port: $OLLA_PORT}
+proxy: {load_balancer: round-robin}
+discovery:
+  type: static
+  model_discovery: {enabled: true}
+  static:
+    endpoints:
+      - {name: mock-a, url: "http://127.0.0.1:$PORT_A", type: openai-compatible, priority: 100, check_interval: 2s}
+      - {name: mock-b, url: "http://127.0.0.1:$PORT_B", type: openai-compatible, priority: 100, check_interval: 2s}
+logging: {level: warn}
+EOF
+"${PIN[@]}" "$BIN/olla" -c "$WORK/olla.yaml" >"$WORK/olla.log" 2>&1 &
+OLLA_PID=$!; PIDS+=($!)
+
+cat >"$WORK/haproxy.cfg" <<EOF
+global
+    maxconn 4096
+    nbthread 2
+defaults
+    mode http
+    option http-keep-alive
+    option http-no-delay
+    timeout connect 5s
+    timeout client 300s
+    timeout server 300s
+frontend llm_in
+    bind 127.0.0.1:$HAP_PORT
+    default_backend llm
+frontend stats
+    bind 127.0.0.1:$HAP_STATS_PORT
+    stats enable
+    stats uri /stats
+backend llm
+    balance roundrobin
+    option httpchk GET /health
+    server a 127.0.0.1:$PORT_A check inter 2s
+    server b 127.0.0.1:$PORT_B check inter 2s
+EOF
+"$HAPROXY" -q -c -f "$WORK/haproxy.cfg" || die "haproxy rejects $WORK/haproxy.cfg"
+"${PIN[@]}" "$HAPROXY" -db -f "$WORK/haproxy.cfg" >"$WORK/haproxy.log" 2>&1 &
+HAP_PID=$!; PIDS+=($!)
+
+OLLA=http://127.0.0.1:$OLLA_PORT
+HAP=http://127.0.0.1:$HAP_PORT
+DIRECT=http://127.0.0.1:$PORT_A
+
+olla_routable() {
+    kill -0 "$OLLA_PID" || die "olla exited: $(tail -5 "$WORK/olla.log")"
+    curl -sf --max-time 2 "$OLLA/internal/status/endpoints" | grep -q '"routable_count":2' &&
+        curl -sf --max-time 2 "$OLLA/olla/proxy/v1/models" | grep -q "\"id\":\"$MODEL\""
+}
+haproxy_ready() {
+    kill -0 "$HAP_PID" || die "haproxy exited: $(tail -5 "$WORK/haproxy.log")"
+    curl -sf --max-time 2 "$HAP/health" >/dev/null &&
+        [ "$(curl -sf --max-time 2 "http://127.0.0.1:$HAP_STATS_PORT/stats;csv" |
+            awk -F, '$1=="llm" && ($2=="a" || $2=="b") && $18=="UP"' | wc -l)" = 2 ]
+}
+wait_until 30 "olla to route to both mocks and list model $MODEL" olla_routable
+wait_until 30 "haproxy to answer with both servers UP" haproxy_ready
+
+# Both proxies must actually spread requests over both mocks.
+spread() { # spread URL -> distinct X-Mock-Name values over 6 requests
+    local i
+    for i in 1 2 3 4 5 6; do
+        curl -sf --max-time 5 -o /dev/null -D - -H 'Content-Type: application/json' \
+            -d "{\"model\":\"$MODEL\",\"stream\":false,\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}" "$1" |
+            tr -d '\r' | awk -F': ' 'tolower($1)=="x-mock-name"{print $2}'
+    done | sort -u | tr '\n' ' '
+}
+SPREAD_OLLA=$(spread "$OLLA/olla/proxy/v1/chat/completions")
+SPREAD_HAP=$(spread "$HAP/v1/chat/completions")
+log "backends hit: olla -> [$SPREAD_OLLA], haproxy -> [$SPREAD_HAP]"
+[ "$SPREAD_OLLA" = "a b " ] || die "olla did not use both mocks: [$SPREAD_OLLA]"
+[ "$SPREAD_HAP" = "a b " ] || die "haproxy did not use both mocks: [$SPREAD_HAP]"
+
+# ---------------------------------------------------------------------------------------------
+# 4. Throughput: wrk, interleaved rounds
+# ---------------------------------------------------------------------------------------------
+for mode in json sse; do
+    stream=false; [ "$mode" = sse ] && stream=true
+    cat >"$WORK/$mode.lua" <<EOF
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.body = '{"model":"$MODEL","stream":$stream,"messages":[{"role":"user","content":"Say hello in sixteen tokens."}]}'
+EOF
+done
+
+declare -A URL=(
+    [direct]="$DIRECT/v1/chat/completions"
+    [olla]="$OLLA/olla/proxy/v1/chat/completions"
+    [haproxy]="$HAP/v1/chat/completions"
+)
+# Processes whose CPU is charged to each target (the proxy, then the mocks).
+declare -A PROC=(
+    [direct]="${MOCK_PIDS[0]}"
+    [olla]="$OLLA_PID ${MOCK_PIDS[*]}"
+    [haproxy]="$HAP_PID ${MOCK_PIDS[*]}"
+)
+TARGETS=(direct olla haproxy)
+MODES=(json sse)
+CLK_TCK=$(getconf CLK_TCK)
+declare -A RPS P50 P99 ERRS CPU_WRK CPU_PROXY CPU_MOCKS
+
+cpu_ticks() { # cpu_ticks PID... -> utime+stime of each, space separated
+    local pid
+    for pid in "$@"; do
+        sed 's/^.*) //' "/proc/$pid/stat" | awk '{printf "%d ", $12 + $13}'
+    done
+}
+
+to_ms() { # wrk latency (612.00us, 1.23ms, 1.01s, 2.00m) -> ms
+    awk -v v="$1" 'BEGIN {
+        n = v + 0; u = v; sub(/^[0-9.]+/, "", u)
+        if (u == "us") n /= 1000; else if (u == "s") n *= 1000; else if (u == "m") n *= 60000
+        printf "%.3f", n }'
+}
+
+# run_wrk TARGET MODE DURATION OUTFILE [record]
+run_wrk() {
+    local target=$1 mode=$2 dur=$3 out=$4 record=${5:-}
+    local secs; secs=$(dur_secs "$dur")
+    local pids=(${PROC[$target]}) before after t0 t1 wrk_cpu
+    before=($(cpu_ticks "${pids[@]}"))
+    t0=$EPOCHREALTIME
+    local TIMEFORMAT='%U %S'
+    { time timeout $((secs + 30)) taskset -c "$WRK_CPU" "$WRK" -t1 -c"$CONNS" -d"$dur" --timeout 5s \
+        --latency -s "$WORK/$mode.lua" "${URL[$target]}" >"$out" 2>&1; } 2>"$out.time" ||
+        die "wrk failed against $target ($mode): $(tail -3 "$out")"
+    t1=$EPOCHREALTIME
+    after=($(cpu_ticks "${pids[@]}"))
+    [ -n "$record" ] || return 0
+
+    local rps p50 p99 non2xx sockerr
+    rps=$(awk '/^Requests\/sec:/ {print $2}' "$out")
+    p50=$(to_ms "$(awk '$1=="50%" {print $2; exit}' "$out")")
+    p99=$(to_ms "$(awk '$1=="99%" {print $2; exit}' "$out")")
+    non2xx=$(awk '/Non-2xx or 3xx responses:/ {print $NF}' "$out"); non2xx=${non2xx:-0}
+    sockerr=$(awk '/Socket errors:/ {gsub(/,/, ""); print $4 + $6 + $8 + $10}' "$out"); sockerr=${sockerr:-0}
+    [ -n "$rps" ] || die "cannot parse wrk output: $out"
+    local k="$mode,$target" wall
+    wall=$(awk -v a="$t0" -v b="$t1" 'BEGIN {print b - a}')
+    RPS[$k]+="$rps "; P50[$k]+="$p50 "; P99[$k]+="$p99 "
+    ERRS[$k]=$(( ${ERRS[$k]:-0} + non2xx + sockerr ))
+    # CPU use in % of one core over the run: wrk; the proxy; the mocks.
+    wrk_cpu=$(awk -v w="$wall" '{printf "%.0f", ($1 + $2) / w * 100}' "$out.time")
+    CPU_WRK[$k]+="$wrk_cpu "
+    local i proxy=0 mocks=0 d
+    for i in "${!pids[@]}"; do
+        d=$(( after[i] - before[i] ))
+        if [ "$target" != direct ] && [ "$i" = 0 ]; then proxy=$d; else mocks=$((mocks + d)); fi
+    done
+    CPU_PROXY[$k]+="$(awk -v t="$proxy" -v h="$CLK_TCK" -v w="$wall" 'BEGIN {printf "%.0f", t / h / w * 100}') "
+    CPU_MOCKS[$k]+="$(awk -v t="$mocks" -v h="$CLK_TCK" -v w="$wall" 'BEGIN {printf "%.0f", t / h / w * 100}') "
+    log "$(printf '%-4s %-7s rps %9s  p50 %7s ms  p99 %7s ms  errors %s' "$mode" "$target" "$rps" "$p50" "$p99" $((non2xx + sockerr)))"
+}
+
+median() { printf '%s\n' "$@" | sort -g | awk '{a[NR] = $1} END {
+    if (NR == 0) print "nan"; else if (NR % 2) print a[(NR + 1) / 2]; else print (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b == 0) print "n/a"; else printf "%.2f", a / b }'; }
+
+: >"$RESULTS"
+half=$(( ($(dur_secs "$DURATION") + 1) / 2 ))
+for mode in "${MODES[@]}"; do
+    log "mode $mode: warm-up ($WARMUP per target)"
+    for target in "${TARGETS[@]}"; do
+        run_wrk "$target" "$mode" "$WARMUP" "$WORK/warmup-$mode-$target.txt"
+    done
+    for round in $(seq "$ROUNDS"); do
+        for target in "${TARGETS[@]}"; do
+            # A process snapshot half-way through the first olla and haproxy runs.
+            if [ "$round" = 1 ] && [ "$target" != direct ]; then
+                ( sleep "$half"; top -b -n1 -w 200 2>/dev/null | head -n 16 >"$WORK/top-$mode-$target.txt" ) &
+                top_pid=$!
+            else
+                top_pid=
+            fi
+            run_wrk "$target" "$mode" "$DURATION" "$WORK/wrk-$mode-$target-$round.txt" record
+            [ -z "$top_pid" ] || wait "$top_pid" || true
+        done
+    done
+done
+
+# ---------------------------------------------------------------------------------------------
+# 5. SSE inter-event gaps: slow streams, one at a time
+# ---------------------------------------------------------------------------------------------
+for port in "$PORT_A" "$PORT_B"; do
+    curl -sf --max-time 5 -H 'Content-Type: application/json' -d '{"tokens":20,"token_delay_ms":20}' \
+        "http://127.0.0.1:$port/_mock/config" | grep -q '"token_delay_ms":20' ||
+        die "cannot reconfigure the mock on port $port"
+done
+log "SSE gap check: $SSE_STREAMS streams per target, 20 tokens 20 ms apart"
+set +e
+python3 "$ROOT/benches/sse_gaps.py" -n "$SSE_STREAMS" --model "$MODEL" --max-diff-ms "$GAP_BAR_MS" --check olla \
+    "direct=$DIRECT/v1/chat/completions" "olla=$OLLA/olla/proxy/v1/chat/completions" \
+    "haproxy=$HAP/v1/chat/completions" >"$WORK/sse-gaps.txt" 2>&1
+gap_rc=$?
+set -e
+[ "$gap_rc" -le 1 ] || die "sse_gaps.py failed: $(cat "$WORK/sse-gaps.txt")"
+
+# ---------------------------------------------------------------------------------------------
+# 6. Report
+# ---------------------------------------------------------------------------------------------
+commit=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
+dirty=$(git -C "$ROOT" status --porcelain --untracked-files=no 2>/dev/null | wc -l)
+report "olla load benchmark  started $STARTED, finished $(date -u +%Y-%m-%dT%H:%M:%SZ)  commit $commit$([ "$dirty" = 0 ] || echo " (+$dirty modified files)")"
+report "host: $(nproc) CPUs, load average at start: $LOAD_START, at end: $(cut -d' ' -f1-3 /proc/loadavg)"
+report "wrk -t1 -c$CONNS -d$DURATION --latency (pinned to CPU $WRK_CPU), warm-up $WARMUP, $ROUNDS interleaved rounds, medians shown"
+report "servers: $([ -n "$SERVER_CPUS" ] && echo "pinned to CPUs $SERVER_CPUS" || echo "not pinned") | olla-mock x2 (16 tokens, no delay); direct = one mock; olla round-robin and haproxy roundrobin over both"
+report ""
+report "$(printf '%-5s %-8s %10s %9s %9s %7s   %-20s %s' mode target rps p50_ms p99_ms errors 'cpu% wrk/proxy/mocks' 'cpu_us/req proxy/mocks')"
+for mode in "${MODES[@]}"; do
+    for target in "${TARGETS[@]}"; do
+        k="$mode,$target"
+        rps=$(median ${RPS[$k]})
+        pcpu=$([ "$target" = direct ] && echo - || median ${CPU_PROXY[$k]})
+        mcpu=$(median ${CPU_MOCKS[$k]})
+        cpu="$(median ${CPU_WRK[$k]})/$pcpu/$mcpu"
+        # CPU time per request in microseconds: (cpu% / 100) core-seconds per second / rps.
+        us="$([ "$pcpu" = - ] && echo - || awk -v c="$pcpu" -v r="$rps" 'BEGIN {printf "%.0f", c * 1e4 / r}')"
+        us="$us/$(awk -v c="$mcpu" -v r="$rps" 'BEGIN {printf "%.0f", c * 1e4 / r}')"
+        report "$(printf '%-5s %-8s %10.0f %9.3f %9.3f %7s   %-20s %s' "$mode" "$target" \
+            "$rps" "$(median ${P50[$k]})" "$(median ${P99[$k]})" "${ERRS[$k]:-0}" "$cpu" "$us")"
+    done
+done
+report ""
+report "per-round rps (direct | olla | haproxy):"
+for mode in "${MODES[@]}"; do
+    report "  $mode: ${RPS[$mode,direct]}| ${RPS[$mode,olla]}| ${RPS[$mode,haproxy]}"
+done
+report ""
+report "$(printf '%-5s %-16s %6s %6s %6s' mode ratio rps p50 p99)"
+fails=0
+verdicts=()
+for mode in "${MODES[@]}"; do
+    for ref in haproxy direct; do
+        report "$(printf '%-5s %-16s %6s %6s %6s' "$mode" "olla/$ref" \
+            "$(ratio "$(median ${RPS[$mode,olla]})" "$(median ${RPS[$mode,$ref]})")" \
+            "$(ratio "$(median ${P50[$mode,olla]})" "$(median ${P50[$mode,$ref]})")" \
+            "$(ratio "$(median ${P99[$mode,olla]})" "$(median ${P99[$mode,$ref]})")")"
+    done
+    r=$(ratio "$(median ${RPS[$mode,olla]})" "$(median ${RPS[$mode,haproxy]})")
+    if awk -v r="$r" -v bar="$RPS_BAR" 'BEGIN { exit !(r + 0 >= bar) }'; then
+        verdicts+=("$(printf 'PASS  %-4s olla rps = %sx haproxy (bar >= %sx)' "$mode" "$r" "$RPS_BAR")")
+    else
+        verdicts+=("$(printf 'FAIL  %-4s olla rps = %sx haproxy (bar >= %sx)' "$mode" "$r" "$RPS_BAR")")
+        fails=$((fails + 1))
+    fi
+    errs=$(( ${ERRS[$mode,direct]:-0} + ${ERRS[$mode,olla]:-0} + ${ERRS[$mode,haproxy]:-0} ))
+    if [ "$errs" != 0 ]; then
+        verdicts+=("FAIL  $mode: $errs non-2xx responses or socket errors (see the errors column)")
+        fails=$((fails + 1))
+    fi
+done
+report ""
+report "SSE inter-event gaps (mocks reconfigured: 20 tokens, 20 ms apart; $SSE_STREAMS streams per target, sequential, interleaved):"
+while IFS= read -r line; do report "  $line"; done <"$WORK/sse-gaps.txt"
+if [ "$gap_rc" = 0 ]; then
+    verdicts+=("PASS  sse  gaps through olla within ${GAP_BAR_MS} ms of direct (median and p99)")
+else
+    verdicts+=("FAIL  sse  gaps through olla differ from direct by more than ${GAP_BAR_MS} ms")
+    fails=$((fails + 1))
+fi
+report ""
+for v in "${verdicts[@]}"; do report "$v"; done
+for mode in "${MODES[@]}"; do
+    for target in olla haproxy; do
+        f=$WORK/top-$mode-$target.txt
+        [ -s "$f" ] || continue
+        report ""
+        report "top snapshot half-way through round 1, $mode via $target (busiest processes):"
+        while IFS= read -r line; do report "  $line"; done < <(sed -n '1,2p;7,12p' "$f")
+    done
+done
+log "results written to $RESULTS"
+
+if [ "$fails" -gt 0 ] && [ "$STRICT" = 1 ]; then
+    exit 1
+fi
+exit 0
