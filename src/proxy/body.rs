@@ -1,23 +1,38 @@
-//! The streamed response body: forwards the backend's body frame by frame (never buffered),
-//! enforces the idle timeout between chunks and the optional total deadline, counts bytes, holds
-//! the backend's in-flight guard (and concurrency permit) for the whole stream, and reports the
-//! outcome exactly once. A broken stream after the first byte is never retried: an SSE stream
-//! gets a final `error` event, then the body is aborted so the client sees it incomplete. If the
-//! client goes away, hyper drops this body, which drops the upstream body and so cancels the
-//! upstream request at once.
+//! The streamed response body: forwards the backend's body as it arrives (never waiting for
+//! more than the backend has already sent), enforces the idle timeout between chunks and the
+//! optional total deadline, counts bytes, holds the backend's in-flight guard (and concurrency
+//! permit) for the whole stream, and reports the outcome exactly once.
+//!
+//! Coalescing: hyper's client hands over one decoded chunk at a time, and hyper's server writes
+//! whenever the body it polls is not ready. Forwarding chunk by chunk would cost one `writev`
+//! per SSE event even when the backend sent a burst of events in one packet. So when data is in
+//! hand and the upstream has nothing ready, the body yields once to the scheduler (to the back
+//! of the run queue, letting the upstream connection task decode what it already read) and emits
+//! everything gathered as soon as a round brings nothing new, or at 64 KiB. A paced stream
+//! (tokens milliseconds apart) is delayed by one scheduler round, microseconds.
+//!
+//! A broken stream after the first byte is never retried: an SSE stream gets a final `error`
+//! event, then the body is aborted so the client sees it incomplete. If the client goes away,
+//! hyper drops this body, which drops the upstream body and so cancels the upstream request.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use olla_actors::{InFlightGuard, Outcome};
 use tokio::time::{Instant, Sleep};
 
 use crate::http_util::BoxError;
+
+/// Emit gathered data once it reaches this size.
+const COALESCE_LIMIT: usize = 64 * 1024;
+
+/// Scheduler rounds without new data after which gathered data is sent.
+const MAX_EMPTY_ROUNDS: u8 = 2;
 
 /// How the stream ended badly.
 #[derive(Debug, thiserror::Error)]
@@ -35,9 +50,23 @@ pub struct GuardedBody {
     guard: Option<InFlightGuard>,
     first_byte: Duration,
     idle: Duration,
-    idle_timer: Pin<Box<Sleep>>,
+    /// Created the first time the upstream is not ready (single-frame bodies never need it).
+    idle_timer: Option<Pin<Box<Sleep>>>,
     total: Option<(Duration, Pin<Box<Sleep>>)>,
     sse: bool,
+    /// Data received and not yet handed to hyper.
+    gathered: Vec<Bytes>,
+    gathered_len: usize,
+    /// A scheduler yield is in progress while data is gathered.
+    yielding: bool,
+    /// Consecutive yields that brought nothing new.
+    empty_rounds: u8,
+    /// A trailers frame held back until the gathered data is out.
+    held: Option<Frame<Bytes>>,
+    /// The upstream ended (cleanly) while data was still gathered.
+    upstream_done: bool,
+    /// Some data has been handed to hyper.
+    sent_any: bool,
     /// Set after an error: the error event (if any) to emit, then the error to return.
     failing: Option<(Option<Bytes>, StreamError)>,
     done: bool,
@@ -57,11 +86,24 @@ impl GuardedBody {
             guard: Some(guard),
             first_byte,
             idle,
-            idle_timer: Box::pin(tokio::time::sleep(idle)),
+            idle_timer: None,
             total: total_deadline.map(|(d, at)| (d, Box::pin(tokio::time::sleep_until(at)))),
             sse,
+            gathered: Vec::new(),
+            gathered_len: 0,
+            yielding: false,
+            empty_rounds: 0,
+            held: None,
+            upstream_done: false,
+            sent_any: false,
             failing: None,
             done: false,
+        }
+    }
+
+    fn finish_ok(&mut self) {
+        if let Some(mut g) = self.guard.take() {
+            g.report(Outcome::Success, Some(self.first_byte));
         }
     }
 
@@ -80,6 +122,128 @@ impl GuardedBody {
         });
         self.failing = Some((event, err));
     }
+
+    /// Hands over everything gathered as one frame.
+    fn take_gathered(&mut self) -> Option<Frame<Bytes>> {
+        if self.gathered.is_empty() {
+            return None;
+        }
+        self.yielding = false;
+        let data = if self.gathered.len() == 1 {
+            self.gathered.pop().unwrap_or_default()
+        } else {
+            let mut buf = BytesMut::with_capacity(self.gathered_len);
+            for b in self.gathered.drain(..) {
+                buf.extend_from_slice(&b);
+            }
+            buf.freeze()
+        };
+        self.gathered_len = 0;
+        if let Some(g) = &self.guard {
+            g.add_bytes(data.len() as u64);
+        }
+        if let Some(t) = self.idle_timer.as_mut() {
+            t.as_mut().reset(Instant::now() + self.idle);
+        }
+        Some(Frame::data(data))
+    }
+
+    /// Checks the idle and total timers (only called while the upstream is not ready).
+    fn poll_timers(&mut self, cx: &mut Context<'_>) -> Option<StreamError> {
+        let idle = self.idle;
+        let timer = self
+            .idle_timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
+        if timer.as_mut().poll(cx).is_ready() {
+            return Some(StreamError::Idle(idle));
+        }
+        if let Some((d, t)) = self.total.as_mut() {
+            if t.as_mut().poll(cx).is_ready() {
+                return Some(StreamError::Total(*d));
+            }
+        }
+        None
+    }
+
+    /// Pulls upstream frames into `gathered` until there is something to hand over: data
+    /// after the coalescing rounds (or at the size limit), a held trailers frame, the end of
+    /// the upstream body, or a failure.
+    fn poll_gather(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        loop {
+            if self.failing.is_some() || self.upstream_done || self.held.is_some() {
+                return Poll::Ready(());
+            }
+            match Pin::new(&mut self.inner).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                    Ok(data) => {
+                        if data.is_empty() {
+                            continue;
+                        }
+                        self.gathered_len += data.len();
+                        self.gathered.push(data);
+                        if self.inner.is_end_stream() {
+                            self.upstream_done = true;
+                        } else if self.gathered_len >= COALESCE_LIMIT {
+                            return Poll::Ready(());
+                        }
+                        // New data this round: look again after the next yield.
+                        self.yielding = false;
+                        self.empty_rounds = 0;
+                    }
+                    Err(frame) => {
+                        self.held = Some(frame);
+                        return Poll::Ready(());
+                    }
+                },
+                Poll::Ready(Some(Err(e))) => {
+                    self.fail(StreamError::Upstream(e.to_string()));
+                    return Poll::Ready(());
+                }
+                Poll::Ready(None) => {
+                    self.upstream_done = true;
+                    return Poll::Ready(());
+                }
+                Poll::Pending => {
+                    if self.gathered.is_empty() {
+                        if let Some(err) = self.poll_timers(cx) {
+                            self.fail(err);
+                            return Poll::Ready(());
+                        }
+                        return Poll::Pending;
+                    }
+                    // Data in hand: give the upstream a few scheduler rounds to add more. A
+                    // self-wake puts this task at the back of the run queue, behind the upstream
+                    // connection task that our poll just woke.
+                    if !self.yielding {
+                        self.yielding = true;
+                        cx.waker().wake_by_ref();
+                        return Poll::Pending;
+                    }
+                    self.yielding = false;
+                    self.empty_rounds += 1;
+                    if self.empty_rounds >= MAX_EMPTY_ROUNDS {
+                        self.empty_rounds = 0;
+                        return Poll::Ready(());
+                    }
+                }
+            }
+        }
+    }
+
+    /// Waits for the first batch of the body before the response head is handed to hyper, so
+    /// head and first data leave in one write.
+    pub async fn prefill(&mut self) {
+        std::future::poll_fn(|cx| self.poll_gather(cx)).await
+    }
+
+    /// The upstream failed before a single body byte was gathered: the request may still move
+    /// to another backend (nothing reached the client).
+    pub fn failed_before_data(&self) -> Option<String> {
+        match &self.failing {
+            Some((_, err)) if self.gathered.is_empty() && !self.sent_any => Some(err.to_string()),
+            _ => None,
+        }
+    }
 }
 
 impl Body for GuardedBody {
@@ -91,60 +255,37 @@ impl Body for GuardedBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
-        if this.done {
-            return Poll::Ready(None);
-        }
-        if let Some((event, _)) = this.failing.as_mut() {
-            if let Some(ev) = event.take() {
-                return Poll::Ready(Some(Ok(Frame::data(ev))));
+        loop {
+            if this.done {
+                return Poll::Ready(None);
             }
-            this.done = true;
-            let (_, err) = this.failing.take().expect("failing is set");
-            return Poll::Ready(Some(Err(Box::new(err))));
-        }
-        match Pin::new(&mut this.inner).poll_frame(cx) {
-            Poll::Ready(Some(Ok(frame))) => {
-                if let Some(data) = frame.data_ref() {
-                    if let Some(g) = &this.guard {
-                        g.add_bytes(data.len() as u64);
-                    }
-                }
-                let next = Instant::now() + this.idle;
-                this.idle_timer.as_mut().reset(next);
-                // hyper may stop polling once a sized body is complete: settle the outcome now.
-                if this.inner.is_end_stream() {
+            if let Some(frame) = this.take_gathered() {
+                this.sent_any = true;
+                if this.upstream_done && this.held.is_none() && this.failing.is_none() {
+                    // The last frame: hyper may never poll a complete sized body again.
                     this.done = true;
-                    if let Some(mut g) = this.guard.take() {
-                        g.report(Outcome::Success, Some(this.first_byte));
-                    }
+                    this.finish_ok();
                 }
-                Poll::Ready(Some(Ok(frame)))
+                return Poll::Ready(Some(Ok(frame)));
             }
-            Poll::Ready(Some(Err(e))) => {
-                this.fail(StreamError::Upstream(e.to_string()));
-                self.poll_frame(cx)
+            if let Some(frame) = this.held.take() {
+                return Poll::Ready(Some(Ok(frame)));
             }
-            Poll::Ready(None) => {
+            if this.failing.is_some() {
+                if let Some(ev) = this.failing.as_mut().and_then(|(event, _)| event.take()) {
+                    return Poll::Ready(Some(Ok(Frame::data(ev))));
+                }
                 this.done = true;
-                if let Some(mut g) = this.guard.take() {
-                    g.report(Outcome::Success, Some(this.first_byte));
-                }
-                Poll::Ready(None)
+                let (_, err) = this.failing.take().expect("failing is set");
+                return Poll::Ready(Some(Err(Box::new(err))));
             }
-            Poll::Pending => {
-                if this.idle_timer.as_mut().poll(cx).is_ready() {
-                    let idle = this.idle;
-                    this.fail(StreamError::Idle(idle));
-                    return self.poll_frame(cx);
-                }
-                if let Some((d, t)) = this.total.as_mut() {
-                    if t.as_mut().poll(cx).is_ready() {
-                        let d = *d;
-                        this.fail(StreamError::Total(d));
-                        return self.poll_frame(cx);
-                    }
-                }
-                Poll::Pending
+            if this.upstream_done {
+                this.done = true;
+                this.finish_ok();
+                return Poll::Ready(None);
+            }
+            if this.poll_gather(cx).is_pending() {
+                return Poll::Pending;
             }
         }
     }
@@ -154,10 +295,15 @@ impl Body for GuardedBody {
     }
 
     fn size_hint(&self) -> SizeHint {
-        if self.failing.is_some() {
-            SizeHint::default()
-        } else {
-            self.inner.size_hint()
+        if self.failing.is_some() || self.upstream_done {
+            return SizeHint::default();
         }
+        let mut hint = self.inner.size_hint();
+        let gathered = self.gathered_len as u64;
+        hint.set_lower(hint.lower() + gathered);
+        if let Some(upper) = hint.upper() {
+            hint.set_upper(upper + gathered);
+        }
+        hint
     }
 }
