@@ -26,6 +26,7 @@ fn settings() -> ServerSettings {
     ServerSettings {
         host: "127.0.0.1".into(),
         port: 0,
+        threads: 0,
         read_header_timeout: Duration::from_secs(10),
         shutdown_timeout: Duration::from_secs(1),
         max_body_size: 1 << 20,

@@ -48,6 +48,7 @@ pub async fn run(port: u16, stop: impl Future<Output = ()>) -> Result<(), String
         server: ServerSettings {
             host: "127.0.0.1".into(),
             port,
+            threads: 0,
             read_header_timeout: Duration::from_secs(10),
             shutdown_timeout: Duration::from_secs(5),
             max_body_size: 100 << 20,

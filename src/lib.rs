@@ -20,7 +20,7 @@ use std::sync::Arc;
 
 use olla_actors::Tree;
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::app::App;
@@ -30,8 +30,41 @@ use crate::config::Runtime;
 pub struct Daemon {
     pub addr: SocketAddr,
     pub app: Arc<App>,
-    stop: Option<oneshot::Sender<()>>,
-    server: JoinHandle<()>,
+    stop: Option<watch::Sender<bool>>,
+    servers: Vec<Server>,
+}
+
+/// Where a listener is served.
+enum Server {
+    /// On the caller's runtime (tests, demo).
+    Task(JoinHandle<()>),
+    /// On its own thread with a single-threaded runtime (the daemon: one per core).
+    Thread(std::thread::JoinHandle<()>),
+}
+
+/// Resolves once the stop flag is raised (or its sender is gone).
+async fn stopped(mut rx: watch::Receiver<bool>) {
+    while !*rx.borrow_and_update() {
+        if rx.changed().await.is_err() {
+            break;
+        }
+    }
+}
+
+/// Binds a listener that other listeners may share (`SO_REUSEPORT`): the kernel spreads new
+/// connections over them.
+fn bind_shared(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    #[cfg(unix)]
+    socket.set_reuseport(true)?;
+    socket.set_nodelay(true)?;
+    socket.bind(addr)?;
+    socket.listen(1024)?.into_std()
 }
 
 /// Why the daemon ended.
@@ -44,26 +77,82 @@ pub enum Exit {
 }
 
 impl Daemon {
-    /// Starts the tree and serves on `listener`.
+    /// Starts the tree and serves on `listener`, on the caller's runtime.
     pub async fn start(runtime: Runtime, listener: TcpListener) -> Result<Self, String> {
         let addr = listener.local_addr().map_err(|e| e.to_string())?;
-        let balancer = runtime.tree.policy.strategy.as_str().to_string();
-        let tree = Tree::start(runtime.tree).await?;
-        let app = Arc::new(App::new(runtime.server, tree, balancer));
-        let (tx, rx) = oneshot::channel::<()>();
+        let app = Self::start_app(runtime).await?;
+        let (tx, rx) = watch::channel(false);
         let server_app = app.clone();
         let server = tokio::spawn(async move {
-            server::serve(listener, server_app, async {
-                let _ = rx.await;
-            })
-            .await;
+            server::serve(listener, server_app, stopped(rx)).await;
         });
         Ok(Self {
             addr,
             app,
             stop: Some(tx),
-            server,
+            servers: vec![Server::Task(server)],
         })
+    }
+
+    /// Starts the tree and serves `host:port` on `threads` threads, each with its own
+    /// single-threaded runtime, listener (`SO_REUSEPORT`) and upstream connection pools, so a
+    /// request never changes thread. Must be called before any backend client exists.
+    pub async fn start_threaded(runtime: Runtime, threads: usize) -> Result<Self, String> {
+        let threads = threads.max(1);
+        olla_actors::backend::set_serving_threads(threads);
+        let bind = format!("{}:{}", runtime.server.host, runtime.server.port);
+        let first_addr = tokio::net::lookup_host(&bind)
+            .await
+            .map_err(|e| format!("cannot resolve {bind}: {e}"))?
+            .next()
+            .ok_or_else(|| format!("cannot resolve {bind}"))?;
+        let first = bind_shared(first_addr).map_err(|e| format!("cannot listen on {bind}: {e}"))?;
+        let addr = first.local_addr().map_err(|e| e.to_string())?;
+        let mut listeners = vec![first];
+        for _ in 1..threads {
+            listeners.push(bind_shared(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))?);
+        }
+        let app = Self::start_app(runtime).await?;
+        let (tx, rx) = watch::channel(false);
+        let mut servers = Vec::with_capacity(threads);
+        for (i, listener) in listeners.into_iter().enumerate() {
+            let (app, rx) = (app.clone(), rx.clone());
+            let thread = std::thread::Builder::new()
+                .name(format!("olla-serve-{i}"))
+                .spawn(move || {
+                    olla_actors::backend::enter_serving_thread(i);
+                    let rt = match tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                    {
+                        Ok(rt) => rt,
+                        Err(e) => {
+                            tracing::error!(error = %e, "cannot start a serving runtime");
+                            return;
+                        }
+                    };
+                    rt.block_on(async move {
+                        match TcpListener::from_std(listener) {
+                            Ok(l) => server::serve(l, app, stopped(rx)).await,
+                            Err(e) => tracing::error!(error = %e, "cannot serve"),
+                        }
+                    });
+                })
+                .map_err(|e| format!("cannot start a serving thread: {e}"))?;
+            servers.push(Server::Thread(thread));
+        }
+        Ok(Self {
+            addr,
+            app,
+            stop: Some(tx),
+            servers,
+        })
+    }
+
+    async fn start_app(runtime: Runtime) -> Result<Arc<App>, String> {
+        let balancer = runtime.tree.policy.strategy.as_str().to_string();
+        let tree = Tree::start(runtime.tree).await?;
+        Ok(Arc::new(App::new(runtime.server, tree, balancer)))
     }
 
     pub fn url(&self) -> String {
@@ -82,9 +171,18 @@ impl Daemon {
 
     async fn stop_server(&mut self) {
         if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
+            let _ = tx.send(true);
         }
-        let _ = (&mut self.server).await;
+        for server in self.servers.drain(..) {
+            match server {
+                Server::Task(t) => {
+                    let _ = t.await;
+                }
+                Server::Thread(t) => {
+                    let _ = tokio::task::spawn_blocking(move || t.join()).await;
+                }
+            }
+        }
     }
 
     /// Stops accepting, drains in-flight requests (up to the shutdown timeout), stops the tree.

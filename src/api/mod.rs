@@ -22,7 +22,9 @@ use crate::proxy::{self, Forward};
 
 /// Estimated size of a request head, as Olla estimates it.
 fn header_size(req: &Request<Incoming>) -> u64 {
-    let mut n = req.method().as_str().len() + req.uri().to_string().len() + 12;
+    let uri_len = req.uri().path_and_query().map_or(1, |p| p.as_str().len())
+        + req.uri().authority().map_or(0, |a| a.as_str().len());
+    let mut n = req.method().as_str().len() + uri_len + 12;
     for (k, v) in req.headers() {
         n += k.as_str().len() + v.len() + 4;
     }

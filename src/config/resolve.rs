@@ -27,6 +27,8 @@ use super::schema::{
 pub struct ServerSettings {
     pub host: String,
     pub port: u16,
+    /// Serving threads; 0 = one per CPU core.
+    pub threads: usize,
     pub read_header_timeout: Duration,
     pub shutdown_timeout: Duration,
     pub max_body_size: u64,
@@ -168,6 +170,7 @@ pub fn resolve(config: &Config) -> Result<Runtime, Vec<String>> {
         server: ServerSettings {
             host: s.host.clone(),
             port: s.port,
+            threads: s.threads,
             read_header_timeout: nonzero(s.read_header_timeout.0, Duration::from_secs(10)),
             shutdown_timeout: s.shutdown_timeout.0,
             max_body_size: s.request_limits.max_body_size,

@@ -28,6 +28,8 @@ pub struct Config {
 pub struct ServerConfig {
     pub host: String,
     pub port: u16,
+    /// Ours: serving threads (one runtime each); 0 = one per CPU core.
+    pub threads: usize,
     pub read_timeout: Dur,
     pub read_header_timeout: Dur,
     pub write_timeout: Dur,
@@ -44,6 +46,7 @@ impl Default for ServerConfig {
         Self {
             host: "localhost".into(),
             port: 40114,
+            threads: 0,
             read_timeout: Dur::secs(30),
             read_header_timeout: Dur::secs(10),
             write_timeout: Dur::secs(0),

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant, SystemTime};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tracing::{debug, info, warn};
 
-use crate::backend::client::build_client;
+use crate::backend::client::ShardedClient;
 use crate::backend::handle::BackendHandle;
 use crate::breaker::BreakerTransition;
 use crate::discovery::{self, DiscoveredModel};
@@ -225,8 +225,10 @@ impl Actor for BackendActor {
             _ => (EndpointStatus::Unknown, spec.kind),
         };
         let client = match &previous {
-            Some(p) if p.spec().url == spec.url && p.spec().h2c == spec.h2c => p.client().clone(),
-            _ => build_client(&spec),
+            Some(p) if p.spec().url == spec.url && p.spec().h2c == spec.h2c => {
+                p.sharded_client().clone()
+            }
+            _ => ShardedClient::build(&spec),
         };
         let handle = BackendHandle::new(spec.clone(), client, myself.clone(), kind, initial);
         if let Some(p) = &previous {

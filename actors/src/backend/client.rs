@@ -1,6 +1,16 @@
 //! The pooled upstream HTTP client of one backend: hyper-util's pooled client over plain TCP
 //! (TCP_NODELAY, connect timeout) or rustls TLS, HTTP/1.1 by default, h2c when configured.
 //! No proxy environment variable is ever consulted.
+//!
+//! Sharding: the daemon serves on one thread per core, each with its own single-threaded
+//! runtime. A pooled connection's task runs on the runtime that opened it, so sharing one pool
+//! between serving threads would bounce every request between threads. Each backend therefore
+//! keeps one pool per serving thread (selected by a thread-local shard index) plus one for every
+//! other thread (actors, probes, tests).
+
+use std::cell::Cell;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -14,7 +24,46 @@ use crate::spec::BackendSpec;
 /// The client type every backend uses; request bodies are buffered (replayable on failover).
 pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
 
-/// Builds the pooled client for a backend from its spec.
+/// Number of serving threads (pools per backend = this + 1).
+static SERVING_THREADS: AtomicUsize = AtomicUsize::new(0);
+
+thread_local! {
+    static SHARD: Cell<usize> = const { Cell::new(usize::MAX) };
+}
+
+/// Declares how many serving threads there will be; call before backends start.
+pub fn set_serving_threads(n: usize) {
+    SERVING_THREADS.store(n, Ordering::Relaxed);
+}
+
+/// Marks the current thread as serving thread `i` (its requests use pool `i`).
+pub fn enter_serving_thread(i: usize) {
+    SHARD.with(|s| s.set(i));
+}
+
+/// One pool per serving thread plus one shared by every other thread.
+#[derive(Clone)]
+pub struct ShardedClient {
+    pools: Arc<[UpstreamClient]>,
+}
+
+impl ShardedClient {
+    pub fn build(spec: &BackendSpec) -> Self {
+        let n = SERVING_THREADS.load(Ordering::Relaxed) + 1;
+        Self {
+            pools: (0..n).map(|_| build_client(spec)).collect(),
+        }
+    }
+
+    /// The pool of the calling thread.
+    pub fn get(&self) -> &UpstreamClient {
+        let last = self.pools.len() - 1;
+        let i = SHARD.with(Cell::get).min(last);
+        &self.pools[i]
+    }
+}
+
+/// Builds one pooled client for a backend from its spec.
 pub fn build_client(spec: &BackendSpec) -> UpstreamClient {
     let mut http = HttpConnector::new();
     http.set_nodelay(true);

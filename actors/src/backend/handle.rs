@@ -12,7 +12,7 @@ use ractor::ActorRef;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
-use crate::backend::client::UpstreamClient;
+use crate::backend::client::{ShardedClient, UpstreamClient};
 use crate::backend::BackendMsg;
 use crate::breaker::{Admission, Breaker};
 use crate::health::EndpointStatus;
@@ -79,7 +79,7 @@ pub struct BackendShared {
     pub spec: Arc<BackendSpec>,
     /// Olla's endpoint id: base36 FNV-1a of the sanitised URL.
     pub id: String,
-    pub client: UpstreamClient,
+    pub client: ShardedClient,
     actor: ActorRef<BackendMsg>,
     kind: AtomicU8,
     status: AtomicU8,
@@ -121,7 +121,7 @@ pub enum SlotAttempt {
 impl BackendHandle {
     pub fn new(
         spec: Arc<BackendSpec>,
-        client: UpstreamClient,
+        client: ShardedClient,
         actor: ActorRef<BackendMsg>,
         kind: BackendKind,
         status: EndpointStatus,
@@ -161,7 +161,13 @@ impl BackendHandle {
     pub fn id(&self) -> &str {
         &self.0.id
     }
+    /// The calling thread's connection pool to this backend.
     pub fn client(&self) -> &UpstreamClient {
+        self.0.client.get()
+    }
+
+    /// All pools (a restarted actor keeps them).
+    pub fn sharded_client(&self) -> &ShardedClient {
         &self.0.client
     }
     pub fn actor(&self) -> &ActorRef<BackendMsg> {

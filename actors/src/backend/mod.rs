@@ -6,7 +6,9 @@ pub mod client;
 mod handle;
 
 pub use actor::{BackendActor, BackendArgs, BackendMsg};
-pub use client::{build_client, UpstreamClient};
+pub use client::{
+    build_client, enter_serving_thread, set_serving_threads, ShardedClient, UpstreamClient,
+};
 pub use handle::{
     endpoint_id, BackendHandle, HealthInfo, InFlightGuard, Outcome, QueueTicket, SlotAttempt,
     TrafficStats,
