@@ -498,3 +498,50 @@ async fn health_and_version_routes() {
     assert_eq!(status, 503, "{body}");
     d.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_that_breaks_after_its_first_bytes_is_not_retried_and_ends_incomplete() {
+    // The backend sends headers and part of the body, then drops the connection: bytes are
+    // committed, so olla must not retry; the client sees an incomplete body, never a hang.
+    let broken = mock("broken", &["m"]).await;
+    broken.update(|c| c.fault = Fault::DropMidStream { after_tokens: 2 });
+    let ok = mock("ok", &["m"]).await;
+    let eps = [
+        endpoint("broken", &broken.url(), "openai", 100, ""),
+        endpoint("ok", &ok.url(), "openai", 50, ""),
+    ];
+    let d = daemon(&config(&eps, "proxy: {load_balancer: priority}")).await;
+    wait_routable(&d, &["broken", "ok"], true).await;
+    for stream in [false, true] {
+        let r = client()
+            .post(format!("{}/olla/proxy/v1/chat/completions", d.url()))
+            .header("content-type", "application/json")
+            .body(chat("m", stream))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.headers()["x-olla-endpoint"], "broken");
+        let body = tokio::time::timeout(Duration::from_secs(5), r.bytes())
+            .await
+            .expect("no hang");
+        if stream {
+            // The SSE stream may end with olla's error event before the abort.
+            match body {
+                Err(_) => {}
+                Ok(b) => assert!(
+                    String::from_utf8_lossy(&b).contains("stream_interrupted"),
+                    "{b:?}"
+                ),
+            }
+        } else {
+            assert!(body.is_err(), "a truncated body must not look complete");
+        }
+    }
+    assert_eq!(
+        ok.stats().by_path.get("/v1/chat/completions"),
+        None,
+        "never retried"
+    );
+    d.stop().await;
+}

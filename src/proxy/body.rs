@@ -298,12 +298,13 @@ impl Body for GuardedBody {
         if self.failing.is_some() || self.upstream_done {
             return SizeHint::default();
         }
-        let mut hint = self.inner.size_hint();
+        let inner = self.inner.size_hint();
         let gathered = self.gathered_len as u64;
-        hint.set_lower(hint.lower() + gathered);
-        if let Some(upper) = hint.upper() {
-            hint.set_upper(upper + gathered);
+        let mut hint = SizeHint::new();
+        if let Some(upper) = inner.upper() {
+            hint.set_upper(upper.saturating_add(gathered));
         }
+        hint.set_lower(inner.lower().saturating_add(gathered));
         hint
     }
 }

@@ -408,7 +408,7 @@ impl Run<'_> {
             headers.insert(k, v.clone());
         }
         parts.headers = headers;
-        let body = GuardedBody::new(
+        let mut body = GuardedBody::new(
             incoming,
             guard,
             first_byte,
@@ -416,6 +416,16 @@ impl Run<'_> {
             total_deadline,
             sse,
         );
+        body.prefill().await;
+        if let Some(err) = body.failed_before_data() {
+            // Headers came but the body broke before its first byte: nothing reached the
+            // client yet, so another backend may still serve.
+            tracing::warn!(backend = handle.name(), error = %err, "upstream body failed before any data; trying the next backend");
+            return Attempt::Next {
+                error: ProxyError::Upstream(format!("{}: {err}", handle.name())),
+                kept: None,
+            };
+        }
         let response = Response::from_parts(parts, BodyExt::boxed(body));
         if retryable && more {
             tracing::info!(
