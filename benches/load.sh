@@ -36,6 +36,13 @@ SERVER_CPUS=${SERVER_CPUS:-}
 SSE_STREAMS=${SSE_STREAMS:-10}
 SKIP_BUILD=${SKIP_BUILD:-0}
 KEEP_LOGS=${KEEP_LOGS:-0}
+# HEALTH=off: circuit breaker disabled and probes hourly, to measure what health costs.
+HEALTH=${HEALTH:-on}
+if [ "$HEALTH" = off ]; then
+  OLLA_PROXY_EXTRA=", circuit_breaker: {enabled: false}"; OLLA_CHECK_INTERVAL=3600s
+else
+  OLLA_PROXY_EXTRA=""; OLLA_CHECK_INTERVAL=2s
+fi
 RPS_BAR=0.8
 GAP_BAR_MS=1
 MODEL=m
@@ -171,14 +178,14 @@ read -r OLLA_PORT HAP_PORT HAP_STATS_PORT < <(free_ports 3)
 
 cat >"$WORK/olla.yaml" <<EOF
 server: {host: 127.0.0.1, port: $OLLA_PORT}
-proxy: {load_balancer: round-robin}
+proxy: {load_balancer: round-robin$OLLA_PROXY_EXTRA}
 discovery:
   type: static
   model_discovery: {enabled: true}
   static:
     endpoints:
-      - {name: mock-a, url: "http://127.0.0.1:$PORT_A", type: openai-compatible, priority: 100, check_interval: 2s}
-      - {name: mock-b, url: "http://127.0.0.1:$PORT_B", type: openai-compatible, priority: 100, check_interval: 2s}
+      - {name: mock-a, url: "http://127.0.0.1:$PORT_A", type: openai-compatible, priority: 100, check_interval: $OLLA_CHECK_INTERVAL}
+      - {name: mock-b, url: "http://127.0.0.1:$PORT_B", type: openai-compatible, priority: 100, check_interval: $OLLA_CHECK_INTERVAL}
 logging: {level: warn}
 EOF
 "${PIN[@]}" "$BIN/olla" -c "$WORK/olla.yaml" >"$WORK/olla.log" 2>&1 &
