@@ -1152,6 +1152,19 @@ async fn endpoints_sharing_one_url_are_kept_apart_by_name_and_both_serve() {
     }
     assert_eq!(served, set(&["dup-a", "dup-b"]));
     assert_eq!(chats(&m), 10);
+    // Olla's ids for endpoints sharing a URL: the base id plus `-0`, `-1` in name order.
+    let all = get(&c, &format!("{}/internal/status/endpoints", d.url()))
+        .await
+        .json();
+    let mut ids: Vec<String> = all["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["id"].as_str().unwrap().to_string())
+        .collect();
+    ids.sort();
+    assert!(ids[0].ends_with("-0") && ids[1].ends_with("-1"), "{ids:?}");
+    assert_eq!(ids[0].trim_end_matches("-0"), ids[1].trim_end_matches("-1"));
     d.stop().await;
     m.stop().await;
 }

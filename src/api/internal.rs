@@ -253,6 +253,29 @@ fn snapshot(h: &BackendHandle) -> Snapshot {
     }
 }
 
+/// Endpoint ids as Olla shows them: endpoints sharing a URL get `-0`, `-1`, ... in name order.
+pub fn endpoint_ids(
+    table: &olla_actors::published::BackendTable,
+) -> std::collections::HashMap<String, String> {
+    let mut by_base: std::collections::BTreeMap<&str, Vec<&str>> =
+        std::collections::BTreeMap::new();
+    for b in &table.backends {
+        by_base.entry(b.id()).or_default().push(b.name());
+    }
+    let mut out = std::collections::HashMap::new();
+    for (base, mut names) in by_base {
+        if names.len() == 1 {
+            out.insert(names[0].to_string(), base.to_string());
+            continue;
+        }
+        names.sort_unstable();
+        for (i, n) in names.into_iter().enumerate() {
+            out.insert(n.to_string(), format!("{base}-{i}"));
+        }
+    }
+    out
+}
+
 fn sanitized_url(h: &BackendHandle) -> String {
     let u = &h.spec().url;
     format!(
@@ -285,6 +308,7 @@ fn ordered(app: &App) -> Vec<Snapshot> {
 
 pub fn endpoints<B>(app: &App, req: &Request<B>) -> Response<Body> {
     let list = ordered(app);
+    let ids = endpoint_ids(&app.tree.published.table());
     let catalog = app.tree.published.catalog.load();
     let summaries: Vec<EndpointSummary> = list
         .iter()
@@ -321,7 +345,7 @@ pub fn endpoints<B>(app: &App, req: &Request<B>) -> Response<Body> {
                 success_rate: pct.map(format::percentage).unwrap_or_else(|| "N/A".into()),
                 issues,
                 url: sanitized_url(&s.h),
-                id: s.h.id().to_string(),
+                id: ids.get(s.h.name()).cloned().unwrap_or_default(),
                 priority: s.h.spec().priority,
                 model_count: catalog.models_of(s.h.name()),
                 request_count: s.requests,
@@ -355,6 +379,7 @@ pub fn endpoints<B>(app: &App, req: &Request<B>) -> Response<Body> {
 
 pub fn status<B>(app: &App, req: &Request<B>) -> Response<Body> {
     let list = ordered(app);
+    let ids = endpoint_ids(&app.tree.published.table());
     let catalog = app.tree.published.catalog.load();
     let total = list.len();
     let healthy = list
@@ -398,7 +423,7 @@ pub fn status<B>(app: &App, req: &Request<B>) -> Response<Body> {
                 "last_check": format::time_ago(s.health.last_check),
                 "next_check": format::time_until(s.health.next_check),
                 "issues": issues.join(", "),
-                "url": sanitized_url(&s.h), "id": s.h.id(),
+                "url": sanitized_url(&s.h), "id": ids.get(s.h.name()).cloned().unwrap_or_default(),
                 "priority": s.h.spec().priority, "connections": s.h.in_flight(), "requests": s.requests,
                 "min_latency_ms": s.min_ms, "max_latency_ms": s.max_ms,
             });

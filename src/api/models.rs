@@ -311,6 +311,7 @@ pub fn one(app: &App, id: &str) -> Result<Response<Body>, ProxyError> {
 pub fn status_models<B>(app: &App, req: &Request<B>) -> Response<Body> {
     let catalog = app.tree.published.catalog.load();
     let table = app.tree.published.table();
+    let ids = crate::api::internal::endpoint_ids(&table);
     let mut by_family: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for m in &catalog.models {
         let fam = m
@@ -331,10 +332,7 @@ pub fn status_models<B>(app: &App, req: &Request<B>) -> Response<Body> {
             .availability
             .iter()
             .map(|a| {
-                let id = table
-                    .get(&a.backend)
-                    .map(|b| b.id().to_string())
-                    .unwrap_or_default();
+                let id = ids.get(&a.backend).cloned().unwrap_or_default();
                 (a.backend.clone(), id)
             })
             .collect();
