@@ -224,7 +224,9 @@ impl HealthTracker {
         self.last_error.as_deref()
     }
 
-    fn is_up(&self) -> bool {
+    /// Whether the published status is routable (a live connection failure then warrants an
+    /// immediate probe).
+    pub fn is_up(&self) -> bool {
         self.status.is_routable()
     }
 
@@ -287,12 +289,6 @@ impl HealthTracker {
             recovered,
             next_check,
         }
-    }
-
-    /// A live request could not reach the backend (connection refused/reset, connect timeout).
-    /// Counts toward K like a failed probe; returns true if the backend should be probed at once.
-    pub fn passive_failure(&mut self) -> bool {
-        self.is_up()
     }
 
     /// Backoff while down: interval × 2^(n-1), capped, with ±20% jitter.

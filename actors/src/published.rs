@@ -136,15 +136,10 @@ impl Published {
         self.table.store(Arc::new(BackendTable { backends }));
     }
 
-    /// Removes a backend's handle, only if it is still `handle` when given.
-    pub fn remove_backend(&self, name: &str, only_if: Option<&BackendHandle>) {
+    /// Removes a backend's handle.
+    pub fn remove_backend(&self, name: &str) {
         let _w = self.table_write.lock();
         let cur = self.table.load();
-        if let Some(h) = only_if {
-            if !cur.get(name).is_some_and(|b| b.same_as(h)) {
-                return;
-            }
-        }
         let backends = cur
             .backends
             .iter()

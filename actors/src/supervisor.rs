@@ -178,7 +178,7 @@ impl Actor for BackendSupervisor {
             .filter(|n| !state.specs.contains_key(n))
             .collect();
         for n in stale {
-            state.published.remove_backend(&n, None);
+            state.published.remove_backend(&n);
         }
         let names: Vec<String> = state.specs.keys().cloned().collect();
         for name in names {
@@ -222,7 +222,7 @@ impl Actor for BackendSupervisor {
                     r.stop(Some("removed".into()));
                 }
                 state.budgets.remove(&name);
-                state.published.remove_backend(&name, None);
+                state.published.remove_backend(&name);
                 if let Some(reg) = state.published.registry() {
                     let _ = reg.cast(RegistryMsg::Remove(name));
                 }

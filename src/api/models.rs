@@ -160,7 +160,7 @@ pub fn lmstudio_list(app: &App) -> Response<Body> {
     json_response(StatusCode::OK, &json!({"object": "list", "data": data}))
 }
 
-fn unified_entry(m: &UnifiedModel, app: &App, routable: &[String], created: u64) -> Value {
+fn unified_entry(m: &UnifiedModel, routable: &[String], created: u64) -> Value {
     let availability: Vec<Value> = m
         .availability
         .iter()
@@ -175,7 +175,6 @@ fn unified_entry(m: &UnifiedModel, app: &App, routable: &[String], created: u64)
             json!({"endpoint": a.backend, "state": state})
         })
         .collect();
-    let _ = app;
     let mut olla = json!({
         "family": m.meta.family.clone().unwrap_or_default(),
         "variant": m.meta.family.clone().unwrap_or_default(),
@@ -284,7 +283,7 @@ pub fn list(app: &App, query: Option<&str>) -> Result<Response<Body>, ProxyError
             v
         }).collect::<Vec<_>>()}),
         _ => {
-            json!({"object": "list", "data": models.iter().map(|m| unified_entry(m, app, &routable, created)).collect::<Vec<_>>()})
+            json!({"object": "list", "data": models.iter().map(|m| unified_entry(m, &routable, created)).collect::<Vec<_>>()})
         }
     };
     Ok(json_response(StatusCode::OK, &body))
@@ -303,7 +302,7 @@ pub fn one(app: &App, id: &str) -> Result<Response<Body>, ProxyError> {
     };
     Ok(json_response(
         StatusCode::OK,
-        &unified_entry(m, app, &routable, now_unix()),
+        &unified_entry(m, &routable, now_unix()),
     ))
 }
 

@@ -251,12 +251,11 @@ impl Run<'_> {
             // tier if one has room, else spill to the next tier.
             full.sort_by_key(|c| c.handle.queued());
             for cand in full {
+                let wait = cand.handle.spec().limits.queue_timeout;
                 let Some(ticket) = cand.handle.queue_slot() else {
-                    let wait = cand.handle.spec().limits.queue_timeout;
                     saw_capacity = Some(saw_capacity.map_or(wait, |w: Duration| w.min(wait)));
                     continue;
                 };
-                let wait = cand.handle.spec().limits.queue_timeout;
                 match ticket.wait(wait).await {
                     Some(guard) => {
                         tried += 1;

@@ -391,10 +391,7 @@ impl Actor for BackendActor {
             }
             BackendMsg::Refresh(reply) => {
                 state.refresh_waiters.push(reply);
-                if !state.discovery_running {
-                    state.discovery_running = false;
-                    state.start_discovery(&myself);
-                }
+                state.start_discovery(&myself);
                 if !state.discovery_running {
                     for w in std::mem::take(&mut state.refresh_waiters) {
                         let _ = w.send(Err("backend type not yet detected".into()));
@@ -402,7 +399,7 @@ impl Actor for BackendActor {
                 }
             }
             BackendMsg::PassiveFailure => {
-                if state.tracker.passive_failure() && !state.probe_running {
+                if state.tracker.is_up() && !state.probe_running {
                     state.probe_token += 1; // cancel the pending timer
                     state.start_probe(&myself);
                 }

@@ -3,7 +3,7 @@
 //! in-flight/queued counters, the concurrency permits and the traffic statistics. Outcomes are
 //! folded in here directly; state changes worth acting on are `cast` to the backend actor.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -83,8 +83,6 @@ pub struct BackendShared {
     actor: ActorRef<BackendMsg>,
     kind: AtomicU8,
     status: AtomicU8,
-    /// Drained by an operator: no new requests.
-    drained: AtomicBool,
     breaker: Mutex<Breaker>,
     /// Parked by a live 429 until this many ms after `epoch`.
     parked_until_ms: AtomicU64,
@@ -114,7 +112,7 @@ pub enum SlotAttempt {
     Admitted(InFlightGuard),
     /// At `max_concurrency`.
     Full,
-    /// Breaker open, parked, drained or not routable.
+    /// Breaker open, parked or not routable.
     Unavailable,
 }
 
@@ -136,7 +134,6 @@ impl BackendHandle {
             actor,
             kind: AtomicU8::new(kind_index(kind)),
             status: AtomicU8::new(status as u8),
-            drained: AtomicBool::new(false),
             breaker: Mutex::new(breaker),
             parked_until_ms: AtomicU64::new(0),
             epoch: Instant::now(),
@@ -173,9 +170,6 @@ impl BackendHandle {
     pub fn actor(&self) -> &ActorRef<BackendMsg> {
         &self.0.actor
     }
-    pub fn same_as(&self, other: &BackendHandle) -> bool {
-        Arc::ptr_eq(&self.0, &other.0)
-    }
 
     /// The resolved kind (an `auto` backend reports what detection found).
     pub fn kind(&self) -> BackendKind {
@@ -193,13 +187,6 @@ impl BackendHandle {
     }
     pub fn set_status(&self, status: EndpointStatus) {
         self.0.status.store(status as u8, Ordering::Release);
-    }
-
-    pub fn set_drained(&self, drained: bool) {
-        self.0.drained.store(drained, Ordering::Release);
-    }
-    pub fn is_drained(&self) -> bool {
-        self.0.drained.load(Ordering::Acquire)
     }
 
     pub fn in_flight(&self) -> usize {
@@ -224,26 +211,14 @@ impl BackendHandle {
         self.0.parked_until_ms.fetch_max(until, Ordering::Relaxed);
     }
 
-    /// Whether new requests may be sent now: routable status, not drained, not parked, breaker
-    /// admitting.
+    /// Whether new requests may be sent now: routable status, not parked, breaker admitting.
     pub fn is_routable(&self, now: Instant) -> bool {
-        self.status().is_routable()
-            && !self.is_drained()
-            && !self.parked(now)
-            && self.0.breaker.lock().would_admit(now)
+        self.status().is_routable() && !self.parked(now) && self.0.breaker.lock().would_admit(now)
     }
 
     /// Breaker state name for status output.
     pub fn breaker_state(&self) -> &'static str {
         self.0.breaker.lock().state_name(Instant::now())
-    }
-
-    /// Whether a permit is free now (no limit = always).
-    pub fn has_capacity(&self) -> bool {
-        match &self.0.permits {
-            None => true,
-            Some(p) => p.available_permits() > 0,
-        }
     }
 
     /// Tries to take a slot without waiting.
@@ -333,7 +308,7 @@ impl BackendHandle {
             let _ = self.0.actor.cast(BackendMsg::BreakerChanged(t));
         }
         if outcome == Outcome::ConnectFailure {
-            let _ = self.0.actor.cast(BackendMsg::PassiveFailure);
+            self.request_probe();
         }
     }
 
