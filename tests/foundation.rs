@@ -4,8 +4,6 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -74,37 +72,11 @@ async fn priority_routing_fails_over_under_load_and_returns() {
     }
 
     // Steady load from 4 workers while the preferred backend dies.
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let failures = Arc::new(AtomicUsize::new(0));
-    let served_low = Arc::new(AtomicUsize::new(0));
-    let mut workers = Vec::new();
-    for _ in 0..4 {
-        let (stop, failures, served_low, c, base) = (
-            stop.clone(),
-            failures.clone(),
-            served_low.clone(),
-            c.clone(),
-            d.url(),
-        );
-        workers.push(tokio::spawn(async move {
-            let mut n = 0;
-            while !stop.load(Ordering::Relaxed) && n < 5000 {
-                n += 1;
-                let (status, ep, body) = post_chat(&c, &base, "m").await;
-                if status != 200 {
-                    failures.fetch_add(1, Ordering::Relaxed);
-                    eprintln!("failed: {status} {body}");
-                } else if ep == "low" {
-                    served_low.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-        }));
-    }
+    let load = SteadyLoad::start(&d.url(), 4, 5000);
     tokio::time::sleep(Duration::from_millis(200)).await;
     high.stop().await;
-    wait_until(Duration::from_secs(5), "traffic moves to low", || {
-        let s = served_low.clone();
-        async move { s.load(Ordering::Relaxed) > 50 }
+    wait_until(Duration::from_secs(5), "traffic moves to low", || async {
+        load.served_by("low") > 50
     })
     .await;
     // Bring it back on the same port: traffic returns once probes see it healthy.
@@ -124,15 +96,7 @@ async fn priority_routing_fails_over_under_load_and_returns() {
         async move { post_chat(&c, &base, "m").await.1 == "high" }
     })
     .await;
-    stop.store(true, Ordering::Relaxed);
-    for w in workers {
-        w.await.unwrap();
-    }
-    assert_eq!(
-        failures.load(Ordering::Relaxed),
-        0,
-        "requests failed during failover"
-    );
+    assert_eq!(load.finish().await, 0, "requests failed during failover");
     drop(low);
     d.stop().await;
 }

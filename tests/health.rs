@@ -6,7 +6,7 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -343,32 +343,7 @@ async fn a_killed_backend_goes_offline_without_failed_requests_and_heals_on_the_
     wait_routable(&d, &["a", "b"], true).await;
     let (c, base) = (client(), d.url());
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let failures = Arc::new(AtomicUsize::new(0));
-    let served = Arc::new(AtomicUsize::new(0));
-    let mut workers = Vec::new();
-    for _ in 0..4 {
-        let (stop, failures, served, c, base) = (
-            stop.clone(),
-            failures.clone(),
-            served.clone(),
-            c.clone(),
-            base.clone(),
-        );
-        workers.push(tokio::spawn(async move {
-            let mut n = 0;
-            while !stop.load(Ordering::Relaxed) && n < 3000 {
-                n += 1;
-                let (status, _, body) = post_chat(&c, &base, "m").await;
-                if status == 200 {
-                    served.fetch_add(1, Ordering::Relaxed);
-                } else {
-                    failures.fetch_add(1, Ordering::Relaxed);
-                    eprintln!("failed: {status} {body}");
-                }
-            }
-        }));
-    }
+    let load = SteadyLoad::start(&base, 4, 3000);
     wait_until(
         Duration::from_secs(5),
         "both backends serve the load",
@@ -392,14 +367,11 @@ async fn a_killed_backend_goes_offline_without_failed_requests_and_heals_on_the_
         "{e}"
     );
     assert!(e["consecutive_failures"].as_u64().unwrap_or(0) >= 2, "{e}");
-    let served_at_kill = served.load(Ordering::Relaxed);
+    let served_at_kill = load.served();
     wait_until(
         Duration::from_secs(5),
         "load keeps being served by b",
-        || {
-            let served = served.clone();
-            async move { served.load(Ordering::Relaxed) >= served_at_kill + 50 }
-        },
+        || async { load.served() >= served_at_kill + 50 },
     )
     .await;
 
@@ -433,12 +405,8 @@ async fn a_killed_backend_goes_offline_without_failed_requests_and_heals_on_the_
     })
     .await;
 
-    stop.store(true, Ordering::Relaxed);
-    for w in workers {
-        w.await.unwrap();
-    }
     assert_eq!(
-        failures.load(Ordering::Relaxed),
+        load.finish().await,
         0,
         "requests failed while a backend died"
     );

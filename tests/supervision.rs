@@ -5,8 +5,6 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
@@ -14,46 +12,6 @@ use olla_actors::BackendMsg;
 
 async fn actor_id(d: &Daemon, name: &str) -> Option<ractor::ActorId> {
     d.app.tree.backend_actor(name).await.map(|a| a.get_id())
-}
-
-/// Runs steady non-stream load in the background; returns (stop flag, failures, successes, tasks).
-fn load(
-    d: &Daemon,
-    workers: usize,
-) -> (
-    Arc<AtomicBool>,
-    Arc<AtomicUsize>,
-    Arc<AtomicUsize>,
-    Vec<tokio::task::JoinHandle<()>>,
-) {
-    let stop = Arc::new(AtomicBool::new(false));
-    let failures = Arc::new(AtomicUsize::new(0));
-    let ok = Arc::new(AtomicUsize::new(0));
-    let tasks = (0..workers)
-        .map(|_| {
-            let (stop, failures, ok, base, c) = (
-                stop.clone(),
-                failures.clone(),
-                ok.clone(),
-                d.url(),
-                client(),
-            );
-            tokio::spawn(async move {
-                let mut n = 0;
-                while !stop.load(Ordering::Relaxed) && n < 20_000 {
-                    n += 1;
-                    let (status, _, body) = post_chat(&c, &base, "m").await;
-                    if status == 200 {
-                        ok.fetch_add(1, Ordering::Relaxed);
-                    } else {
-                        eprintln!("request failed: {status} {body}");
-                        failures.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-            })
-        })
-        .collect();
-    (stop, failures, ok, tasks)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -65,7 +23,7 @@ async fn a_panicking_backend_actor_is_restarted_and_traffic_goes_on() {
     ))
     .await;
     wait_routable(&d, &["only"], true).await;
-    let (stop, failures, ok, tasks) = load(&d, 3);
+    let load = SteadyLoad::start(&d.url(), 3, 20_000);
     for (i, msg) in ["panic", "error", "panic"].into_iter().enumerate() {
         let before = actor_id(&d, "only").await.expect("actor running");
         let actor = d.app.tree.backend_actor("only").await.unwrap();
@@ -85,22 +43,14 @@ async fn a_panicking_backend_actor_is_restarted_and_traffic_goes_on() {
         // The restarted actor published a fresh handle and probes again.
         wait_routable(&d, &["only"], true).await;
     }
-    let served_before = ok.load(Ordering::Relaxed);
-    let okc = ok.clone();
+    let served_before = load.served();
     wait_until(
         Duration::from_secs(5),
         "traffic continues after restarts",
-        || {
-            let okc = okc.clone();
-            async move { okc.load(Ordering::Relaxed) > served_before + 20 }
-        },
+        || async { load.served() > served_before + 20 },
     )
     .await;
-    stop.store(true, Ordering::Relaxed);
-    for t in tasks {
-        t.await.unwrap();
-    }
-    assert_eq!(failures.load(Ordering::Relaxed), 0);
+    assert_eq!(load.finish().await, 0);
     assert!(d.app.tree.is_running());
     d.stop().await;
 }
@@ -118,7 +68,7 @@ async fn an_exhausted_backend_budget_escalates_to_a_backend_supervisor_restart()
     wait_routable(&d, &["a", "b"], true).await;
     let sup_before = d.app.tree.backend_supervisor().await.unwrap().get_id();
     let b_before = actor_id(&d, "b").await.unwrap();
-    let (stop, failures, _ok, tasks) = load(&d, 2);
+    let load = SteadyLoad::start(&d.url(), 2, 20_000);
     // Within budget: two restarts of "a" keep the supervisor.
     for _ in 0..2 {
         let before = actor_id(&d, "a").await.unwrap();
@@ -171,12 +121,8 @@ async fn an_exhausted_backend_budget_escalates_to_a_backend_supervisor_restart()
     )
     .await;
     wait_routable(&d, &["a", "b"], true).await;
-    stop.store(true, Ordering::Relaxed);
-    for t in tasks {
-        t.await.unwrap();
-    }
     assert_eq!(
-        failures.load(Ordering::Relaxed),
+        load.finish().await,
         0,
         "no request failed while the tree healed"
     );

@@ -135,3 +135,74 @@ pub async fn post_chat(c: &reqwest::Client, base: &str, model: &str) -> (u16, St
         Err(e) => (0, String::new(), e.to_string()),
     }
 }
+
+/// Steady non-stream load: `workers` tasks each posting chats through `/olla/proxy` in a loop
+/// bounded by `max_per_worker` requests, until stopped. Counts successes per serving endpoint
+/// and failures (each failure is printed).
+pub struct SteadyLoad {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    failures: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    served: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl SteadyLoad {
+    pub fn start(base: &str, workers: usize, max_per_worker: usize) -> Self {
+        use std::sync::atomic::Ordering;
+        let load = SteadyLoad {
+            stop: Default::default(),
+            failures: Default::default(),
+            served: Default::default(),
+            tasks: Vec::new(),
+        };
+        let tasks = (0..workers)
+            .map(|_| {
+                let (stop, failures, served) = (
+                    load.stop.clone(),
+                    load.failures.clone(),
+                    load.served.clone(),
+                );
+                let (c, base) = (client(), base.to_string());
+                tokio::spawn(async move {
+                    for _ in 0..max_per_worker {
+                        if stop.load(Ordering::Relaxed) {
+                            break;
+                        }
+                        let (status, ep, body) = post_chat(&c, &base, "m").await;
+                        if status == 200 {
+                            *served.lock().unwrap().entry(ep).or_default() += 1;
+                        } else {
+                            eprintln!("request failed: {status} {body}");
+                            failures.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                })
+            })
+            .collect();
+        SteadyLoad { tasks, ..load }
+    }
+
+    /// Successful requests so far, all endpoints.
+    pub fn served(&self) -> usize {
+        self.served.lock().unwrap().values().sum()
+    }
+
+    /// Successful requests served by one endpoint so far.
+    pub fn served_by(&self, endpoint: &str) -> usize {
+        self.served
+            .lock()
+            .unwrap()
+            .get(endpoint)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Stops the workers, waits for them, and returns the number of failed requests.
+    pub async fn finish(self) -> usize {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for t in self.tasks {
+            t.await.expect("load worker");
+        }
+        self.failures.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
