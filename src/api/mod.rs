@@ -36,7 +36,7 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> 
     let rid = request_id(req.headers().get("x-request-id"));
     let mut ctx = HeaderMap::new();
     if let Ok(v) = HeaderValue::try_from(rid.as_str()) {
-        ctx.insert("x-olla-request-id", v);
+        ctx.insert(crate::proxy::headers::names::X_OLLA_REQUEST_ID, v);
     }
     let path = req.uri().path().to_string();
     let anthropic = path.starts_with("/olla/anthropic/");

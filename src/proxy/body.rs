@@ -3,13 +3,15 @@
 //! optional total deadline, counts bytes, holds the backend's in-flight guard (and concurrency
 //! permit) for the whole stream, and reports the outcome exactly once.
 //!
-//! Coalescing: hyper's client hands over one decoded chunk at a time, and hyper's server writes
-//! whenever the body it polls is not ready. Forwarding chunk by chunk would cost one `writev`
-//! per SSE event even when the backend sent a burst of events in one packet. So when data is in
-//! hand and the upstream has nothing ready, the body yields once to the scheduler (to the back
-//! of the run queue, letting the upstream connection task decode what it already read) and emits
-//! everything gathered as soon as a round brings nothing new, or at 64 KiB. A paced stream
-//! (tokens milliseconds apart) is delayed by one scheduler round, microseconds.
+//! Coalescing: hyper's server writes whenever the body it polls is not ready, so forwarding chunk
+//! by chunk would cost one `writev` per SSE event even when the backend sent a burst of events
+//! in one packet. The direct HTTP/1.1 body (`Upstream::Direct`) already hands over everything
+//! the socket holds in one frame. hyper's client body (`Upstream::Hyper`, for TLS and h2c
+//! backends) hands over one decoded chunk at a time, from another task: when data is in hand
+//! and it has nothing ready, this body yields to the scheduler (to the back of the run queue,
+//! letting the upstream connection task decode what it already read) and emits everything
+//! gathered as soon as a round brings nothing new, or at 64 KiB. A paced stream (tokens
+//! milliseconds apart) is delayed by one scheduler round, microseconds.
 //!
 //! A broken stream after the first byte is never retried: an SSE stream gets a final `error`
 //! event, then the body is aborted so the client sees it incomplete. If the client goes away,
@@ -23,6 +25,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
+use olla_actors::backend::h1::H1Body;
 use olla_actors::{InFlightGuard, Outcome};
 use tokio::time::{Instant, Sleep};
 
@@ -45,8 +48,50 @@ pub enum StreamError {
     Upstream(String),
 }
 
+/// The upstream response body: read directly (plain HTTP/1.1) or through hyper's client.
+pub enum Upstream {
+    Direct(H1Body),
+    Hyper(Incoming),
+}
+
+impl Upstream {
+    /// Each poll already returns everything available (no need to wait for more rounds).
+    fn self_coalescing(&self) -> bool {
+        matches!(self, Self::Direct(_))
+    }
+}
+
+impl Body for Upstream {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            Self::Direct(b) => Pin::new(b).poll_frame(cx).map_err(|e| e.into()),
+            Self::Hyper(b) => Pin::new(b).poll_frame(cx).map_err(|e| e.into()),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Self::Direct(b) => b.is_end_stream(),
+            Self::Hyper(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Self::Direct(b) => b.size_hint(),
+            Self::Hyper(b) => b.size_hint(),
+        }
+    }
+}
+
 pub struct GuardedBody {
-    inner: Incoming,
+    inner: Upstream,
     guard: Option<InFlightGuard>,
     first_byte: Duration,
     idle: Duration,
@@ -74,7 +119,7 @@ pub struct GuardedBody {
 
 impl GuardedBody {
     pub fn new(
-        inner: Incoming,
+        inner: Upstream,
         guard: InFlightGuard,
         first_byte: Duration,
         idle: Duration,
@@ -210,6 +255,9 @@ impl GuardedBody {
                             return Poll::Ready(());
                         }
                         return Poll::Pending;
+                    }
+                    if self.inner.self_coalescing() {
+                        return Poll::Ready(());
                     }
                     // Data in hand: give the upstream a few scheduler rounds to add more. A
                     // self-wake puts this task at the back of the run queue, behind the upstream

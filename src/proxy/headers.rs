@@ -9,6 +9,29 @@ use http::header::{HeaderMap, HeaderName, HeaderValue};
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
+/// Header names olla sets, parsed once at compile time.
+pub mod names {
+    use http::header::HeaderName;
+
+    pub const X_OLLA_REQUEST_ID: HeaderName = HeaderName::from_static("x-olla-request-id");
+    pub const X_OLLA_ENDPOINT: HeaderName = HeaderName::from_static("x-olla-endpoint");
+    pub const X_OLLA_BACKEND_TYPE: HeaderName = HeaderName::from_static("x-olla-backend-type");
+    pub const X_OLLA_MODEL: HeaderName = HeaderName::from_static("x-olla-model");
+    pub const X_OLLA_RESPONSE_TIME: HeaderName = HeaderName::from_static("x-olla-response-time");
+    pub const X_OLLA_ROUTING_STRATEGY: HeaderName =
+        HeaderName::from_static("x-olla-routing-strategy");
+    pub const X_OLLA_ROUTING_DECISION: HeaderName =
+        HeaderName::from_static("x-olla-routing-decision");
+    pub const X_OLLA_ROUTING_REASON: HeaderName = HeaderName::from_static("x-olla-routing-reason");
+    pub const X_SERVED_BY: HeaderName = HeaderName::from_static("x-served-by");
+    pub const X_PROXIED_BY: HeaderName = HeaderName::from_static("x-proxied-by");
+    pub const X_MODEL: HeaderName = HeaderName::from_static("x-model");
+    pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+    pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+    pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+    pub const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+}
+
 /// `Olla/<version>`-style product token (`X-Served-By`, `X-Proxied-By`).
 pub fn served_by() -> HeaderValue {
     HeaderValue::from_static(concat!("Olla/v", env!("CARGO_PKG_VERSION")))
@@ -80,33 +103,36 @@ pub fn outbound(
         out.append(k, v.clone());
     }
     let client_ip = inbound
-        .get("x-forwarded-for")
+        .get(names::X_FORWARDED_FOR)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.split(',').next())
         .map(|s| s.trim().to_string())
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| client.peer.to_string());
-    let xff = match inbound.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+    let xff = match inbound
+        .get(names::X_FORWARDED_FOR)
+        .and_then(|v| v.to_str().ok())
+    {
         Some(prev) if !prev.is_empty() => format!("{prev}, {}", client.peer),
         _ => client.peer.to_string(),
     };
     if let Ok(v) = HeaderValue::try_from(xff) {
-        out.insert("x-forwarded-for", v);
+        out.insert(names::X_FORWARDED_FOR, v);
     }
-    if !inbound.contains_key("x-real-ip") {
+    if !inbound.contains_key(names::X_REAL_IP) {
         if let Ok(v) = HeaderValue::try_from(client_ip) {
-            out.insert("x-real-ip", v);
+            out.insert(names::X_REAL_IP, v);
         }
     }
-    if !inbound.contains_key("x-forwarded-proto") {
+    if !inbound.contains_key(names::X_FORWARDED_PROTO) {
         out.insert(
-            "x-forwarded-proto",
+            names::X_FORWARDED_PROTO,
             HeaderValue::from_static(if client.tls { "https" } else { "http" }),
         );
     }
-    if !inbound.contains_key("x-forwarded-host") {
+    if !inbound.contains_key(names::X_FORWARDED_HOST) {
         if let Some(h) = inbound.get(http::header::HOST) {
-            out.insert("x-forwarded-host", h.clone());
+            out.insert(names::X_FORWARDED_HOST, h.clone());
         }
     }
     let via_value = match inbound.get(http::header::VIA).and_then(|v| v.to_str().ok()) {
@@ -116,9 +142,9 @@ pub fn outbound(
     if let Ok(v) = HeaderValue::try_from(via_value) {
         out.insert(http::header::VIA, v);
     }
-    out.insert("x-proxied-by", served_by());
+    out.insert(names::X_PROXIED_BY, served_by());
     if let Some(m) = model.and_then(|m| HeaderValue::try_from(m).ok()) {
-        out.insert("x-model", m);
+        out.insert(names::X_MODEL, m);
     }
     for (k, v) in backend_headers {
         out.insert(k, v.clone());

@@ -13,20 +13,21 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
+use http::header::HeaderName;
 use http::request::Parts;
-use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Uri};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use olla_actors::discovery::error_chain;
 use olla_actors::health::parse_retry_after;
-use olla_actors::{InFlightGuard, Outcome, SlotAttempt};
+use olla_actors::{BackendHandle, InFlightGuard, Outcome, SlotAttempt};
 use tokio::time::Instant;
 
 use crate::app::App;
 use crate::error::ProxyError;
 use crate::http_util::Body;
-use body::GuardedBody;
-use headers::ClientInfo;
+use body::{GuardedBody, Upstream};
+use headers::{names, ClientInfo};
 use select::{Candidate, Decision, KindFilter};
 
 /// What a route asks the pipeline to do.
@@ -113,7 +114,7 @@ pub async fn read_body(parts: &Parts, body: Incoming, limit: u64) -> Result<Byte
     }
 }
 
-fn set(headers: &mut HeaderMap, name: &'static str, value: &str) {
+fn set(headers: &mut HeaderMap, name: HeaderName, value: &str) {
     if let Ok(v) = HeaderValue::try_from(value) {
         headers.insert(name, v);
     }
@@ -121,9 +122,16 @@ fn set(headers: &mut HeaderMap, name: &'static str, value: &str) {
 
 /// Adds the routing decision headers.
 pub fn decision_headers(headers: &mut HeaderMap, d: &Decision) {
-    set(headers, "x-olla-routing-strategy", d.strategy);
-    set(headers, "x-olla-routing-decision", d.action);
-    set(headers, "x-olla-routing-reason", d.reason);
+    set(headers, names::X_OLLA_ROUTING_STRATEGY, d.strategy);
+    set(headers, names::X_OLLA_ROUTING_DECISION, d.action);
+    set(headers, names::X_OLLA_ROUTING_REASON, d.reason);
+}
+
+/// An upstream exchange that produced no response head.
+struct SendError {
+    /// The backend could not be reached at all.
+    connect: bool,
+    message: String,
 }
 
 enum Attempt {
@@ -152,7 +160,7 @@ pub async fn forward(
         .and_then(|v| v.to_str().ok());
     let facts = inspect_body(content_type, &body)?;
     if let Some(m) = &facts.model {
-        set(ctx, "x-olla-model", m);
+        set(ctx, names::X_OLLA_MODEL, m);
     }
     let selection = match select::select(app, fwd.filter, facts.model.as_deref()).await {
         Ok(s) => s,
@@ -288,7 +296,8 @@ impl Run<'_> {
         Err(ProxyError::NoHealthyEndpoints)
     }
 
-    fn upstream_request(&self, cand: &Candidate) -> Result<Request<Full<Bytes>>, ProxyError> {
+    /// The upstream URL, headers and body of this request for one candidate.
+    fn upstream_parts(&self, cand: &Candidate) -> Result<(Uri, HeaderMap, Bytes), ProxyError> {
         let spec = cand.handle.spec();
         let uri = spec
             .join(self.path)
@@ -300,16 +309,48 @@ impl Run<'_> {
             _ => self.body.clone(),
         };
         let model = cand.native_model.as_deref().or(self.facts.model.as_deref());
-        let mut req = Request::new(Full::new(body));
-        *req.method_mut() = self.parts.method.clone();
-        *req.uri_mut() = uri;
-        *req.headers_mut() = headers::outbound(
+        let headers = headers::outbound(
             &self.parts.headers,
             self.client,
             model,
             &spec.outbound_headers,
         );
-        Ok(req)
+        Ok((uri, headers, body))
+    }
+
+    /// Sends the request to one backend and waits for the response head: over the backend's
+    /// direct HTTP/1.1 pool when it has one, else over hyper's client (TLS, h2c).
+    async fn send(
+        &self,
+        handle: &BackendHandle,
+        uri: Uri,
+        headers: HeaderMap,
+        body: Bytes,
+    ) -> Result<Response<Upstream>, SendError> {
+        let clients = handle.sharded_client();
+        if let Some(h1) = clients.h1() {
+            return h1
+                .send(clients.shard(), &self.parts.method, &uri, &headers, &body)
+                .await
+                .map(|r| r.map(Upstream::Direct))
+                .map_err(|e| SendError {
+                    connect: e.is_connect(),
+                    message: error_chain(&e),
+                });
+        }
+        let mut req = Request::new(Full::new(body));
+        *req.method_mut() = self.parts.method.clone();
+        *req.uri_mut() = uri;
+        *req.headers_mut() = headers;
+        clients
+            .get()
+            .request(req)
+            .await
+            .map(|r| r.map(Upstream::Hyper))
+            .map_err(|e| SendError {
+                connect: e.is_connect(),
+                message: error_chain(&e),
+            })
     }
 
     async fn attempt(
@@ -321,8 +362,8 @@ impl Run<'_> {
     ) -> Attempt {
         let handle = cand.handle.clone();
         let spec = handle.spec().clone();
-        let req = match self.upstream_request(cand) {
-            Ok(r) => r,
+        let (uri, out_headers, out_body) = match self.upstream_parts(cand) {
+            Ok(p) => p,
             Err(e) => {
                 guard.report(Outcome::Cancelled, None);
                 return Attempt::Next {
@@ -337,8 +378,8 @@ impl Run<'_> {
             Some(t) => spec.timeouts.first_byte.min(t),
             None => spec.timeouts.first_byte,
         };
-        let resp = match tokio::time::timeout(first_byte_limit, handle.client().request(req)).await
-        {
+        let sent = self.send(&handle, uri, out_headers, out_body);
+        let resp = match tokio::time::timeout(first_byte_limit, sent).await {
             Err(_) => {
                 guard.report(Outcome::Fault, None);
                 tracing::warn!(
@@ -352,20 +393,19 @@ impl Run<'_> {
                 };
             }
             Ok(Err(e)) => {
-                let outcome = if e.is_connect() {
+                let outcome = if e.connect {
                     Outcome::ConnectFailure
                 } else {
                     Outcome::Fault
                 };
                 guard.report(outcome, None);
-                if !e.is_connect() {
+                if !e.connect {
                     // Reset or closed mid-request: the backend may have died; check it now.
                     handle.request_probe();
                 }
-                let msg = error_chain(&e);
-                tracing::warn!(backend = handle.name(), error = %msg, "upstream request failed; trying the next backend");
+                tracing::warn!(backend = handle.name(), error = %e.message, "upstream request failed; trying the next backend");
                 return Attempt::Next {
-                    error: ProxyError::Upstream(format!("{}: {msg}", handle.name())),
+                    error: ProxyError::Upstream(format!("{}: {}", handle.name(), e.message)),
                     kept: None,
                 };
             }
@@ -394,15 +434,19 @@ impl Run<'_> {
             .and_then(|v| v.to_str().ok())
             .is_some_and(|c| c.starts_with("text/event-stream"));
         let mut headers = headers::inbound_response(&parts.headers, &spec.outbound_headers);
-        set(&mut headers, "x-olla-endpoint", handle.name());
-        set(&mut headers, "x-olla-backend-type", handle.kind().as_str());
+        set(&mut headers, names::X_OLLA_ENDPOINT, handle.name());
         set(
             &mut headers,
-            "x-olla-response-time",
+            names::X_OLLA_BACKEND_TYPE,
+            handle.kind().as_str(),
+        );
+        set(
+            &mut headers,
+            names::X_OLLA_RESPONSE_TIME,
             &format!("{}ms", first_byte.as_millis()),
         );
-        headers.insert("x-served-by", headers::served_by());
-        set(&mut headers, "via", headers::via());
+        headers.insert(names::X_SERVED_BY, headers::served_by());
+        headers.insert(http::header::VIA, HeaderValue::from_static(headers::via()));
         for (k, v) in ctx.iter() {
             headers.insert(k, v.clone());
         }

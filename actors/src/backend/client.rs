@@ -19,6 +19,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
+use super::h1::H1Pool;
 use crate::spec::BackendSpec;
 
 /// The client type every backend uses; request bodies are buffered (replayable on failover).
@@ -45,21 +46,38 @@ pub fn enter_serving_thread(i: usize) {
 #[derive(Clone)]
 pub struct ShardedClient {
     pools: Arc<[UpstreamClient]>,
+    /// The proxy path's own HTTP/1.1 pool, for plain `http://` backends not set to h2c.
+    h1: Option<H1Pool>,
 }
 
 impl ShardedClient {
     pub fn build(spec: &BackendSpec) -> Self {
         let n = SERVING_THREADS.load(Ordering::Relaxed) + 1;
+        let h1 = if spec.h2c {
+            None
+        } else {
+            H1Pool::for_url(&spec.url, n, spec.timeouts.connect, spec.timeouts.pool_idle)
+        };
         Self {
             pools: (0..n).map(|_| build_client(spec)).collect(),
+            h1,
         }
     }
 
     /// The pool of the calling thread.
     pub fn get(&self) -> &UpstreamClient {
+        &self.pools[self.shard()]
+    }
+
+    /// The calling thread's shard index (its serving thread, or the shared last one).
+    pub fn shard(&self) -> usize {
         let last = self.pools.len() - 1;
-        let i = SHARD.with(Cell::get).min(last);
-        &self.pools[i]
+        SHARD.with(Cell::get).min(last)
+    }
+
+    /// The direct HTTP/1.1 pool, when this backend is reached over plain HTTP/1.1.
+    pub fn h1(&self) -> Option<&H1Pool> {
+        self.h1.as_ref()
     }
 }
 

@@ -3,6 +3,7 @@
 
 mod actor;
 pub mod client;
+pub mod h1;
 mod handle;
 
 pub use actor::{BackendActor, BackendArgs, BackendMsg};

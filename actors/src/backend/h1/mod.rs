@@ -1,0 +1,596 @@
+//! The proxy's own HTTP/1.1 client for plain `http://` backends: a connection pool per serving
+//! thread and a response body that reads the upstream socket directly.
+//!
+//! Why not hyper's client here: hyper runs each upstream connection as its own task and hands
+//! the response head and every decoded chunk to the request over channels, one task wake per
+//! chunk. An SSE burst of 18 events cost 18 channel hand-offs and, after coalescing, scheduler
+//! round trips. Here the request task writes the request and parses the head itself, and the
+//! body is read from the socket inside the server connection's own poll: all chunked data the
+//! socket holds is decoded into one buffer per poll, with no task, channel or wake in between.
+//! TLS and h2c backends, probes and discovery keep using hyper's client.
+//!
+//! Pool rules: a connection goes back to the pool only after its body was read to the end
+//! (a dropped body closes the connection, which cancels the upstream request), when the
+//! response was HTTP/1.1 without `Connection: close` and nothing followed the body. An idle
+//! connection the backend has closed is noticed before reuse; if a reused connection still
+//! fails before any byte of the response, the request is sent once more on a new connection
+//! (the backend closed an idle connection and never saw the request).
+
+pub mod decode;
+
+use std::collections::VecDeque;
+use std::fmt::Write as _;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use http::header::{HeaderMap, HeaderName, HeaderValue, CONNECTION, HOST};
+use http::{Method, Response, StatusCode, Uri, Version};
+use http_body::{Body, Frame, SizeHint};
+use parking_lot::Mutex;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use decode::{ChunkedDecoder, Framing};
+
+/// Largest response head accepted.
+const MAX_HEAD: usize = 64 * 1024;
+/// Most response headers accepted.
+const MAX_HEADERS: usize = 128;
+/// Idle connections kept per serving thread and backend.
+const MAX_IDLE_PER_SHARD: usize = 256;
+/// Read buffer growth step.
+const READ_CHUNK: usize = 16 * 1024;
+
+/// Why an upstream exchange failed.
+#[derive(Debug, thiserror::Error)]
+pub enum H1Error {
+    #[error("connect to {addr} failed: {source}")]
+    Connect { addr: String, source: io::Error },
+    #[error("connect to {addr} timed out after {after:?}")]
+    ConnectTimeout { addr: String, after: Duration },
+    #[error("connection closed before the response head")]
+    ClosedBeforeHead,
+    #[error("connection closed before the response body was complete")]
+    ClosedMidBody,
+    #[error("upstream i/o: {0}")]
+    Io(#[from] io::Error),
+    #[error("invalid response head: {0}")]
+    Head(String),
+    #[error(transparent)]
+    Framing(#[from] decode::FramingError),
+    #[error(transparent)]
+    Chunked(#[from] decode::ChunkError),
+}
+
+impl H1Error {
+    /// The backend could not be reached at all.
+    pub fn is_connect(&self) -> bool {
+        matches!(self, Self::Connect { .. } | Self::ConnectTimeout { .. })
+    }
+}
+
+struct IdleConn {
+    stream: TcpStream,
+    since: Instant,
+}
+
+struct PoolInner {
+    /// `host:port` to connect to.
+    addr: String,
+    /// `Host` header value.
+    authority: String,
+    connect_timeout: Duration,
+    idle_timeout: Duration,
+    shards: Box<[Mutex<VecDeque<IdleConn>>]>,
+}
+
+/// The pool of plain HTTP/1.1 connections to one backend, one stack per serving thread.
+#[derive(Clone)]
+pub struct H1Pool {
+    inner: Arc<PoolInner>,
+}
+
+impl H1Pool {
+    /// A pool for `base` when it is a plain `http://` URL; `None` otherwise.
+    pub fn for_url(
+        base: &Uri,
+        shards: usize,
+        connect_timeout: Duration,
+        idle_timeout: Duration,
+    ) -> Option<Self> {
+        if base.scheme_str() != Some("http") {
+            return None;
+        }
+        let authority = base.authority()?;
+        let port = authority.port_u16().unwrap_or(80);
+        Some(Self {
+            inner: Arc::new(PoolInner {
+                addr: format!("{}:{port}", authority.host()),
+                authority: authority.as_str().to_string(),
+                connect_timeout,
+                idle_timeout,
+                shards: (0..shards.max(1))
+                    .map(|_| Mutex::new(VecDeque::new()))
+                    .collect(),
+            }),
+        })
+    }
+
+    /// Idle connections held right now (all shards).
+    pub fn idle_count(&self) -> usize {
+        self.inner.shards.iter().map(|s| s.lock().len()).sum()
+    }
+
+    /// Sends one request and returns once the response head has arrived. `uri` supplies the
+    /// path and query; `headers` must not hold hop-by-hop headers or `Content-Length`.
+    pub async fn send(
+        &self,
+        shard: usize,
+        method: &Method,
+        uri: &Uri,
+        headers: &HeaderMap,
+        body: &[u8],
+    ) -> Result<Response<H1Body>, H1Error> {
+        let shard = shard.min(self.inner.shards.len() - 1);
+        let request = serialize_request(method, uri, &self.inner.authority, headers, body);
+        if let Some(stream) = self.checkout(shard) {
+            match exchange(stream, &request, method == Method::HEAD).await {
+                Ok(head) => return Ok(self.response(head, shard)),
+                // The backend closed this idle connection; it never saw the request.
+                Err(Exchange::NothingReceived(_)) => {}
+                Err(Exchange::Failed(e)) => return Err(e),
+            }
+        }
+        let stream = self.connect().await?;
+        match exchange(stream, &request, method == Method::HEAD).await {
+            Ok(head) => Ok(self.response(head, shard)),
+            Err(Exchange::NothingReceived(e) | Exchange::Failed(e)) => Err(e),
+        }
+    }
+
+    fn response(&self, head: Head, shard: usize) -> Response<H1Body> {
+        let Head {
+            status,
+            version,
+            headers,
+            framing,
+            reusable,
+            stream,
+            buf,
+        } = head;
+        let state = match framing {
+            Framing::Empty | Framing::Length(0) => BodyState::Done,
+            Framing::Length(n) => BodyState::Length(n),
+            Framing::Chunked => BodyState::Chunked(ChunkedDecoder::new()),
+            Framing::UntilClose => BodyState::UntilClose,
+        };
+        let mut body = H1Body {
+            stream: Some(stream),
+            buf,
+            out: BytesMut::new(),
+            state,
+            reusable,
+            pending_error: None,
+            pool: Some((self.clone(), shard)),
+        };
+        if matches!(body.state, BodyState::Done) {
+            body.release();
+        }
+        let mut resp = Response::new(body);
+        *resp.status_mut() = status;
+        *resp.version_mut() = version;
+        *resp.headers_mut() = headers;
+        resp
+    }
+
+    async fn connect(&self) -> Result<TcpStream, H1Error> {
+        let addr = &self.inner.addr;
+        let stream = match tokio::time::timeout(
+            self.inner.connect_timeout,
+            TcpStream::connect(addr.as_str()),
+        )
+        .await
+        {
+            Ok(Ok(s)) => s,
+            Ok(Err(source)) => {
+                return Err(H1Error::Connect {
+                    addr: addr.clone(),
+                    source,
+                })
+            }
+            Err(_) => {
+                return Err(H1Error::ConnectTimeout {
+                    addr: addr.clone(),
+                    after: self.inner.connect_timeout,
+                })
+            }
+        };
+        stream.set_nodelay(true)?;
+        Ok(stream)
+    }
+
+    /// The most recently used idle connection that is still fresh and still open.
+    fn checkout(&self, shard: usize) -> Option<TcpStream> {
+        let mut idle = self.inner.shards[shard].lock();
+        let now = Instant::now();
+        while let Some(conn) = idle.pop_back() {
+            if now.saturating_duration_since(conn.since) >= self.inner.idle_timeout {
+                // Everything below is older still.
+                idle.clear();
+                return None;
+            }
+            if still_open(&conn.stream) {
+                return Some(conn.stream);
+            }
+        }
+        None
+    }
+
+    fn checkin(&self, shard: usize, stream: TcpStream) {
+        let mut idle = self.inner.shards[shard].lock();
+        let now = Instant::now();
+        while idle
+            .front()
+            .is_some_and(|c| now.saturating_duration_since(c.since) >= self.inner.idle_timeout)
+        {
+            idle.pop_front();
+        }
+        if idle.len() >= MAX_IDLE_PER_SHARD {
+            idle.pop_front();
+        }
+        idle.push_back(IdleConn { stream, since: now });
+    }
+}
+
+/// An idle connection shows no readiness (no EOF, no stray bytes) without a system call unless
+/// the reactor saw an event on it.
+fn still_open(stream: &TcpStream) -> bool {
+    let mut cx = Context::from_waker(Waker::noop());
+    match stream.poll_read_ready(&mut cx) {
+        Poll::Pending => true,
+        Poll::Ready(Err(_)) => false,
+        Poll::Ready(Ok(())) => {
+            let mut probe = [0u8; 1];
+            matches!(stream.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+        }
+    }
+}
+
+fn serialize_request(
+    method: &Method,
+    uri: &Uri,
+    authority: &str,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Vec<u8> {
+    let path = uri.path_and_query().map_or("/", |p| p.as_str());
+    let mut head = String::with_capacity(256 + headers.len() * 48);
+    let _ = write!(head, "{} {} HTTP/1.1\r\n", method.as_str(), path);
+    if !headers.contains_key(HOST) {
+        let _ = write!(head, "host: {authority}\r\n");
+    }
+    let mut out = Vec::with_capacity(head.len() + headers.len() * 48 + body.len() + 32);
+    out.extend_from_slice(head.as_bytes());
+    for (name, value) in headers {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    let needs_length =
+        !body.is_empty() || matches!(*method, Method::POST | Method::PUT | Method::PATCH);
+    if needs_length {
+        out.extend_from_slice(b"content-length: ");
+        out.extend_from_slice(body.len().to_string().as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(body);
+    out
+}
+
+/// A parsed response head and the connection it came on.
+struct Head {
+    status: StatusCode,
+    version: Version,
+    headers: HeaderMap,
+    framing: Framing,
+    reusable: bool,
+    stream: TcpStream,
+    /// Bytes read past the head (the start of the body).
+    buf: BytesMut,
+}
+
+enum Exchange {
+    /// The connection failed before a single response byte arrived.
+    NothingReceived(H1Error),
+    Failed(H1Error),
+}
+
+/// Writes the request and reads the response head (skipping 1xx interim responses).
+async fn exchange(
+    mut stream: TcpStream,
+    request: &[u8],
+    head_request: bool,
+) -> Result<Head, Exchange> {
+    if let Err(e) = stream.write_all(request).await {
+        return Err(Exchange::NothingReceived(e.into()));
+    }
+    let mut buf = BytesMut::with_capacity(READ_CHUNK);
+    let mut received_any = false;
+    loop {
+        match parse_head(&buf, head_request).map_err(Exchange::Failed)? {
+            Some((consumed, head)) => {
+                let _ = buf.split_to(consumed);
+                let ParsedHead {
+                    status,
+                    version,
+                    headers,
+                    framing,
+                    reusable,
+                } = head;
+                if status.is_informational() {
+                    if status == StatusCode::SWITCHING_PROTOCOLS {
+                        return Err(Exchange::Failed(H1Error::Head(
+                            "protocol upgrades are not supported".into(),
+                        )));
+                    }
+                    continue;
+                }
+                return Ok(Head {
+                    status,
+                    version,
+                    headers,
+                    framing,
+                    reusable,
+                    stream,
+                    buf,
+                });
+            }
+            None if buf.len() >= MAX_HEAD => {
+                return Err(Exchange::Failed(H1Error::Head(format!(
+                    "response head larger than {MAX_HEAD} bytes"
+                ))))
+            }
+            None => {}
+        }
+        if buf.capacity() - buf.len() < 1024 {
+            buf.reserve(READ_CHUNK);
+        }
+        match stream.read_buf(&mut buf).await {
+            Ok(0) if received_any => return Err(Exchange::Failed(H1Error::ClosedBeforeHead)),
+            Ok(0) => return Err(Exchange::NothingReceived(H1Error::ClosedBeforeHead)),
+            Ok(_) => received_any = true,
+            Err(e) if received_any => return Err(Exchange::Failed(e.into())),
+            Err(e) => return Err(Exchange::NothingReceived(e.into())),
+        }
+    }
+}
+
+struct ParsedHead {
+    status: StatusCode,
+    version: Version,
+    headers: HeaderMap,
+    framing: Framing,
+    reusable: bool,
+}
+
+/// Parses a complete response head at the start of `buf`: `None` while it is incomplete.
+fn parse_head(buf: &[u8], head_request: bool) -> Result<Option<(usize, ParsedHead)>, H1Error> {
+    if buf.is_empty() {
+        return Ok(None);
+    }
+    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut parsed = httparse::Response::new(&mut slots);
+    let consumed = match parsed.parse(buf) {
+        Ok(httparse::Status::Complete(n)) if n > MAX_HEAD => {
+            return Err(H1Error::Head(format!(
+                "response head larger than {MAX_HEAD} bytes"
+            )))
+        }
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(e) => return Err(H1Error::Head(e.to_string())),
+    };
+    let code = parsed.code.unwrap_or(0);
+    let status = StatusCode::from_u16(code).map_err(|_| H1Error::Head(format!("status {code}")))?;
+    let version = if parsed.version == Some(0) {
+        Version::HTTP_10
+    } else {
+        Version::HTTP_11
+    };
+    let mut headers = HeaderMap::with_capacity(parsed.headers.len());
+    for h in parsed.headers.iter() {
+        let name = HeaderName::from_bytes(h.name.as_bytes())
+            .map_err(|_| H1Error::Head(format!("header name {:?}", h.name)))?;
+        let value = HeaderValue::from_bytes(h.value)
+            .map_err(|_| H1Error::Head(format!("value of header {}", h.name)))?;
+        headers.append(name, value);
+    }
+    let framing = decode::framing(head_request, code, &headers)?;
+    let closes = headers
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("close"));
+    let reusable = version == Version::HTTP_11 && !closes && framing != Framing::UntilClose;
+    Ok(Some((
+        consumed,
+        ParsedHead {
+            status,
+            version,
+            headers,
+            framing,
+            reusable,
+        },
+    )))
+}
+
+enum BodyState {
+    Length(u64),
+    Chunked(ChunkedDecoder),
+    UntilClose,
+    Done,
+}
+
+/// A response body read straight from the upstream socket. Each poll hands over all the data
+/// the socket holds (chunked framing removed), so bursts leave as one frame. Dropping it before
+/// the end closes the connection.
+pub struct H1Body {
+    stream: Option<TcpStream>,
+    buf: BytesMut,
+    /// Decoded chunked data not yet handed over.
+    out: BytesMut,
+    state: BodyState,
+    reusable: bool,
+    /// An error met after data was gathered; returned on the next poll.
+    pending_error: Option<H1Error>,
+    pool: Option<(H1Pool, usize)>,
+}
+
+impl H1Body {
+    /// Moves what the buffer holds into the output; `true` when the body is complete.
+    fn drain_buffer(&mut self) -> Result<bool, H1Error> {
+        match &mut self.state {
+            BodyState::Length(remaining) => {
+                let n = (*remaining).min(self.buf.len() as u64) as usize;
+                if n > 0 {
+                    if self.out.is_empty() {
+                        self.out = self.buf.split_to(n);
+                    } else {
+                        self.out.extend_from_slice(&self.buf.split_to(n));
+                    }
+                    *remaining -= n as u64;
+                }
+                Ok(*remaining == 0)
+            }
+            BodyState::Chunked(decoder) => Ok(decoder.decode(&mut self.buf, &mut self.out)?),
+            BodyState::UntilClose => {
+                if !self.buf.is_empty() {
+                    let data = self.buf.split();
+                    self.out.extend_from_slice(&data);
+                }
+                Ok(false)
+            }
+            BodyState::Done => Ok(true),
+        }
+    }
+
+    /// The body is complete: return the connection to its pool when it can be reused.
+    fn release(&mut self) {
+        self.state = BodyState::Done;
+        let stream = self.stream.take();
+        if let (Some(stream), Some((pool, shard))) = (stream, self.pool.take()) {
+            if self.reusable && self.buf.is_empty() {
+                pool.checkin(shard, stream);
+            }
+        }
+    }
+
+    fn take_out(&mut self) -> Option<Bytes> {
+        (!self.out.is_empty()).then(|| self.out.split().freeze())
+    }
+
+    fn fail(&mut self, e: H1Error) -> Poll<Option<Result<Frame<Bytes>, H1Error>>> {
+        self.state = BodyState::Done;
+        self.stream = None;
+        match self.take_out() {
+            Some(data) => {
+                self.pending_error = Some(e);
+                Poll::Ready(Some(Ok(Frame::data(data))))
+            }
+            None => Poll::Ready(Some(Err(e))),
+        }
+    }
+}
+
+impl Body for H1Body {
+    type Data = Bytes;
+    type Error = H1Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, H1Error>>> {
+        let this = &mut *self;
+        if let Some(e) = this.pending_error.take() {
+            return Poll::Ready(Some(Err(e)));
+        }
+        loop {
+            if matches!(this.state, BodyState::Done) {
+                return Poll::Ready(this.take_out().map(|d| Ok(Frame::data(d))));
+            }
+            match this.drain_buffer() {
+                Ok(true) => {
+                    this.release();
+                    continue;
+                }
+                Ok(false) => {}
+                Err(e) => return this.fail(e),
+            }
+            let Some(stream) = this.stream.as_mut() else {
+                return this.fail(H1Error::ClosedMidBody);
+            };
+            if this.buf.capacity() - this.buf.len() < 1024 {
+                this.buf.reserve(READ_CHUNK);
+            }
+            let before = this.buf.len();
+            let mut read_buf = ReadBuf::uninit(this.buf.spare_capacity_mut());
+            match Pin::new(stream).poll_read(cx, &mut read_buf) {
+                Poll::Ready(Ok(())) => {
+                    let n = read_buf.filled().len();
+                    if n == 0 {
+                        if matches!(this.state, BodyState::UntilClose) {
+                            this.state = BodyState::Done;
+                            this.stream = None;
+                            continue;
+                        }
+                        return this.fail(H1Error::ClosedMidBody);
+                    }
+                    // SAFETY: `poll_read` initialised the first `n` bytes of the spare capacity.
+                    unsafe { this.buf.set_len(before + n) };
+                }
+                Poll::Ready(Err(e)) => return this.fail(e.into()),
+                Poll::Pending => {
+                    return match this.take_out() {
+                        Some(data) => Poll::Ready(Some(Ok(Frame::data(data)))),
+                        None => Poll::Pending,
+                    };
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        matches!(self.state, BodyState::Done) && self.out.is_empty() && self.pending_error.is_none()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.state {
+            BodyState::Length(n) => SizeHint::with_exact(n + self.out.len() as u64),
+            BodyState::Done if self.pending_error.is_none() => {
+                SizeHint::with_exact(self.out.len() as u64)
+            }
+            _ => {
+                let mut h = SizeHint::new();
+                h.set_lower(self.out.len() as u64);
+                h
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for H1Body {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("H1Body")
+            .field("buffered", &self.buf.len())
+            .field("reusable", &self.reusable)
+            .finish()
+    }
+}
