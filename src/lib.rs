@@ -32,6 +32,7 @@ pub struct Daemon {
     pub app: Arc<App>,
     stop: Option<watch::Sender<bool>>,
     servers: Vec<Server>,
+    threads: Arc<server::Threads>,
 }
 
 /// Where a listener is served.
@@ -51,17 +52,14 @@ async fn stopped(mut rx: watch::Receiver<bool>) {
     }
 }
 
-/// Binds a listener that other listeners may share (`SO_REUSEPORT`): the kernel spreads new
-/// connections over them.
-fn bind_shared(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+/// Binds the daemon's listener (one accepting thread hands connections to the others).
+fn bind_listener(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     let socket = if addr.is_ipv4() {
         tokio::net::TcpSocket::new_v4()?
     } else {
         tokio::net::TcpSocket::new_v6()?
     };
     socket.set_reuseaddr(true)?;
-    #[cfg(unix)]
-    socket.set_reuseport(true)?;
     socket.set_nodelay(true)?;
     socket.bind(addr)?;
     socket.listen(1024)?.into_std()
@@ -83,19 +81,23 @@ impl Daemon {
         let app = Self::start_app(runtime).await?;
         let (tx, rx) = watch::channel(false);
         let server_app = app.clone();
+        let intake = server::Intake::alone(listener);
+        let threads = intake.threads.clone();
         let server = tokio::spawn(async move {
-            server::serve(listener, server_app, stopped(rx)).await;
+            server::serve(intake, server_app, stopped(rx)).await;
         });
         Ok(Self {
             addr,
             app,
             stop: Some(tx),
             servers: vec![Server::Task(server)],
+            threads,
         })
     }
 
     /// Starts the tree and serves `host:port` on `threads` threads, each with its own
-    /// single-threaded runtime, listener (`SO_REUSEPORT`) and upstream connection pools, so a
+    /// single-threaded runtime and upstream connection pools (one thread accepts and hands each
+    /// connection to the least busy thread), so a
     /// request never changes thread. Must be called before any backend client exists.
     pub async fn start_threaded(runtime: Runtime, threads: usize) -> Result<Self, String> {
         let threads = threads.max(1);
@@ -106,16 +108,20 @@ impl Daemon {
             .map_err(|e| format!("cannot resolve {bind}: {e}"))?
             .next()
             .ok_or_else(|| format!("cannot resolve {bind}"))?;
-        let first = bind_shared(first_addr).map_err(|e| format!("cannot listen on {bind}: {e}"))?;
-        let addr = first.local_addr().map_err(|e| e.to_string())?;
-        let mut listeners = vec![first];
-        for _ in 1..threads {
-            listeners.push(bind_shared(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))?);
-        }
+        let listener =
+            bind_listener(first_addr).map_err(|e| format!("cannot listen on {bind}: {e}"))?;
+        let addr = listener.local_addr().map_err(|e| e.to_string())?;
+        let (shared, inboxes) = server::Threads::new(threads);
+        let mut listener = Some(listener);
+        let intakes: Vec<_> = inboxes
+            .into_iter()
+            .enumerate()
+            .map(|(me, inbox)| (listener.take(), inbox, Arc::clone(&shared), me))
+            .collect();
         let app = Self::start_app(runtime).await?;
         let (tx, rx) = watch::channel(false);
         let mut servers = Vec::with_capacity(threads);
-        for (i, listener) in listeners.into_iter().enumerate() {
+        for (listener, inbox, shared, i) in intakes {
             let (app, rx) = (app.clone(), rx.clone());
             let thread = std::thread::Builder::new()
                 .name(format!("olla-serve-{i}"))
@@ -132,10 +138,20 @@ impl Daemon {
                         }
                     };
                     rt.block_on(async move {
-                        match TcpListener::from_std(listener) {
-                            Ok(l) => server::serve(l, app, stopped(rx)).await,
-                            Err(e) => tracing::error!(error = %e, "cannot serve"),
-                        }
+                        let listener = match listener.map(TcpListener::from_std).transpose() {
+                            Ok(l) => l,
+                            Err(e) => {
+                                tracing::error!(error = %e, "cannot serve");
+                                return;
+                            }
+                        };
+                        let intake = server::Intake {
+                            listener,
+                            inbox,
+                            threads: shared,
+                            me: i,
+                        };
+                        server::serve(intake, app, stopped(rx)).await
                     });
                 })
                 .map_err(|e| format!("cannot start a serving thread: {e}"))?;
@@ -146,6 +162,7 @@ impl Daemon {
             app,
             stop: Some(tx),
             servers,
+            threads: shared,
         })
     }
 
@@ -153,6 +170,11 @@ impl Daemon {
         let balancer = runtime.tree.policy.strategy.as_str().to_string();
         let tree = Tree::start(runtime.tree).await?;
         Ok(Arc::new(App::new(runtime.server, tree, balancer)))
+    }
+
+    /// Live client connections per serving thread.
+    pub fn connections_per_thread(&self) -> Vec<usize> {
+        self.threads.live()
     }
 
     pub fn url(&self) -> String {
