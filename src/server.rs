@@ -146,6 +146,17 @@ async fn accept(listener: Option<&TcpListener>) -> std::io::Result<(TcpStream, S
     }
 }
 
+/// Keeps a short timer always pending on this runtime. hyper arms a header-read timer (30 s
+/// ahead) for every request head it waits for; tokio wakes its driver through an eventfd
+/// write whenever a new timer is due earlier than every pending one, which an otherwise idle
+/// timer wheel makes true for nearly every request (measured: one `write` per four requests).
+/// With a timer at most 500 ms ahead always pending, those writes stop.
+async fn timer_anchor() {
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
 /// Counts a connection as live on its serving thread until it ends.
 struct LiveGuard(Arc<Threads>, usize);
 
@@ -171,6 +182,7 @@ pub async fn serve(mut intake: Intake, app: Arc<App>, shutdown: impl Future<Outp
         .max_header_list_size(max_head as u32)
         .keep_alive_interval(Some(Duration::from_secs(20)));
     let graceful = GracefulShutdown::new();
+    let anchor = tokio::spawn(timer_anchor());
 
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
@@ -201,6 +213,7 @@ pub async fn serve(mut intake: Intake, app: Arc<App>, shutdown: impl Future<Outp
         });
     }
     drop(intake);
+    anchor.abort();
     let limit = app.settings.shutdown_timeout;
     info!(
         timeout_ms = limit.as_millis() as u64,
