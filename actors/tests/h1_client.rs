@@ -871,4 +871,26 @@ async fn request_is_serialized_with_path_host_headers_and_length() {
     assert_eq!(log[1].request_line(), "POST /v1/models HTTP/1.1");
     assert_eq!(log[1].header("host"), vec!["models.internal"]);
     assert_eq!(log[1].header("content-length"), vec!["2"]);
+
+    // A body too large to copy next to the head (sent as a second write) arrives intact.
+    let large: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+    let read = {
+        let mut resp = send(
+            &pool,
+            Method::POST,
+            "/v1/embeddings",
+            &HeaderMap::new(),
+            &large,
+        )
+        .await
+        .expect("send");
+        read_body(resp.body_mut()).await
+    };
+    assert!(read.error.is_none());
+    let log = server.received();
+    assert_eq!(
+        log[2].header("content-length"),
+        vec![large.len().to_string()]
+    );
+    assert!(log[2].body == large, "large body arrives byte for byte");
 }

@@ -43,6 +43,8 @@ const MAX_HEAD: usize = 64 * 1024;
 const MAX_HEADERS: usize = 128;
 /// Idle connections kept per serving thread and backend.
 const MAX_IDLE_PER_SHARD: usize = 256;
+/// Request bodies up to this size are copied next to the head (one write).
+const INLINE_BODY: usize = 16 * 1024;
 /// Read buffer growth step.
 const READ_CHUNK: usize = 16 * 1024;
 
@@ -111,7 +113,11 @@ impl H1Pool {
         Some(Self {
             inner: Arc::new(PoolInner {
                 addr: format!("{}:{port}", authority.host()),
-                authority: authority.as_str().to_string(),
+                // Never the userinfo part of the URL.
+                authority: match authority.port() {
+                    Some(p) => format!("{}:{}", authority.host(), p.as_str()),
+                    None => authority.host().to_string(),
+                },
                 connect_timeout,
                 idle_timeout,
                 shards: (0..shards.max(1))
@@ -137,9 +143,15 @@ impl H1Pool {
         body: &[u8],
     ) -> Result<Response<H1Body>, H1Error> {
         let shard = shard.min(self.inner.shards.len() - 1);
-        let request = serialize_request(method, uri, &self.inner.authority, headers, body);
+        let head = serialize_request(method, uri, &self.inner.authority, headers, body);
+        // A small body goes out with the head in one write; a large one is not copied.
+        let (request, tail) = if body.len() <= INLINE_BODY {
+            ([head.as_slice(), body].concat(), &[][..])
+        } else {
+            (head, body)
+        };
         if let Some(stream) = self.checkout(shard) {
-            match exchange(stream, &request, method == Method::HEAD).await {
+            match exchange(stream, &request, tail, method == Method::HEAD).await {
                 Ok(head) => return Ok(self.response(head, shard)),
                 // The backend closed this idle connection; it never saw the request.
                 Err(Exchange::NothingReceived(_)) => {}
@@ -147,7 +159,7 @@ impl H1Pool {
             }
         }
         let stream = self.connect().await?;
-        match exchange(stream, &request, method == Method::HEAD).await {
+        match exchange(stream, &request, tail, method == Method::HEAD).await {
             Ok(head) => Ok(self.response(head, shard)),
             Err(Exchange::NothingReceived(e) | Exchange::Failed(e)) => Err(e),
         }
@@ -290,7 +302,6 @@ fn serialize_request(
         out.extend_from_slice(b"\r\n");
     }
     out.extend_from_slice(b"\r\n");
-    out.extend_from_slice(body);
     out
 }
 
@@ -312,14 +323,20 @@ enum Exchange {
     Failed(H1Error),
 }
 
-/// Writes the request and reads the response head (skipping 1xx interim responses).
+/// Writes the request (`request`, then `tail` if any) and reads the response head (skipping 1xx interim responses).
 async fn exchange(
     mut stream: TcpStream,
     request: &[u8],
+    tail: &[u8],
     head_request: bool,
 ) -> Result<Head, Exchange> {
-    if let Err(e) = stream.write_all(request).await {
-        return Err(Exchange::NothingReceived(e.into()));
+    for part in [request, tail] {
+        if part.is_empty() {
+            continue;
+        }
+        if let Err(e) = stream.write_all(part).await {
+            return Err(Exchange::NothingReceived(e.into()));
+        }
     }
     let mut buf = BytesMut::with_capacity(READ_CHUNK);
     let mut received_any = false;
@@ -592,5 +609,49 @@ impl std::fmt::Debug for H1Body {
             .field("buffered", &self.buf.len())
             .field("reusable", &self.reusable)
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pool(url: &str) -> Option<H1Pool> {
+        H1Pool::for_url(
+            &url.parse().unwrap(),
+            2,
+            Duration::from_secs(1),
+            Duration::from_secs(1),
+        )
+    }
+
+    #[test]
+    fn plain_http_urls_only_and_never_the_userinfo() {
+        let p = pool("http://user:secret@example.com:8080/base").unwrap();
+        assert_eq!(p.inner.addr, "example.com:8080");
+        assert_eq!(p.inner.authority, "example.com:8080");
+        let p = pool("http://example.com").unwrap();
+        assert_eq!(p.inner.addr, "example.com:80");
+        assert_eq!(p.inner.authority, "example.com");
+        let p = pool("http://[::1]:9000").unwrap();
+        assert_eq!(p.inner.addr, "[::1]:9000");
+        assert!(pool("https://api.example.com").is_none());
+    }
+
+    #[test]
+    fn serializes_the_request_with_host_and_length() {
+        let mut headers = HeaderMap::new();
+        headers.insert("content-type", HeaderValue::from_static("application/json"));
+        let uri: Uri = "http://h:1/v1/chat/completions?x=1".parse().unwrap();
+        let out = serialize_request(&Method::POST, &uri, "h:1", &headers, b"{}");
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "POST /v1/chat/completions?x=1 HTTP/1.1\r\nhost: h:1\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n"
+        );
+        let out = serialize_request(&Method::GET, &uri, "h:1", &HeaderMap::new(), b"");
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "GET /v1/chat/completions?x=1 HTTP/1.1\r\nhost: h:1\r\n\r\n"
+        );
     }
 }
