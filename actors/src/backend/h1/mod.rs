@@ -167,11 +167,14 @@ impl H1Pool {
 
     fn response(&self, head: Head, shard: usize) -> Response<H1Body> {
         let Head {
-            status,
-            version,
-            headers,
-            framing,
-            reusable,
+            parsed:
+                ParsedHead {
+                    status,
+                    version,
+                    headers,
+                    framing,
+                    reusable,
+                },
             stream,
             buf,
         } = head;
@@ -307,11 +310,7 @@ fn serialize_request(
 
 /// A parsed response head and the connection it came on.
 struct Head {
-    status: StatusCode,
-    version: Version,
-    headers: HeaderMap,
-    framing: Framing,
-    reusable: bool,
+    parsed: ParsedHead,
     stream: TcpStream,
     /// Bytes read past the head (the start of the body).
     buf: BytesMut,
@@ -342,17 +341,10 @@ async fn exchange(
     let mut received_any = false;
     loop {
         match parse_head(&buf, head_request).map_err(Exchange::Failed)? {
-            Some((consumed, head)) => {
+            Some((consumed, parsed)) => {
                 let _ = buf.split_to(consumed);
-                let ParsedHead {
-                    status,
-                    version,
-                    headers,
-                    framing,
-                    reusable,
-                } = head;
-                if status.is_informational() {
-                    if status == StatusCode::SWITCHING_PROTOCOLS {
+                if parsed.status.is_informational() {
+                    if parsed.status == StatusCode::SWITCHING_PROTOCOLS {
                         return Err(Exchange::Failed(H1Error::Head(
                             "protocol upgrades are not supported".into(),
                         )));
@@ -360,11 +352,7 @@ async fn exchange(
                     continue;
                 }
                 return Ok(Head {
-                    status,
-                    version,
-                    headers,
-                    framing,
-                    reusable,
+                    parsed,
                     stream,
                     buf,
                 });
