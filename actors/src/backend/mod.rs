@@ -1,5 +1,6 @@
-//! One backend: its actor (probe loop, discovery loop, breaker bookkeeping), its pooled client,
-//! and the handle request tasks use.
+//! One backend: its actor (probe loop, discovery loop, breaker bookkeeping), its pooled clients
+//! (hyper's for TLS, h2c, probes and discovery; the direct HTTP/1.1 one in `h1` for proxying to
+//! plain `http://` backends) and the handle request tasks use.
 
 mod actor;
 pub mod client;
