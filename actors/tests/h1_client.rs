@@ -810,6 +810,31 @@ async fn connecting_to_a_closed_port_is_a_connect_error() {
 }
 
 #[tokio::test]
+async fn a_host_name_is_resolved_and_every_address_tried() {
+    let server = Server::start(|conn| async move {
+        conn.serve(|_, _| "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok".to_string())
+            .await;
+    })
+    .await;
+    // `localhost` may resolve to ::1 first; the server only listens on 127.0.0.1.
+    let base: Uri = format!("http://localhost:{}", server.addr.port())
+        .parse()
+        .unwrap();
+    let pool = H1Pool::for_url(&base, 1, Duration::from_secs(2), Duration::from_secs(30)).unwrap();
+    let mut resp = post(&pool, "/v1/chat/completions", b"{}")
+        .await
+        .expect("localhost reaches the server");
+    assert_eq!(resp.status(), StatusCode::OK);
+    let read = read_body(resp.body_mut()).await;
+    assert_eq!(read.data, b"ok");
+    let log = server.received();
+    assert_eq!(
+        log[0].header("host"),
+        vec![format!("localhost:{}", server.addr.port())]
+    );
+}
+
+#[tokio::test]
 async fn request_is_serialized_with_path_host_headers_and_length() {
     let server = Server::start(|conn| async move {
         conn.serve(|_, _| "HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n".to_string())
