@@ -180,18 +180,11 @@ impl Encoder for Chat {
     }
 
     fn tail(&self) -> Bytes {
-        let mut s = String::with_capacity(self.chunk_prefix.len() * 2 + 160);
-        s.push_str(&self.chunk_prefix);
-        s.push_str(r#"{"index":0,"delta":{},"logprobs":null,"finish_reason":"stop"}]}"#);
-        s.push_str("\n\n");
-        if self.info.include_usage {
-            s.push_str(&self.chunk_prefix);
-            s.push_str("],");
-            usage(&mut s, self.info.prompt_tokens, self.info.tokens);
-            s.push_str("}\n\n");
-        }
-        s.push_str("data: [DONE]\n\n");
-        Bytes::from(s)
+        stream_tail(
+            &self.chunk_prefix,
+            r#"{"index":0,"delta":{},"logprobs":null,"finish_reason":"stop"}"#,
+            &self.info,
+        )
     }
 }
 
@@ -216,6 +209,23 @@ impl Generation for Chat {
         s.push('}');
         s
     }
+}
+
+/// The end of an OpenAI stream: the chunk carrying `final_choice`, the usage chunk when asked
+/// for (`include_usage`), then `[DONE]`.
+fn stream_tail(chunk_prefix: &str, final_choice: &str, info: &GenInfo) -> Bytes {
+    let mut s = String::with_capacity(chunk_prefix.len() * 2 + 160);
+    s.push_str(chunk_prefix);
+    s.push_str(final_choice);
+    s.push_str("]}\n\n");
+    if info.include_usage {
+        s.push_str(chunk_prefix);
+        s.push_str("],");
+        usage(&mut s, info.prompt_tokens, info.tokens);
+        s.push_str("}\n\n");
+    }
+    s.push_str("data: [DONE]\n\n");
+    Bytes::from(s)
 }
 
 /// `POST /v1/completions`.
@@ -255,18 +265,11 @@ impl Encoder for Completion {
     }
 
     fn tail(&self) -> Bytes {
-        let mut s = String::with_capacity(self.chunk_prefix.len() * 2 + 160);
-        s.push_str(&self.chunk_prefix);
-        s.push_str(r#"{"text":"","index":0,"logprobs":null,"finish_reason":"stop"}]}"#);
-        s.push_str("\n\n");
-        if self.info.include_usage {
-            s.push_str(&self.chunk_prefix);
-            s.push_str("],");
-            usage(&mut s, self.info.prompt_tokens, self.info.tokens);
-            s.push_str("}\n\n");
-        }
-        s.push_str("data: [DONE]\n\n");
-        Bytes::from(s)
+        stream_tail(
+            &self.chunk_prefix,
+            r#"{"text":"","index":0,"logprobs":null,"finish_reason":"stop"}"#,
+            &self.info,
+        )
     }
 }
 
