@@ -10,15 +10,7 @@ use common::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sse_events_arrive_as_the_backend_emits_them() {
-    let m = MockServer::start(MockConfig {
-        name: "s".into(),
-        models: vec!["m".into()],
-        tokens: 10,
-        token_delay_ms: 50,
-        ..MockConfig::default()
-    })
-    .await
-    .unwrap();
+    let m = paced_mock("s", 10, 50).await;
     let d = daemon(&config(&[endpoint("s", &m.url(), "openai", 100, "")], "")).await;
     wait_routable(&d, &["s"], true).await;
     let started = Instant::now();
@@ -103,15 +95,7 @@ async fn priority_routing_fails_over_under_load_and_returns() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_disconnect_cancels_the_upstream_mid_stream_and_before_first_byte() {
-    let m = MockServer::start(MockConfig {
-        name: "s".into(),
-        models: vec!["m".into()],
-        tokens: 200,
-        token_delay_ms: 50,
-        ..MockConfig::default()
-    })
-    .await
-    .unwrap();
+    let m = paced_mock("s", 200, 50).await;
     let d = daemon(&config(&[endpoint("s", &m.url(), "openai", 100, "")], "")).await;
     wait_routable(&d, &["s"], true).await;
     let c = client();
@@ -396,15 +380,7 @@ async fn h2c_clients_are_served() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn graceful_shutdown_lets_an_in_flight_stream_finish() {
-    let m = MockServer::start(MockConfig {
-        name: "s".into(),
-        models: vec!["m".into()],
-        tokens: 10,
-        token_delay_ms: 50,
-        ..MockConfig::default()
-    })
-    .await
-    .unwrap();
+    let m = paced_mock("s", 10, 50).await;
     let d = daemon(&config(&[endpoint("s", &m.url(), "openai", 100, "")], "")).await;
     wait_routable(&d, &["s"], true).await;
     let url = format!("{}/olla/proxy/v1/chat/completions", d.url());

@@ -31,6 +31,20 @@ fn ep(name: &str, url: &str, priority: i64, interval: &str, timeout: &str, extra
 }
 
 /// GET `/internal/status/endpoints` as JSON.
+/// Backends "a" (priority 100, endpoint YAML `a_extra`) and "b" (priority 50) serving model
+/// "m" behind a priority-balanced daemon, both routable.
+async fn primary_and_fallback(a_extra: &str) -> (MockServer, MockServer, Daemon) {
+    let a = mock("a", &["m"]).await;
+    let b = mock("b", &["m"]).await;
+    let eps = [
+        ep("a", &a.url(), 100, "200ms", "500ms", a_extra),
+        ep("b", &b.url(), 50, "200ms", "500ms", ""),
+    ];
+    let d = daemon(&config(&eps, "proxy: {load_balancer: priority}")).await;
+    wait_routable(&d, &["a", "b"], true).await;
+    (a, b, d)
+}
+
 async fn endpoints_status(c: &reqwest::Client, base: &str) -> Value {
     let r = c
         .get(format!("{base}/internal/status/endpoints"))
@@ -127,17 +141,10 @@ async fn chat_request(c: reqwest::Client, base: String, stream: bool) -> Seen {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn repeated_5xx_open_the_breaker_then_half_open_trial_closes_it() {
-    let a = mock("a", &["m"]).await;
-    let b = mock("b", &["m"]).await;
     // 500 is not in the default retry list [502, 503, 504, 429]: it passes through to the
     // client, and each one counts as a backend fault.
     let breaker = "circuit_breaker: {enabled: true, failure_threshold: 3, window: 10s, open_for: 1s, max_open_for: 4s}";
-    let eps = [
-        ep("a", &a.url(), 100, "200ms", "500ms", breaker),
-        ep("b", &b.url(), 50, "200ms", "500ms", ""),
-    ];
-    let d = daemon(&config(&eps, "proxy: {load_balancer: priority}")).await;
-    wait_routable(&d, &["a", "b"], true).await;
+    let (a, b, d) = primary_and_fallback(breaker).await;
     let (c, base) = (client(), d.url());
     a.update(|c| c.fault = Fault::Error { status: 500 });
     let (_, direct) = direct_body(&a, "m").await;
@@ -204,16 +211,9 @@ async fn repeated_5xx_open_the_breaker_then_half_open_trial_closes_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn repeated_4xx_never_open_the_breaker() {
-    let a = mock("a", &["m"]).await;
-    let b = mock("b", &["m"]).await;
     let breaker =
         "circuit_breaker: {enabled: true, failure_threshold: 3, window: 30s, open_for: 10s}";
-    let eps = [
-        ep("a", &a.url(), 100, "200ms", "500ms", breaker),
-        ep("b", &b.url(), 50, "200ms", "500ms", ""),
-    ];
-    let d = daemon(&config(&eps, "proxy: {load_balancer: priority}")).await;
-    wait_routable(&d, &["a", "b"], true).await;
+    let (a, b, d) = primary_and_fallback(breaker).await;
     let (c, base) = (client(), d.url());
     a.update(|c| c.fault = Fault::Error { status: 400 });
     let (direct_status, direct) = direct_body(&a, "m").await;
@@ -249,14 +249,7 @@ async fn repeated_4xx_never_open_the_breaker() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn live_429_with_retry_after_parks_the_backend_for_that_long() {
-    let a = mock("a", &["m"]).await;
-    let b = mock("b", &["m"]).await;
-    let eps = [
-        ep("a", &a.url(), 100, "200ms", "500ms", ""),
-        ep("b", &b.url(), 50, "200ms", "500ms", ""),
-    ];
-    let d = daemon(&config(&eps, "proxy: {load_balancer: priority}")).await;
-    wait_routable(&d, &["a", "b"], true).await;
+    let (a, b, d) = primary_and_fallback("").await;
     let (c, base) = (client(), d.url());
     let (status, endpoint, _) = post_chat(&c, &base, "m").await;
     assert_eq!((status, endpoint.as_str()), (200, "a"));
@@ -417,15 +410,8 @@ async fn a_killed_backend_goes_offline_without_failed_requests_and_heals_on_the_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrency_limit_queues_then_spills_to_the_lower_tier() {
-    let slow = |name: &str| MockConfig {
-        name: name.into(),
-        models: vec!["m".into()],
-        tokens: 20,
-        token_delay_ms: 100,
-        ..MockConfig::default()
-    };
-    let hi = MockServer::start(slow("hi")).await.unwrap();
-    let lo = MockServer::start(slow("lo")).await.unwrap();
+    let hi = paced_mock("hi", 20, 100).await;
+    let lo = paced_mock("lo", 20, 100).await;
     let eps = [
         ep(
             "hi",
@@ -507,15 +493,7 @@ async fn concurrency_limit_queues_then_spills_to_the_lower_tier() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_a_lower_tier_queue_timeout_and_full_queue_get_503_with_retry_after() {
-    let m = MockServer::start(MockConfig {
-        name: "hi".into(),
-        models: vec!["m".into()],
-        tokens: 20,
-        token_delay_ms: 100,
-        ..MockConfig::default()
-    })
-    .await
-    .unwrap();
+    let m = paced_mock("hi", 20, 100).await;
     let eps = [ep(
         "hi",
         &m.url(),
@@ -892,14 +870,7 @@ async fn status_endpoints_have_ollas_fields_etag_304_and_gzip() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retryable_status_fails_over_before_the_first_byte_and_passes_through_when_alone() {
-    let a = mock("a", &["m"]).await;
-    let b = mock("b", &["m"]).await;
-    let eps = [
-        ep("a", &a.url(), 100, "200ms", "500ms", ""),
-        ep("b", &b.url(), 50, "200ms", "500ms", ""),
-    ];
-    let d = daemon(&config(&eps, "proxy: {load_balancer: priority}")).await;
-    wait_routable(&d, &["a", "b"], true).await;
+    let (a, b, d) = primary_and_fallback("").await;
     let (c, base) = (client(), d.url());
     a.update(|c| c.fault = Fault::Error { status: 503 });
     a.reset_stats();

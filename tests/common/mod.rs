@@ -21,6 +21,19 @@ pub async fn mock(name: &str, models: &[&str]) -> MockServer {
     .expect("mock starts")
 }
 
+/// Starts a mock backend serving model `m` that streams `tokens` tokens `token_delay_ms` apart.
+pub async fn paced_mock(name: &str, tokens: usize, token_delay_ms: u64) -> MockServer {
+    MockServer::start(MockConfig {
+        name: name.into(),
+        models: vec!["m".into()],
+        tokens,
+        token_delay_ms,
+        ..MockConfig::default()
+    })
+    .await
+    .expect("mock starts")
+}
+
 /// One endpoint line for a config: `{name, url, type, priority}` plus extra YAML flow keys.
 pub fn endpoint(name: &str, url: &str, kind: &str, priority: i64, extra: &str) -> String {
     let extra = if extra.is_empty() {
