@@ -73,6 +73,16 @@ pub fn framing(head: bool, status: u16, headers: &HeaderMap) -> Result<Framing, 
     })
 }
 
+/// Removes `Content-Length` from a response head that also carries `Transfer-Encoding`: the
+/// transfer coding decides the framing (RFC 9112 §6.3), so a length next to it is wrong and
+/// must not reach the client, where it would truncate or stall the re-framed body. Both
+/// upstream clients (this one and hyper's) call it on every response head.
+pub fn drop_length_beside_coding(headers: &mut HeaderMap) {
+    if headers.contains_key(TRANSFER_ENCODING) {
+        headers.remove(CONTENT_LENGTH);
+    }
+}
+
 /// A malformed chunked body.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error("invalid chunked body: {0}")]
@@ -364,5 +374,76 @@ mod tests {
         let (r, out, _) = decode_all(&[b"3\nabc\n0\n\n"]);
         assert_eq!(r, Ok(true));
         assert_eq!(out, b"abc");
+    }
+}
+
+#[cfg(test)]
+mod prop {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Decodes `input` fed in pieces cut at `cuts`; the result and the decoded data.
+    fn decode_split(input: &[u8], cuts: &[usize]) -> (Result<bool, ChunkError>, Vec<u8>) {
+        let mut decoder = ChunkedDecoder::new();
+        let mut out = BytesMut::new();
+        let mut pending = BytesMut::new();
+        let mut at = 0;
+        let mut points: Vec<usize> = cuts.iter().map(|c| c % (input.len() + 1)).collect();
+        points.sort_unstable();
+        points.push(input.len());
+        for p in points {
+            pending.extend_from_slice(&input[at..p.max(at)]);
+            at = p.max(at);
+            match decoder.decode(&mut pending, &mut out) {
+                Ok(true) => return (Ok(true), out.to_vec()),
+                Ok(false) => {}
+                Err(e) => return (Err(e), out.to_vec()),
+            }
+        }
+        (Ok(decoder.is_done()), out.to_vec())
+    }
+
+    /// A valid chunked encoding of `chunks`, with optional extensions and trailers.
+    fn encode(chunks: &[Vec<u8>], ext: bool, trailer: bool) -> Vec<u8> {
+        let mut out = Vec::new();
+        for c in chunks.iter().filter(|c| !c.is_empty()) {
+            out.extend_from_slice(format!("{:X}", c.len()).as_bytes());
+            if ext {
+                out.extend_from_slice(b";name=value");
+            }
+            out.extend_from_slice(b"\r\n");
+            out.extend_from_slice(c);
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(b"0\r\n");
+        if trailer {
+            out.extend_from_slice(b"x-checksum: abc\r\n");
+        }
+        out.extend_from_slice(b"\r\n");
+        out
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+        #[test]
+        fn arbitrary_bytes_never_panic(input in proptest::collection::vec(any::<u8>(), 0..512),
+                                       cuts in proptest::collection::vec(any::<usize>(), 0..8)) {
+            let _ = decode_split(&input, &cuts);
+        }
+
+        #[test]
+        fn a_valid_body_split_anywhere_decodes_the_same(
+            chunks in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..64), 0..8),
+            ext in any::<bool>(),
+            trailer in any::<bool>(),
+            cuts in proptest::collection::vec(any::<usize>(), 0..8),
+        ) {
+            let encoded = encode(&chunks, ext, trailer);
+            let whole = decode_split(&encoded, &[]);
+            prop_assert_eq!(&whole.0, &Ok(true));
+            prop_assert_eq!(&whole.1, &chunks.concat());
+            prop_assert_eq!(decode_split(&encoded, &cuts), whole);
+        }
     }
 }

@@ -14,7 +14,12 @@
 //! response was HTTP/1.1 without `Connection: close` and nothing followed the body. An idle
 //! connection the backend has closed is noticed before reuse; if a reused connection still
 //! fails before any byte of the response, the request is sent once more on a new connection
-//! (the backend closed an idle connection and never saw the request).
+//! (the backend closed an idle connection and never saw the request). So is a request whose
+//! reused connection answers with an invalid head: stray bytes of an earlier exchange (a body
+//! after a HEAD response) must not fail a request a fresh connection would serve.
+//!
+//! Framing: a response with both `Transfer-Encoding` and `Content-Length` is read as chunked
+//! and loses its `Content-Length` (RFC 9112 §6.3), so the client never sees a wrong length.
 
 pub mod decode;
 
@@ -155,6 +160,9 @@ impl H1Pool {
                 Ok(head) => return Ok(self.response(head, shard)),
                 // The backend closed this idle connection; it never saw the request.
                 Err(Exchange::NothingReceived(_)) => {}
+                // A reused connection that answers with garbage carries leftovers of an earlier
+                // exchange (e.g. a body sent after a HEAD response): start over on a fresh one.
+                Err(Exchange::Failed(H1Error::Head(_) | H1Error::Framing(_))) => {}
                 Err(Exchange::Failed(e)) => return Err(e),
             }
         }
@@ -418,6 +426,7 @@ fn parse_head(buf: &[u8], head_request: bool) -> Result<Option<(usize, ParsedHea
         headers.append(name, value);
     }
     let framing = decode::framing(head_request, code, &headers)?;
+    decode::drop_length_beside_coding(&mut headers);
     let closes = headers
         .get_all(CONNECTION)
         .iter()
@@ -641,5 +650,78 @@ mod tests {
             String::from_utf8(out).unwrap(),
             "GET /v1/chat/completions?x=1 HTTP/1.1\r\nhost: h:1\r\n\r\n"
         );
+    }
+}
+
+#[cfg(test)]
+mod prop {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Parses `input` the way `exchange` does: the buffer grows at the cut points.
+    fn parse_split(input: &[u8], cuts: &[usize]) -> Result<Option<(usize, String)>, String> {
+        let mut points: Vec<usize> = cuts.iter().map(|c| c % (input.len() + 1)).collect();
+        points.sort_unstable();
+        points.push(input.len());
+        for p in points {
+            match parse_head(&input[..p], false) {
+                Ok(Some((n, h))) => {
+                    return Ok(Some((
+                        n,
+                        format!(
+                            "{} {:?} {:?} {:?}",
+                            h.status, h.headers, h.framing, h.reusable
+                        ),
+                    )))
+                }
+                Ok(None) => {}
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+        Ok(None)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+        #[test]
+        fn arbitrary_bytes_never_panic(input in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = parse_head(&input, false);
+            let _ = parse_head(&input, true);
+        }
+
+        #[test]
+        fn a_valid_head_split_anywhere_parses_the_same(
+            status in 200u16..600,
+            headers in proptest::collection::vec(("[a-z][a-z0-9-]{0,12}", "[ -~]{0,24}"), 0..12),
+            length in proptest::option::of(0u64..1_000_000),
+            chunked in any::<bool>(),
+            cuts in proptest::collection::vec(any::<usize>(), 0..6),
+        ) {
+            let mut head = format!("HTTP/1.1 {status} X\r\n");
+            for (k, v) in &headers {
+                if k == "content-length" || k == "transfer-encoding" {
+                    continue;
+                }
+                head.push_str(&format!("{k}: {}\r\n", v.trim()));
+            }
+            if let Some(n) = length {
+                head.push_str(&format!("content-length: {n}\r\n"));
+            }
+            if chunked {
+                head.push_str("transfer-encoding: chunked\r\n");
+            }
+            head.push_str("\r\nbody");
+            let whole = parse_split(head.as_bytes(), &[]);
+            let Ok(Some((consumed, _))) = &whole else {
+                return Err(TestCaseError::fail(format!("{whole:?} for {head:?}")));
+            };
+            prop_assert_eq!(*consumed, head.len() - 4);
+            prop_assert_eq!(parse_split(head.as_bytes(), &cuts), whole.clone());
+            if chunked {
+                let text = whole.unwrap().unwrap().1;
+                prop_assert!(!text.contains("\"content-length\""), "{}", text);
+            }
+        }
     }
 }
