@@ -15,6 +15,8 @@ pub struct GlobalStats {
     pub failures: AtomicU64,
     pub active: AtomicI64,
     pub size_violations: AtomicU64,
+    /// Client connections closed at accept because `server.max_connections` were open.
+    pub rejected_connections: AtomicU64,
 }
 
 pub struct App {

@@ -26,6 +26,8 @@ pub enum ProxyError {
     BodyTooLarge(u64),
     #[error("request headers too large: the limit is {0} bytes")]
     HeadersTooLarge(u64),
+    #[error("request body not received within {0:?} (server.read_timeout)")]
+    RequestTimeout(Duration),
     #[error("model '{0}' is not available on any healthy endpoint")]
     ModelUnavailable(String),
     #[error("no healthy endpoints available")]
@@ -52,6 +54,7 @@ impl ProxyError {
             Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Self::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            Self::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             Self::ModelUnavailable(_) | Self::NoHealthyEndpoints | Self::AtCapacity { .. } => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
@@ -72,6 +75,7 @@ impl ProxyError {
             Self::MethodNotAllowed(_) => "method_not_allowed",
             Self::BodyTooLarge(_) => "request_too_large",
             Self::HeadersTooLarge(_) => "headers_too_large",
+            Self::RequestTimeout(_) => "request_timeout",
             Self::ModelUnavailable(_) => "model_unavailable",
             Self::NoHealthyEndpoints => "no_healthy_endpoints",
             Self::AtCapacity { .. } => "at_capacity",

@@ -1,6 +1,13 @@
 //! The HTTP listener: HTTP/1.1 and h2c on one port (hyper-util's auto builder), TCP_NODELAY on
-//! every accepted socket, header read timeout and header size limits, and graceful shutdown:
-//! stop accepting, let in-flight requests and streams finish up to the shutdown timeout.
+//! every accepted socket, header size and count limits, per-connection deadlines
+//! ([`deadline`]: first head, keep-alive idle, stalled writes), the connection cap
+//! (`server.max_connections`: beyond it a connection is accepted and closed at once, and
+//! counted), and graceful shutdown: stop accepting, let in-flight requests and streams finish
+//! up to the shutdown timeout.
+//!
+//! Rule for later features: every accepted socket is served through [`deadline::DeadlineIo`]
+//! and every response body through [`deadline::Tracked`], so no connection outlives its
+//! deadlines; per-request timers are avoided on this path (the connection's one timer moves).
 //!
 //! With several serving threads, one of them accepts and hands each new connection to the
 //! thread serving the fewest connections (itself on a tie, so a lone client costs no hand-off).
@@ -10,7 +17,7 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,6 +31,22 @@ use tracing::{debug, info, warn};
 
 use crate::api;
 use crate::app::App;
+
+pub mod deadline;
+
+/// Fewest request headers hyper accepts (its default).
+const MIN_HEADER_COUNT: usize = 100;
+/// Most request headers hyper accepts, whatever `max_header_size` says: hyper allocates this
+/// many slots (64 bytes each) per request head beyond its default 100.
+const MAX_HEADER_COUNT: usize = 1024;
+
+/// hyper's request header count limit for a head size limit: the smallest header Olla's size
+/// estimate counts is about 64 bytes, so a head within `max_header_size` may hold that many.
+pub fn header_count_limit(max_header_size: u64) -> usize {
+    usize::try_from(max_header_size / 64)
+        .unwrap_or(usize::MAX)
+        .clamp(MIN_HEADER_COUNT, MAX_HEADER_COUNT)
+}
 
 /// A connection accepted on one serving thread for another.
 pub type Handoff = (std::net::TcpStream, SocketAddr);
@@ -52,6 +75,11 @@ impl Threads {
             .iter()
             .map(|n| n.load(Ordering::Relaxed))
             .collect()
+    }
+
+    /// Live connections on every serving thread together.
+    pub fn total_live(&self) -> usize {
+        self.live.iter().map(|n| n.load(Ordering::Relaxed)).sum()
     }
 
     /// The thread that should serve the next connection: the fewest live connections, `me`
@@ -93,8 +121,14 @@ impl Intake {
         }
     }
 
-    /// The next connection this thread serves; `None` once nothing more can come.
-    async fn next(&mut self) -> Option<(TcpStream, SocketAddr)> {
+    /// The next connection this thread serves; `None` once nothing more can come. With
+    /// `max_connections` (0 = no cap) live, a new connection is closed at once and counted in
+    /// `rejected`.
+    async fn next(
+        &mut self,
+        max_connections: usize,
+        rejected: &AtomicU64,
+    ) -> Option<(TcpStream, SocketAddr)> {
         loop {
             let accepted = tokio::select! {
                 accepted = accept(self.listener.as_ref()) => accepted,
@@ -121,6 +155,18 @@ impl Intake {
                     continue;
                 }
             };
+            if max_connections > 0 && self.threads.total_live() >= max_connections {
+                let n = rejected.fetch_add(1, Ordering::Relaxed) + 1;
+                if n.is_power_of_two() {
+                    warn!(
+                        max_connections,
+                        rejected = n,
+                        "server.max_connections reached; closing new connections"
+                    );
+                }
+                drop(stream);
+                continue;
+            }
             let target = self.threads.pick(self.me);
             self.threads.live[target].fetch_add(1, Ordering::Relaxed);
             if target == self.me {
@@ -146,11 +192,12 @@ async fn accept(listener: Option<&TcpListener>) -> std::io::Result<(TcpStream, S
     }
 }
 
-/// Keeps a short timer always pending on this runtime. hyper arms a header-read timer (30 s
-/// ahead) for every request head it waits for; tokio wakes its driver through an eventfd
-/// write whenever a new timer is due earlier than every pending one, which an otherwise idle
-/// timer wheel makes true for nearly every request (measured: one `write` per four requests).
-/// With a timer at most 500 ms ahead always pending, those writes stop.
+/// Keeps a short timer always pending on this runtime. Each keep-alive connection moves its
+/// deadline timer once per request (the idle deadline starts when a response ends); tokio
+/// wakes its driver through an eventfd write whenever a new timer is due earlier than every
+/// pending one, which an otherwise idle timer wheel makes true for nearly every request
+/// (measured with hyper's per-request header timer: one `write` per four requests). With a
+/// timer at most 500 ms ahead always pending, those writes stop.
 async fn timer_anchor() {
     loop {
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -170,11 +217,13 @@ impl Drop for LiveGuard {
 pub async fn serve(mut intake: Intake, app: Arc<App>, shutdown: impl Future<Output = ()>) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     let max_head = (app.settings.max_header_size as usize).clamp(8192, 16 << 20);
+    // Head deadlines are the connection's (see `deadline`), not hyper's per-request timer.
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(app.settings.read_header_timeout)
+        .header_read_timeout(None)
         .max_buf_size(max_head + 8192)
+        .max_headers(header_count_limit(app.settings.max_header_size))
         .keep_alive(true);
     builder
         .http2()
@@ -183,11 +232,17 @@ pub async fn serve(mut intake: Intake, app: Arc<App>, shutdown: impl Future<Outp
         .keep_alive_interval(Some(Duration::from_secs(20)));
     let graceful = GracefulShutdown::new();
     let anchor = tokio::spawn(timer_anchor());
+    let limits = deadline::Limits {
+        first_head: app.settings.read_header_timeout,
+        idle: app.settings.idle_timeout,
+        write_stall: app.settings.write_timeout,
+    };
+    let max_connections = app.settings.max_connections;
 
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
-            next = intake.next() => match next {
+            next = intake.next(max_connections, &app.stats.rejected_connections) => match next {
                 Some(c) => c,
                 None => break,
             },
@@ -196,15 +251,17 @@ pub async fn serve(mut intake: Intake, app: Arc<App>, shutdown: impl Future<Outp
         let live = LiveGuard(intake.threads.clone(), intake.me);
         let _ = stream.set_nodelay(true);
         let app = app.clone();
+        let clock = deadline::Clock::new(tokio::time::Instant::now());
+        let io = deadline::DeadlineIo::new(stream, clock.clone(), limits);
         let svc = service_fn(move |req| {
             let app = app.clone();
-            async move { Ok::<_, Infallible>(api::handle(app, req, peer).await) }
+            let ticket = clock.begin();
+            async move {
+                let resp = api::handle(app, req, peer).await;
+                Ok::<_, Infallible>(resp.map(|b| deadline::Tracked::new(b, ticket)))
+            }
         });
-        let conn = graceful.watch(
-            builder
-                .serve_connection(TokioIo::new(stream), svc)
-                .into_owned(),
-        );
+        let conn = graceful.watch(builder.serve_connection(TokioIo::new(io), svc).into_owned());
         tokio::spawn(async move {
             if let Err(e) = conn.await {
                 debug!(error = %e, peer = %peer, "connection ended with an error");

@@ -464,6 +464,7 @@ pub fn status<B>(app: &App, req: &Request<B>) -> Response<Body> {
             "version": concat!("v", env!("CARGO_PKG_VERSION")),
             "commit": option_env!("OLLA_BUILD_COMMIT").unwrap_or("none"),
             "active_connections": app.stats.active.load(Ordering::Relaxed),
+            "rejected_connections": app.stats.rejected_connections.load(Ordering::Relaxed),
             "security_violations": violations,
             "total_requests": reqs,
             "total_failures": fail,

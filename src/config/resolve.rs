@@ -29,7 +29,18 @@ pub struct ServerSettings {
     pub port: u16,
     /// Serving threads; 0 = one per CPU core.
     pub threads: usize,
+    /// Deadline for a connection's first request head, protocol detection included.
     pub read_header_timeout: Duration,
+    /// Deadline for reading a request body (zero = none).
+    pub read_timeout: Duration,
+    /// A write to a client that makes no progress for this long ends the connection (zero =
+    /// none).
+    pub write_timeout: Duration,
+    /// Keep-alive: the next request head must come within this (zero = none).
+    pub idle_timeout: Duration,
+    /// Client connections served at once (0 = no cap); beyond it a connection is closed at
+    /// accept.
+    pub max_connections: usize,
     pub shutdown_timeout: Duration,
     pub max_body_size: u64,
     pub max_header_size: u64,
@@ -172,6 +183,11 @@ pub fn resolve(config: &Config) -> Result<Runtime, Vec<String>> {
             port: s.port,
             threads: s.threads,
             read_header_timeout: nonzero(s.read_header_timeout.0, Duration::from_secs(10)),
+            read_timeout: s.read_timeout.0,
+            write_timeout: s.write_timeout.0,
+            // Go's rule, which Olla inherits: no idle timeout means the read timeout.
+            idle_timeout: nonzero(s.idle_timeout.0, s.read_timeout.0),
+            max_connections: s.max_connections,
             shutdown_timeout: s.shutdown_timeout.0,
             max_body_size: s.request_limits.max_body_size,
             max_header_size: s.request_limits.max_header_size,
@@ -226,29 +242,35 @@ fn suggest(word: &str, options: &[&str]) -> String {
 
 /// Parses and checks a backend URL: http(s), with a host, no credentials.
 pub fn parse_backend_url(raw: &str) -> Result<Uri, String> {
+    // Errors show the URL without its userinfo: it holds credentials.
+    let shown = super::inert::redact_userinfo(raw.trim());
     let uri: Uri = raw
         .trim()
         .parse()
-        .map_err(|e| format!("invalid URL {raw:?}: {e}"))?;
+        .map_err(|e| format!("invalid URL {shown:?}: {e}"))?;
     match uri.scheme_str() {
         Some("http") | Some("https") => {}
         Some(other) => {
             return Err(format!(
-                "invalid URL {raw:?}: scheme {other:?} is not http or https"
+                "invalid URL {shown:?}: scheme {other:?} is not http or https"
             ))
         }
-        None => return Err(format!("invalid URL {raw:?}: missing http:// or https://")),
+        None => {
+            return Err(format!(
+                "invalid URL {shown:?}: missing http:// or https://"
+            ))
+        }
     }
     let Some(authority) = uri.authority() else {
-        return Err(format!("invalid URL {raw:?}: missing host"));
+        return Err(format!("invalid URL {shown:?}: missing host"));
     };
     if authority.as_str().contains('@') {
         return Err(format!(
-            "invalid URL {raw:?}: credentials in the URL are not allowed; use the endpoint's `auth` block"
+            "invalid URL {shown:?}: credentials in the URL are not allowed; use the endpoint's `auth` block"
         ));
     }
     if authority.host().is_empty() {
-        return Err(format!("invalid URL {raw:?}: missing host"));
+        return Err(format!("invalid URL {shown:?}: missing host"));
     }
     Ok(uri)
 }

@@ -91,8 +91,14 @@ fn rewrite_model(body: &Bytes, native: &str) -> Bytes {
         .unwrap_or_else(|_| body.clone())
 }
 
-/// Reads the request body up to `limit` bytes (413 beyond it).
-pub async fn read_body(parts: &Parts, body: Incoming, limit: u64) -> Result<Bytes, ProxyError> {
+/// Reads the request body up to `limit` bytes (413 beyond it) within `deadline` (408 beyond
+/// it; zero = none). A body already complete arms no timer.
+pub async fn read_body(
+    parts: &Parts,
+    body: Incoming,
+    limit: u64,
+    deadline: Duration,
+) -> Result<Bytes, ProxyError> {
     if let Some(len) = parts
         .headers
         .get(http::header::CONTENT_LENGTH)
@@ -103,7 +109,16 @@ pub async fn read_body(parts: &Parts, body: Incoming, limit: u64) -> Result<Byte
             return Err(ProxyError::BodyTooLarge(limit));
         }
     }
-    match Limited::new(body, limit as usize).collect().await {
+    let collect = Limited::new(body, limit as usize).collect();
+    let collected = if deadline.is_zero() {
+        collect.await
+    } else {
+        // `timeout` polls the body first and registers its timer only if that is pending.
+        tokio::time::timeout(deadline, collect)
+            .await
+            .map_err(|_| ProxyError::RequestTimeout(deadline))?
+    };
+    match collected {
         Ok(c) => Ok(c.to_bytes()),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => {
             Err(ProxyError::BodyTooLarge(limit))
@@ -153,7 +168,13 @@ pub async fn forward(
     ctx: &mut HeaderMap,
 ) -> Result<Response<Body>, ProxyError> {
     let (parts, incoming) = req.into_parts();
-    let body = read_body(&parts, incoming, app.settings.max_body_size).await?;
+    let body = read_body(
+        &parts,
+        incoming,
+        app.settings.max_body_size,
+        app.settings.read_timeout,
+    )
+    .await?;
     let content_type = parts
         .headers
         .get(http::header::CONTENT_TYPE)
@@ -346,7 +367,10 @@ impl Run<'_> {
             .get()
             .request(req)
             .await
-            .map(|r| r.map(Upstream::Hyper))
+            .map(|mut r| {
+                olla_actors::backend::h1::decode::drop_length_beside_coding(r.headers_mut());
+                r.map(Upstream::Hyper)
+            })
             .map_err(|e| SendError {
                 connect: e.is_connect(),
                 message: error_chain(&e),
