@@ -16,10 +16,20 @@
 //! A broken stream after the first byte is never retried: an SSE stream gets a final `error`
 //! event, then the body is aborted so the client sees it incomplete. If the client goes away,
 //! hyper drops this body, which drops the upstream body and so cancels the upstream request.
+//!
+//! A client that stops reading: hyper stops polling a body whose data it cannot write, so the
+//! timers checked inside a poll would never fire and the backend slot and upstream connection
+//! would be held for as long as the client stays connected. Rule: the idle and total limits
+//! hold whether or not the body is polled. Once a response streams past its first frame, a
+//! watchdog task (one per streaming response, none for a body complete in its first frame)
+//! sleeps until the next deadline and, if it has passed, cuts the stream: the slot is released,
+//! the upstream body dropped (closing its connection), and the next poll ends the body with the
+//! error. The stream state sits behind a mutex shared with the watchdog.
 
 use std::future::Future;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::sync::{Arc, Weak};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -27,6 +37,8 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use olla_actors::backend::h1::H1Body;
 use olla_actors::{InFlightGuard, Outcome};
+use parking_lot::Mutex;
+use tokio::task::AbortHandle;
 use tokio::time::{Instant, Sleep};
 
 use crate::http_util::BoxError;
@@ -46,12 +58,16 @@ pub enum StreamError {
     Total(Duration),
     #[error("upstream stream broke: {0}")]
     Upstream(String),
+    #[error("client read nothing for {0:?}")]
+    ClientStalled(Duration),
 }
 
 /// The upstream response body: read directly (plain HTTP/1.1) or through hyper's client.
 pub enum Upstream {
     Direct(H1Body),
     Hyper(Incoming),
+    /// Dropped after the stream was cut.
+    Closed,
 }
 
 impl Upstream {
@@ -72,6 +88,7 @@ impl Body for Upstream {
         match self.get_mut() {
             Self::Direct(b) => Pin::new(b).poll_frame(cx).map_err(|e| e.into()),
             Self::Hyper(b) => Pin::new(b).poll_frame(cx).map_err(|e| e.into()),
+            Self::Closed => Poll::Ready(None),
         }
     }
 
@@ -79,6 +96,7 @@ impl Body for Upstream {
         match self {
             Self::Direct(b) => b.is_end_stream(),
             Self::Hyper(b) => b.is_end_stream(),
+            Self::Closed => true,
         }
     }
 
@@ -86,11 +104,19 @@ impl Body for Upstream {
         match self {
             Self::Direct(b) => b.size_hint(),
             Self::Hyper(b) => b.size_hint(),
+            Self::Closed => SizeHint::with_exact(0),
         }
     }
 }
 
+/// The streamed response body handed to hyper (see the module doc).
 pub struct GuardedBody {
+    stream: Arc<Mutex<Stream>>,
+    watchdog: Option<AbortHandle>,
+}
+
+/// The state of one streamed response, shared by the body and its watchdog.
+struct Stream {
     inner: Upstream,
     guard: Option<InFlightGuard>,
     first_byte: Duration,
@@ -115,6 +141,12 @@ pub struct GuardedBody {
     /// Set after an error: the error event (if any) to emit, then the error to return.
     failing: Option<(Option<Bytes>, StreamError)>,
     done: bool,
+    /// When data was last handed to hyper (or the stream began).
+    handed_at: Instant,
+    /// The last poll waited for the upstream (not for hyper to take data).
+    upstream_pending: bool,
+    /// The waker of the last poll that returned pending.
+    waker: Option<Waker>,
 }
 
 impl GuardedBody {
@@ -126,7 +158,7 @@ impl GuardedBody {
         total_deadline: Option<(Duration, Instant)>,
         sse: bool,
     ) -> Self {
-        Self {
+        let stream = Stream {
             inner,
             guard: Some(guard),
             first_byte,
@@ -143,6 +175,92 @@ impl GuardedBody {
             sent_any: false,
             failing: None,
             done: false,
+            handed_at: Instant::now(),
+            upstream_pending: false,
+            waker: None,
+        };
+        Self {
+            stream: Arc::new(Mutex::new(stream)),
+            watchdog: None,
+        }
+    }
+
+    /// Waits for the first batch of the body before the response head is handed to hyper, so
+    /// head and first data leave in one write.
+    pub async fn prefill(&mut self) {
+        std::future::poll_fn(|cx| self.stream.lock().poll_gather(cx)).await
+    }
+
+    /// The upstream failed before a single body byte was gathered: the request may still move
+    /// to another backend (nothing reached the client).
+    pub fn failed_before_data(&self) -> Option<String> {
+        self.stream.lock().failed_before_data()
+    }
+}
+
+impl Drop for GuardedBody {
+    fn drop(&mut self) {
+        if let Some(w) = self.watchdog.take() {
+            w.abort();
+        }
+    }
+}
+
+/// Sleeps until the stream's next deadline and cuts it if the deadline has passed by then;
+/// ends when the stream no longer holds a backend slot.
+async fn watchdog(stream: Weak<Mutex<Stream>>) {
+    loop {
+        let at = {
+            let Some(s) = stream.upgrade() else { return };
+            let s = s.lock();
+            match s.deadline() {
+                Some(at) if s.holds_slot() => at,
+                _ => return,
+            }
+        };
+        tokio::time::sleep_until(at).await;
+        let Some(s) = stream.upgrade() else { return };
+        let mut s = s.lock();
+        if !s.holds_slot() {
+            return;
+        }
+        if s.deadline().is_some_and(|d| d <= Instant::now()) {
+            s.cut();
+            return;
+        }
+    }
+}
+
+impl Stream {
+    /// The stream still holds its backend slot (and upstream body).
+    fn holds_slot(&self) -> bool {
+        self.guard.is_some() && !self.done
+    }
+
+    /// When the idle or total limit runs out, whoever is slow (backend or client).
+    fn deadline(&self) -> Option<Instant> {
+        let idle = self.handed_at.checked_add(self.idle);
+        let total = self.total.as_ref().map(|(_, t)| t.deadline());
+        match (idle, total) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// A deadline passed without a poll: fail the stream, release the slot, drop the upstream
+    /// body, and wake hyper if it waits on this body.
+    fn cut(&mut self) {
+        let err = match &self.total {
+            Some((d, t)) if t.deadline() <= Instant::now() => StreamError::Total(*d),
+            _ if self.upstream_pending => StreamError::Idle(self.idle),
+            _ => StreamError::ClientStalled(self.idle),
+        };
+        tracing::warn!(error = %err, "stream cut: backend slot and upstream connection released");
+        self.fail(err);
+        self.inner = Upstream::Closed;
+        self.idle_timer = None;
+        if let Some(w) = self.waker.take() {
+            w.wake();
         }
     }
 
@@ -156,6 +274,7 @@ impl GuardedBody {
         if let Some(mut g) = self.guard.take() {
             let outcome = match err {
                 StreamError::Total(_) => Outcome::Success,
+                StreamError::ClientStalled(_) => Outcome::Cancelled,
                 _ => Outcome::Fault,
             };
             g.report(outcome, Some(self.first_byte));
@@ -187,8 +306,12 @@ impl GuardedBody {
         if let Some(g) = &self.guard {
             g.add_bytes(data.len() as u64);
         }
-        if let Some(t) = self.idle_timer.as_mut() {
-            t.as_mut().reset(Instant::now() + self.idle);
+        self.handed_at = Instant::now();
+        if let (Some(t), Some(at)) = (
+            self.idle_timer.as_mut(),
+            self.handed_at.checked_add(self.idle),
+        ) {
+            t.as_mut().reset(at);
         }
         Some(Frame::data(data))
     }
@@ -278,15 +401,8 @@ impl GuardedBody {
         }
     }
 
-    /// Waits for the first batch of the body before the response head is handed to hyper, so
-    /// head and first data leave in one write.
-    pub async fn prefill(&mut self) {
-        std::future::poll_fn(|cx| self.poll_gather(cx)).await
-    }
-
-    /// The upstream failed before a single body byte was gathered: the request may still move
-    /// to another backend (nothing reached the client).
-    pub fn failed_before_data(&self) -> Option<String> {
+    /// See [`GuardedBody::failed_before_data`].
+    fn failed_before_data(&self) -> Option<String> {
         match &self.failing {
             Some((_, err)) if self.gathered.is_empty() && !self.sent_any => Some(err.to_string()),
             _ => None,
@@ -303,6 +419,37 @@ impl Body for GuardedBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
+        let mut stream = this.stream.lock();
+        let polled = stream.poll_frame(cx);
+        stream.upstream_pending = polled.is_pending();
+        if polled.is_pending() {
+            match &stream.waker {
+                Some(w) if w.will_wake(cx.waker()) => {}
+                _ => stream.waker = Some(cx.waker().clone()),
+            }
+        }
+        if this.watchdog.is_none() && stream.holds_slot() {
+            // Streaming past its first frame: keep the limits even if hyper stops polling.
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                let weak = Arc::downgrade(&this.stream);
+                this.watchdog = Some(rt.spawn(watchdog(weak)).abort_handle());
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.stream.lock().is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.stream.lock().size_hint()
+    }
+}
+
+impl Stream {
+    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self;
         loop {
             if this.done {
                 return Poll::Ready(None);
