@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use olla::config::{self, Source};
 use olla::{Daemon, Exit};
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 /// mimalloc: measurably cheaper than glibc malloc for the many small per-request allocations.
 #[global_allocator]
@@ -116,12 +116,21 @@ async fn async_main(cli: Cli) -> ExitCode {
     let loaded = config::load(cli.config.as_deref());
     if cli.validate_config {
         return match loaded {
-            Ok((source, _, rt)) => {
+            Ok((source, cfg, rt)) => {
                 let from = match source {
                     Source::File(p) => p.display().to_string(),
                     Source::Defaults => "built-in defaults (no config file found)".into(),
                 };
                 println!("config OK: {from} ({} endpoints)", rt.tree.specs.len());
+                if !cfg.inert.is_empty() {
+                    println!(
+                        "{} key(s) accepted but not acted on by olla:",
+                        cfg.inert.len()
+                    );
+                    for k in &cfg.inert {
+                        println!("  - {k}");
+                    }
+                }
                 ExitCode::SUCCESS
             }
             Err(errors) => {
@@ -147,6 +156,13 @@ async fn async_main(cli: Cli) -> ExitCode {
     match &source {
         Source::File(p) => info!(path = %p.display(), "config loaded"),
         Source::Defaults => info!("no config file found; running with defaults and no endpoints"),
+    }
+    for k in &cfg.inert {
+        warn!(
+            key = k.path,
+            effect = k.effect,
+            "config key accepted but not acted on"
+        );
     }
     let endpoints = rt.tree.specs.len();
     let threads = match rt.server.threads {

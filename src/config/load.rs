@@ -73,7 +73,9 @@ pub fn parse(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Config,
     }
     interpolate(&mut value, env)?;
     apply_env_overrides(&mut value, env)?;
-    let config: Config = serde_path_to_error::deserialize(value).map_err(describe_error)?;
+    let inert = super::inert::present(&value);
+    let mut config: Config = serde_path_to_error::deserialize(value).map_err(describe_error)?;
+    config.inert = inert;
     Ok(config)
 }
 
@@ -198,10 +200,14 @@ fn apply_env_overrides(v: &mut Value, env: &dyn Fn(&str) -> Option<String>) -> R
     Ok(())
 }
 
-/// Turns a serde error into "at `path`: message", with a suggestion for an unknown key.
+/// Turns a serde error into "at `path`: message", with a suggestion for an unknown key. Under a
+/// secret key (auth, token, password, headers...) every value the parser echoes is redacted.
 fn describe_error(e: serde_path_to_error::Error<serde_yaml::Error>) -> String {
     let path = e.path().to_string();
     let msg = e.inner().to_string();
+    if super::inert::is_secret_path(&path) {
+        return format!("at `{path}`: {}", super::inert::redact_quoted(&msg));
+    }
     if let Some(rest) = msg.strip_prefix("unknown field `") {
         let unknown = rest.split('`').next().unwrap_or_default();
         let expected: Vec<&str> = rest
@@ -307,5 +313,79 @@ mod tests {
         let c = parse("", &env(&[])).unwrap();
         assert_eq!(c.server.port, 40114);
         assert_eq!(c.server.host, "localhost");
+    }
+}
+
+#[cfg(test)]
+mod prop {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Pieces a YAML config is made of, so generated text reaches deep into the schema.
+    const PIECES: &[&str] = &[
+        "server:",
+        "proxy:",
+        "discovery:",
+        "static:",
+        "endpoints:",
+        "- ",
+        "  ",
+        "\n",
+        ": ",
+        "{",
+        "}",
+        "[",
+        "]",
+        ",",
+        "name: a",
+        "url: http://h:1",
+        "type: ollama",
+        "port: ",
+        "timeouts:",
+        "total: ",
+        "5s",
+        "-1",
+        "99999999999999999999",
+        "1e400",
+        "${X}",
+        "${X:-",
+        "&a",
+        "*a",
+        "!!binary",
+        "~",
+        "null",
+        "true",
+        "'",
+        "\"",
+        "#",
+        "auth:",
+        "token: ",
+        "rate_limits:",
+        "max_header_size: ",
+        "check_interval: ",
+        "h",
+        "µ",
+        "\t",
+        "? ",
+        "|",
+        ">",
+    ];
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+            let text = String::from_utf8_lossy(&bytes);
+            let _ = parse(&text, &|_| Some("7".into()));
+        }
+
+        #[test]
+        fn yaml_ish_text_never_panics(idx in proptest::collection::vec(0..PIECES.len(), 0..64)) {
+            let text: String = idx.iter().map(|&i| PIECES[i]).collect();
+            if let Ok(config) = parse(&text, &|_| None) {
+                let _ = crate::config::resolve(&config);
+            }
+        }
     }
 }

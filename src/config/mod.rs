@@ -3,6 +3,7 @@
 //! ([`load`]), and validation into runtime settings and backend specs ([`resolve`]).
 
 pub mod duration;
+pub mod inert;
 pub mod load;
 pub mod resolve;
 pub mod schema;

@@ -21,6 +21,9 @@ pub struct Config {
     pub logging: LoggingConfig,
     /// Ours: restart budgets of the supervision tree.
     pub supervision: SupervisionConfig,
+    /// Keys the file sets that olla accepts but does not act on (filled by the loader).
+    #[serde(skip)]
+    pub inert: Vec<super::inert::InertKey>,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -35,6 +38,8 @@ pub struct ServerConfig {
     pub write_timeout: Dur,
     pub idle_timeout: Dur,
     pub shutdown_timeout: Dur,
+    /// Ours: client connections served at once (0 = no cap).
+    pub max_connections: usize,
     pub request_logging: bool,
     pub request_limits: RequestLimits,
     pub rate_limits: RateLimits,
@@ -52,6 +57,7 @@ impl Default for ServerConfig {
             write_timeout: Dur::secs(0),
             idle_timeout: Dur::secs(0),
             shutdown_timeout: Dur::secs(10),
+            max_connections: 10_000,
             request_logging: true,
             request_limits: RequestLimits::default(),
             rate_limits: RateLimits::default(),
