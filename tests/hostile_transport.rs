@@ -35,7 +35,8 @@ enum Reply {
 /// request as `script` says.
 struct Fake {
     url: String,
-    /// Endless streams whose connection olla closed.
+    /// Endless streams started, and those whose connection olla closed.
+    endless_started: Arc<AtomicUsize>,
     endless_closed: Arc<AtomicUsize>,
     task: JoinHandle<()>,
 }
@@ -57,20 +58,21 @@ fn ok(body: &str) -> Vec<u8> {
 async fn fake_backend(script: impl Fn(&Seen) -> Reply + Send + Sync + 'static) -> Fake {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
+    let endless_started = Arc::new(AtomicUsize::new(0));
     let endless_closed = Arc::new(AtomicUsize::new(0));
-    let closed = endless_closed.clone();
+    let counters = (endless_started.clone(), endless_closed.clone());
     let script = Arc::new(script);
     let task = tokio::spawn(async move {
         loop {
             let Ok((conn, _)) = listener.accept().await else {
                 return;
             };
-            let (script, closed) = (script.clone(), closed.clone());
-            tokio::spawn(serve_fake(conn, script, closed));
+            tokio::spawn(serve_fake(conn, script.clone(), counters.clone()));
         }
     });
     Fake {
         url,
+        endless_started,
         endless_closed,
         task,
     }
@@ -79,7 +81,7 @@ async fn fake_backend(script: impl Fn(&Seen) -> Reply + Send + Sync + 'static) -
 async fn serve_fake(
     mut conn: TcpStream,
     script: Arc<dyn Fn(&Seen) -> Reply + Send + Sync>,
-    closed: Arc<AtomicUsize>,
+    (started, closed): (Arc<AtomicUsize>, Arc<AtomicUsize>),
 ) {
     let mut buf = Vec::new();
     for nth in 0..1000 {
@@ -139,6 +141,7 @@ async fn serve_fake(
                 if conn.write_all(head).await.is_err() {
                     return;
                 }
+                started.fetch_add(1, Ordering::SeqCst);
                 let event = format!("data: {}\n\n", "x".repeat(16 * 1024 - 8));
                 let chunk = format!("{:x}\r\n{event}\r\n", event.len()).into_bytes();
                 let started = Instant::now();
@@ -414,22 +417,20 @@ fn endless_or_quick(seen: &Seen) -> Reply {
     }
 }
 
-#[tokio::test]
-async fn a_client_that_stops_reading_loses_its_backend_slot_when_the_total_limit_passes() {
+/// A backend streaming without end behind `max_concurrency: 1`, and a client that asks for the
+/// stream and never reads: the slot must come free (a second request gets through) and the
+/// upstream connection must be closed. Returns the daemon and the stalled socket.
+async fn stalled_client_is_released(
+    server: &str,
+    timeouts: &str,
+) -> (Fake, common::Daemon, TcpStream) {
     let fake = fake_backend(endless_or_quick).await;
-    let d = daemon_for(
-        &fake,
-        "",
-        "max_concurrency: 1, queue_size: 0, timeouts: {total: 2s, idle: 60s}",
-    )
-    .await;
-    let _stalled = stalled_client(d.addr).await;
-    // The stream is running and holds the only slot.
-    let c = client();
-    wait_until(Duration::from_secs(5), "the stream holds the slot", || {
-        let c = c.clone();
-        let url = format!("{}/olla/proxy/quick", d.url());
-        async move { c.get(&url).send().await.is_ok_and(|r| r.status() == 503) }
+    let endpoint = format!("max_concurrency: 1, queue_size: 0, timeouts: {timeouts}");
+    let d = daemon_for(&fake, server, &endpoint).await;
+    let stalled = stalled_client(d.addr).await;
+    wait_until(Duration::from_secs(10), "the stream started", || {
+        let n = fake.endless_started.load(Ordering::SeqCst);
+        async move { n >= 1 }
     })
     .await;
     slot_freed(&d, Duration::from_secs(20)).await;
@@ -442,43 +443,25 @@ async fn a_client_that_stops_reading_loses_its_backend_slot_when_the_total_limit
         },
     )
     .await;
+    (fake, d, stalled)
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_loses_its_backend_slot_when_the_total_limit_passes() {
+    let (_fake, d, _stalled) = stalled_client_is_released("", "{total: 2s, idle: 60s}").await;
     d.stop().await;
 }
 
 #[tokio::test]
 async fn a_client_that_stops_reading_loses_its_backend_slot_after_the_idle_limit() {
-    let fake = fake_backend(endless_or_quick).await;
-    let d = daemon_for(
-        &fake,
-        "",
-        "max_concurrency: 1, queue_size: 0, timeouts: {idle: 2s}",
-    )
-    .await;
-    let _stalled = stalled_client(d.addr).await;
-    slot_freed(&d, Duration::from_secs(20)).await;
-    wait_until(
-        Duration::from_secs(10),
-        "the upstream connection closed",
-        || {
-            let n = fake.endless_closed.load(Ordering::SeqCst);
-            async move { n >= 1 }
-        },
-    )
-    .await;
+    let (_fake, d, _stalled) = stalled_client_is_released("", "{idle: 2s}").await;
     d.stop().await;
 }
 
 #[tokio::test]
 async fn write_timeout_cuts_a_client_that_stops_reading() {
-    let fake = fake_backend(endless_or_quick).await;
-    let d = daemon_for(
-        &fake,
-        ", write_timeout: 1s",
-        "max_concurrency: 1, queue_size: 0, timeouts: {idle: 120s}",
-    )
-    .await;
-    let mut stalled = stalled_client(d.addr).await;
-    slot_freed(&d, Duration::from_secs(20)).await;
+    let (_fake, d, mut stalled) =
+        stalled_client_is_released(", write_timeout: 1s", "{idle: 120s}").await;
     // The connection itself is closed: reading now drains what was buffered, then ends.
     closed_within(&mut stalled, Duration::from_secs(20))
         .await
