@@ -151,7 +151,13 @@ pub fn request_for(cmd: &CtlCommand) -> Result<(Method, String, Option<Value>), 
             })
             .collect()
     };
-    let action = |name: &str, a: &str| (Method::POST, format!("/admin/backends/{}/{a}", enc(name)), None);
+    let action = |name: &str, a: &str| {
+        (
+            Method::POST,
+            format!("/admin/backends/{}/{a}", enc(name)),
+            None,
+        )
+    };
     Ok(match cmd {
         CtlCommand::Backends => (Method::GET, "/admin/backends".into(), None),
         CtlCommand::Add {
@@ -187,7 +193,11 @@ pub fn request_for(cmd: &CtlCommand) -> Result<(Method, String, Option<Value>), 
                     body.insert(k.into(), v);
                 }
             }
-            (Method::POST, "/admin/backends".into(), Some(Value::Object(body)))
+            (
+                Method::POST,
+                "/admin/backends".into(),
+                Some(Value::Object(body)),
+            )
         }
         CtlCommand::Set {
             name,
@@ -244,7 +254,11 @@ pub fn request_for(cmd: &CtlCommand) -> Result<(Method, String, Option<Value>), 
                 .as_ref()
                 .map(|t| format!("?timeout={}", enc(t)))
                 .unwrap_or_default();
-            (Method::DELETE, format!("/admin/backends/{}{q}", enc(name)), None)
+            (
+                Method::DELETE,
+                format!("/admin/backends/{}{q}", enc(name)),
+                None,
+            )
         }
         CtlCommand::Drain { name } => action(name, "drain"),
         CtlCommand::Enable { name } => action(name, "enable"),
@@ -356,8 +370,16 @@ fn backend_row(b: &Value) -> Vec<String> {
 }
 
 const BACKEND_HEADERS: &[&str] = &[
-    "NAME", "STATUS", "ENABLED", "DRAINING", "PRIORITY", "WEIGHT", "IN_FLIGHT", "MODELS",
-    "RESTARTS", "URL",
+    "NAME",
+    "STATUS",
+    "ENABLED",
+    "DRAINING",
+    "PRIORITY",
+    "WEIGHT",
+    "IN_FLIGHT",
+    "MODELS",
+    "RESTARTS",
+    "URL",
 ];
 
 fn actor_lines(a: &Value, depth: usize, out: &mut Vec<Vec<String>>) {
@@ -464,7 +486,10 @@ mod tests {
             timeout: Some("1s".into()),
         })
         .unwrap();
-        assert_eq!((m, p.as_str(), b), (Method::DELETE, "/admin/backends/gpu%201?timeout=1s", None));
+        assert_eq!(
+            (m, p.as_str(), b),
+            (Method::DELETE, "/admin/backends/gpu%201?timeout=1s", None)
+        );
         let (m, p, b) = request_for(&CtlCommand::Set {
             name: "a".into(),
             priority: Some(5),
@@ -485,7 +510,9 @@ mod tests {
             json!({"priority": 5, "enabled": false, "timeouts": {"idle": "3s"}})
         );
         assert_eq!(
-            request_for(&CtlCommand::Drain { name: "a".into() }).unwrap().1,
+            request_for(&CtlCommand::Drain { name: "a".into() })
+                .unwrap()
+                .1,
             "/admin/backends/a/drain"
         );
         assert!(request_for(&CtlCommand::Add {

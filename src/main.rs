@@ -32,6 +32,8 @@ struct Cli {
     command: Option<Command>,
 }
 
+// Parsed once per process: the size of the `ctl` variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run the daemon (the default).
@@ -110,13 +112,15 @@ fn reload_on_hangup(app: std::sync::Arc<olla::app::App>) {
             }
         };
         tokio::spawn(async move {
-        while hup.recv().await.is_some() {
-            info!("SIGHUP received: reloading the config");
-            match olla::admin::reload::reload(&app).await {
-                Ok(report) => info!(report = %report, "config reloaded on SIGHUP"),
-                Err(e) => error!(error = %e.message, problems = ?e.errors, "config reload failed; the running config is unchanged"),
+            while hup.recv().await.is_some() {
+                info!("SIGHUP received: reloading the config");
+                match olla::admin::reload::reload(&app).await {
+                    Ok(report) => info!(report = %report, "config reloaded on SIGHUP"),
+                    Err(e) => {
+                        error!(error = %e.message, problems = ?e.errors, "config reload failed; the running config is unchanged")
+                    }
+                }
             }
-        }
         });
     }
     #[cfg(not(unix))]

@@ -34,7 +34,9 @@ async fn admin_as(
         req = req.header("authorization", a);
     }
     if let Some(b) = body {
-        req = req.header("content-type", "application/json").body(b.to_string());
+        req = req
+            .header("content-type", "application/json")
+            .body(b.to_string());
     }
     let r = req.send().await.expect("admin answers");
     let status = r.status().as_u16();
@@ -156,7 +158,10 @@ async fn tokens_are_checked_and_every_answer_is_json() {
     assert_eq!(status, 200);
     assert!(backend(&v, "a").is_some(), "{v}");
     let (status, v) = admin(&d, "GET", "/admin/nope", None).await;
-    assert_eq!((status, v["error"]["code"].as_str()), (404, Some("not_found")));
+    assert_eq!(
+        (status, v["error"]["code"].as_str()),
+        (404, Some("not_found"))
+    );
     let (status, _) = admin(&d, "PUT", "/admin/backends", None).await;
     assert_eq!(status, 405);
     // Authentication comes before routing.
@@ -189,10 +194,24 @@ async fn backend_commands_and_their_errors() {
                      "check_interval": "200ms", "check_timeout": "500ms"});
     let (status, v) = admin(&d, "POST", "/admin/backends", Some(add.clone())).await;
     assert_eq!(status, 201, "{v}");
-    assert_eq!((v["name"].as_str(), v["priority"].as_i64()), (Some("b"), Some(50)));
+    assert_eq!(
+        (v["name"].as_str(), v["priority"].as_i64()),
+        (Some("b"), Some(50))
+    );
     for field in [
-        "url", "type", "weight", "enabled", "draining", "status", "circuit_breaker", "in_flight",
-        "queued", "models", "actor_id", "restarts", "last_failure",
+        "url",
+        "type",
+        "weight",
+        "enabled",
+        "draining",
+        "status",
+        "circuit_breaker",
+        "in_flight",
+        "queued",
+        "models",
+        "actor_id",
+        "restarts",
+        "last_failure",
     ] {
         assert!(v.get(field).is_some(), "field {field} in {v}");
     }
@@ -203,12 +222,30 @@ async fn backend_commands_and_their_errors() {
     let (status, v) = admin(&d, "POST", "/admin/backends", Some(add)).await;
     assert_eq!(status, 409, "{v}");
     for (body, needle) in [
-        (json!({"name": "c", "url": "http://h:1", "type": "openai", "colour": 1}), "colour"),
-        (json!({"name": "c", "url": "ftp://h", "type": "openai"}), "ftp"),
-        (json!({"name": "c", "url": "http://h:1", "type": "olama"}), "olama"),
-        (json!({"name": "c", "url": "http://h:1", "type": "openai", "check_interval": "soon"}), "check_interval"),
-        (json!({"name": "", "url": "http://h:1", "type": "openai"}), "name"),
-        (json!({"name": "c", "url": "http://h:1", "type": "openai", "priority": "high"}), "priority"),
+        (
+            json!({"name": "c", "url": "http://h:1", "type": "openai", "colour": 1}),
+            "colour",
+        ),
+        (
+            json!({"name": "c", "url": "ftp://h", "type": "openai"}),
+            "ftp",
+        ),
+        (
+            json!({"name": "c", "url": "http://h:1", "type": "olama"}),
+            "olama",
+        ),
+        (
+            json!({"name": "c", "url": "http://h:1", "type": "openai", "check_interval": "soon"}),
+            "check_interval",
+        ),
+        (
+            json!({"name": "", "url": "http://h:1", "type": "openai"}),
+            "name",
+        ),
+        (
+            json!({"name": "c", "url": "http://h:1", "type": "openai", "priority": "high"}),
+            "priority",
+        ),
     ] {
         let (status, v) = admin(&d, "POST", "/admin/backends", Some(body.clone())).await;
         assert_eq!(status, 400, "{body}: {v}");
@@ -222,11 +259,16 @@ async fn backend_commands_and_their_errors() {
         &d,
         "PATCH",
         "/admin/backends/b",
-        Some(json!({"priority": 200, "weight": 3, "max_concurrency": 4, "timeouts": {"idle": "5s"}})),
+        Some(
+            json!({"priority": 200, "weight": 3, "max_concurrency": 4, "timeouts": {"idle": "5s"}}),
+        ),
     )
     .await;
     assert_eq!(status, 200, "{v}");
-    assert_eq!((v["priority"].as_i64(), v["weight"].as_u64()), (Some(200), Some(3)));
+    assert_eq!(
+        (v["priority"].as_i64(), v["weight"].as_u64()),
+        (Some(200), Some(3))
+    );
     assert_eq!(v["max_concurrency"].as_u64(), Some(4));
     wait_routable(&d, &["b"], false).await;
     let (_, ep, _) = post_chat(&client(), &d.url(), "m").await;
@@ -253,7 +295,14 @@ async fn backend_commands_and_their_errors() {
     assert_eq!(status, 200, "{v}");
     let (status, v) = admin(&d, "POST", "/admin/backends/b/discover", None).await;
     assert_eq!(status, 200, "{v}");
-    assert!(v["models"].as_array().unwrap().iter().any(|m| m == "only-b"), "{v}");
+    assert!(
+        v["models"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m == "only-b"),
+        "{v}"
+    );
     let before = v["actor_id"].clone();
     let (status, v) = admin(&d, "POST", "/admin/backends/b/restart", None).await;
     assert_eq!(status, 200, "{v}");
@@ -290,14 +339,20 @@ async fn backend_commands_and_their_errors() {
         .iter()
         .filter_map(|e| e["name"].as_str())
         .collect();
-    assert_eq!(names, vec!["a", "b"], "the effective config has the added backend");
+    assert_eq!(
+        names,
+        vec!["a", "b"],
+        "the effective config has the added backend"
+    );
     let (status, v) = admin(&d, "GET", "/admin/actors", None).await;
     assert_eq!(status, 200);
     let children = v["root"]["children"].as_array().unwrap();
     let names: Vec<&str> = children.iter().filter_map(|c| c["name"].as_str()).collect();
     assert_eq!(names, vec!["registry", "router", "backends"], "{v}");
     let backends = children[2]["children"].as_array().unwrap();
-    assert!(backends.iter().any(|c| c["name"] == "backend:b" && c["state"] == "running"));
+    assert!(backends
+        .iter()
+        .any(|c| c["name"] == "backend:b" && c["state"] == "running"));
 
     // Remove: gone from the list and from routing.
     let (status, v) = admin(&d, "DELETE", "/admin/backends/b", None).await;
@@ -332,10 +387,16 @@ async fn drain_lets_the_stream_finish_sends_nothing_new_and_enable_restores() {
         assert_eq!((status, ep.as_str()), (200, "a"));
     }
     assert_eq!(chats(&s), served_before, "no new request reached s");
-    assert!(finish_stream(stream).await, "the in-flight stream completed");
+    assert!(
+        finish_stream(stream).await,
+        "the in-flight stream completed"
+    );
     // Still unroutable after its last stream, until enable.
     let (_, v) = admin(&d, "GET", "/admin/backends/s", None).await;
-    assert_eq!((v["draining"].as_bool(), v["in_flight"].as_u64()), (Some(true), Some(0)));
+    assert_eq!(
+        (v["draining"].as_bool(), v["in_flight"].as_u64()),
+        (Some(true), Some(0))
+    );
     let (status, _, _) = post_chat(&client(), &d.url(), "slow").await;
     assert_eq!(status, 503);
     let (status, _) = admin(&d, "POST", "/admin/backends/s/enable", None).await;
@@ -363,7 +424,10 @@ async fn delete_with_a_timeout_removes_a_backend_despite_a_long_stream() {
     assert!(took < Duration::from_secs(5), "removed in {took:?}");
     let (_, v) = admin(&d, "GET", "/admin/backends", None).await;
     assert!(backend(&v, "s").is_none());
-    assert!(d.app.tree.backend_actor("s").await.is_none(), "actor stopped");
+    assert!(
+        d.app.tree.backend_actor("s").await.is_none(),
+        "actor stopped"
+    );
     drop(stream);
     let (status, v) = admin(&d, "DELETE", "/admin/backends/s?timeout=nope", None).await;
     assert_eq!(status, 400, "{v}");
@@ -381,11 +445,11 @@ fn temp_config(tag: &str, text: &str) -> PathBuf {
 }
 
 /// Starts a daemon from a config file (so `reload` can re-read it).
-async fn daemon_from_file(path: &PathBuf) -> Daemon {
+async fn daemon_from_file(path: &std::path::Path) -> Daemon {
     let (_, cfg, rt) = olla::config::load(Some(path)).expect("config loads");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let d = Daemon::start(rt, listener).await.expect("daemon starts");
-    d.set_origin(cfg, Some(path.clone()));
+    d.set_origin(cfg, Some(path.to_path_buf()));
     d
 }
 
@@ -452,21 +516,36 @@ async fn reload_adds_and_removes_backends_under_load_without_failing_a_request()
     let (status, ep, _) = post_chat(&client(), &d.url(), "c-only").await;
     assert_eq!((status, ep.as_str()), (200, "c"));
     for s in streams {
-        assert!(finish_stream(s).await, "a stream on the removed backend was cut");
+        assert!(
+            finish_stream(s).await,
+            "a stream on the removed backend was cut"
+        );
     }
-    assert_eq!(chats(&b), b_requests, "no request reached b after the reload");
+    assert_eq!(
+        chats(&b),
+        b_requests,
+        "no request reached b after the reload"
+    );
     let dd = &d;
-    wait_until(Duration::from_secs(10), "b removed after its streams", || async move {
-        let (_, list) = admin(dd, "GET", "/admin/backends", None).await;
-        backend(&list, "b").is_none()
-    })
+    wait_until(
+        Duration::from_secs(10),
+        "b removed after its streams",
+        || async move {
+            let (_, list) = admin(dd, "GET", "/admin/backends", None).await;
+            backend(&list, "b").is_none()
+        },
+    )
     .await;
     let served = load.served();
     wait_until(Duration::from_secs(5), "load continues", || async {
         load.served() > served + 20
     })
     .await;
-    assert_eq!(load.finish().await, 0, "no request failed during the reload");
+    assert_eq!(
+        load.finish().await,
+        0,
+        "no request failed during the reload"
+    );
     let _ = std::fs::remove_file(&path);
     d.stop().await;
 }
@@ -525,11 +604,21 @@ async fn chaos_twenty_crashes_under_load_fail_no_request_and_cut_no_stream() {
         .clone();
     assert!(a_actor["restarts"].as_u64().unwrap() >= 20, "{a_actor}");
     assert!(
-        a_actor["last_failure"].as_str().unwrap_or("").contains("fault injection"),
+        a_actor["last_failure"]
+            .as_str()
+            .unwrap_or("")
+            .contains("fault injection"),
         "{a_actor}"
     );
-    assert!(finish_stream(stream).await, "the stream on the crashed backend was not cut");
-    assert_eq!(load.finish().await, 0, "no request failed during the crashes");
+    assert!(
+        finish_stream(stream).await,
+        "the stream on the crashed backend was not cut"
+    );
+    assert_eq!(
+        load.finish().await,
+        0,
+        "no request failed during the crashes"
+    );
     assert!(d.app.tree.is_running());
     d.stop().await;
 }

@@ -48,8 +48,14 @@ async fn ctl_mirrors_the_admin_commands_with_tables_and_json() {
     assert!(o.status.success(), "{o:?}");
     let table = stdout(&o);
     let lines: Vec<&str> = table.lines().collect();
-    assert!(lines[0].starts_with("NAME") && lines[0].contains("STATUS"), "{table}");
-    assert!(lines[1].starts_with("a ") && lines[1].contains("healthy"), "{table}");
+    assert!(
+        lines[0].starts_with("NAME") && lines[0].contains("STATUS"),
+        "{table}"
+    );
+    assert!(
+        lines[1].starts_with("a ") && lines[1].contains("healthy"),
+        "{table}"
+    );
 
     let o = ctl(&url, &["--json", "backends"]).await;
     assert!(o.status.success(), "{o:?}");
@@ -58,15 +64,40 @@ async fn ctl_mirrors_the_admin_commands_with_tables_and_json() {
 
     let o = ctl(
         &url,
-        &["add", "--name", "b", "--url", &b.url(), "--type", "openai", "--priority", "10",
-          "--check-interval", "200ms", "--check-timeout", "500ms"],
+        &[
+            "add",
+            "--name",
+            "b",
+            "--url",
+            &b.url(),
+            "--type",
+            "openai",
+            "--priority",
+            "10",
+            "--check-interval",
+            "200ms",
+            "--check-timeout",
+            "500ms",
+        ],
     )
     .await;
     assert!(o.status.success(), "{o:?}");
     assert!(stdout(&o).contains("b "), "{}", stdout(&o));
     wait_routable(&d, &["b"], true).await;
 
-    let o = ctl(&url, &["--json", "set", "b", "--weight", "4", "--idle-timeout", "9s"]).await;
+    let o = ctl(
+        &url,
+        &[
+            "--json",
+            "set",
+            "b",
+            "--weight",
+            "4",
+            "--idle-timeout",
+            "9s",
+        ],
+    )
+    .await;
     assert!(o.status.success(), "{o:?}");
     let v: Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v["weight"], 4);
@@ -76,12 +107,18 @@ async fn ctl_mirrors_the_admin_commands_with_tables_and_json() {
         assert!(o.status.success(), "{cmd}: {o:?}");
     }
     let o = ctl(&url, &["actors"]).await;
-    assert!(o.status.success() && stdout(&o).contains("backend:b"), "{o:?}");
+    assert!(
+        o.status.success() && stdout(&o).contains("backend:b"),
+        "{o:?}"
+    );
     let o = ctl(&url, &["--json", "config"]).await;
     assert!(o.status.success(), "{o:?}");
     assert!(!stdout(&o).contains(TOKEN));
     let o = ctl(&url, &["remove", "b", "--timeout", "2s"]).await;
-    assert!(o.status.success() && stdout(&o).contains("removed b"), "{o:?}");
+    assert!(
+        o.status.success() && stdout(&o).contains("removed b"),
+        "{o:?}"
+    );
 
     // Failures: non-zero exit with the server's message.
     let o = ctl(&url, &["drain", "nosuch"]).await;
@@ -92,7 +129,9 @@ async fn ctl_mirrors_the_admin_commands_with_tables_and_json() {
     assert!(!o.status.success(), "no config file to reload");
     let mut bad = Command::new(env!("CARGO_BIN_EXE_olla"));
     bad.args(["ctl", "--admin-url", &url, "--token", "wrong", "backends"]);
-    let o = tokio::task::spawn_blocking(move || bad.output().unwrap()).await.unwrap();
+    let o = tokio::task::spawn_blocking(move || bad.output().unwrap())
+        .await
+        .unwrap();
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("401"), "{o:?}");
     d.stop().await;
@@ -147,9 +186,7 @@ async fn the_binary_reloads_on_sighup_and_exits_zero_within_the_shutdown_bound()
     let admin = format!("http://127.0.0.1:{admin_port}");
     wait_until(Duration::from_secs(15), "daemon up with a routable", || {
         let base = base.clone();
-        async move {
-            post_chat(&client(), &base, "m").await.0 == 200
-        }
+        async move { post_chat(&client(), &base, "m").await.0 == 200 }
     })
     .await;
 
@@ -163,10 +200,14 @@ async fn the_binary_reloads_on_sighup_and_exits_zero_within_the_shutdown_bound()
     )
     .unwrap();
     signal(&proc, libc::SIGHUP);
-    wait_until(Duration::from_secs(15), "b added by SIGHUP and serving", || {
-        let base = base.clone();
-        async move { post_chat(&client(), &base, "b-only").await.0 == 200 }
-    })
+    wait_until(
+        Duration::from_secs(15),
+        "b added by SIGHUP and serving",
+        || {
+            let base = base.clone();
+            async move { post_chat(&client(), &base, "b-only").await.0 == 200 }
+        },
+    )
     .await;
     let o = ctl(&admin, &["--json", "backends"]).await;
     let v: Value = serde_json::from_slice(&o.stdout).unwrap();
@@ -203,6 +244,9 @@ async fn the_binary_reloads_on_sighup_and_exits_zero_within_the_shutdown_bound()
     let took = started.elapsed();
     assert!(status.success(), "exit status {status:?}");
     assert!(took < Duration::from_secs(5), "exited after {took:?}");
-    assert!(took >= Duration::from_millis(1500), "the stream had its grace period: {took:?}");
+    assert!(
+        took >= Duration::from_millis(1500),
+        "the stream had its grace period: {took:?}"
+    );
     let _ = std::fs::remove_file(&path);
 }

@@ -92,12 +92,20 @@ async fn an_exhausted_backend_budget_quarantines_that_backend_only() {
         }
     }
     let dd = &d;
-    let slot = d.app.tree.published.slot_of("a").expect("a still configured");
+    let slot = d
+        .app
+        .tree
+        .published
+        .slot_of("a")
+        .expect("a still configured");
     wait_until(Duration::from_secs(5), "a quarantined", || async {
         slot.routing().quarantined.is_some()
     })
     .await;
-    assert!(actor_id(dd, "a").await.is_none(), "no actor while quarantined");
+    assert!(
+        actor_id(dd, "a").await.is_none(),
+        "no actor while quarantined"
+    );
     let handle = d.app.tree.published.table().get("a").cloned().unwrap();
     assert!(!handle.is_routable(tokio::time::Instant::now()));
     let status: serde_json::Value = client()
@@ -130,9 +138,11 @@ async fn an_exhausted_backend_budget_quarantines_that_backend_only() {
         sup_before
     );
     // The quarantine ends after its backoff: a comes back with a fresh actor and budget.
-    wait_until(Duration::from_secs(10), "a back after quarantine", || async {
-        slot.routing().quarantined.is_none()
-    })
+    wait_until(
+        Duration::from_secs(10),
+        "a back after quarantine",
+        || async { slot.routing().quarantined.is_none() },
+    )
     .await;
     wait_routable(&d, &["a", "b"], true).await;
     assert_eq!(
@@ -178,7 +188,9 @@ async fn an_exhausted_root_budget_stops_the_tree_and_the_daemon_reports_it() {
             tokio::time::sleep(Duration::from_millis(20)).await;
         };
         router
-            .cast(olla_actors::router::RouterMsg::Crash(format!("round {round}")))
+            .cast(olla_actors::router::RouterMsg::Crash(format!(
+                "round {round}"
+            )))
             .unwrap();
         if round == 0 {
             let app2 = app.clone();

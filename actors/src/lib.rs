@@ -36,8 +36,10 @@ pub mod tree;
 pub use backend::{BackendHandle, BackendMsg, InFlightGuard, Outcome, SlotAttempt};
 pub use health::EndpointStatus;
 pub use kind::BackendKind;
-pub use published::{BackendRouting, BackendSlot, Fallback, ModelRouting, Published, RoutingPolicy};
+pub use published::{
+    BackendRouting, BackendSlot, Fallback, ModelRouting, Published, RoutingPolicy,
+};
 pub use router::RoutingChange;
-pub use supervisor::ActorInfo;
 pub use spec::BackendSpec;
+pub use supervisor::ActorInfo;
 pub use tree::{Tree, TreeConfig};

@@ -647,8 +647,16 @@ impl Actor for RootSupervisor {
             }
             RootMsg::Info(reply) => {
                 let ids = [
-                    (RootChild::Registry, "registry", state.registry.as_ref().map(|r| r.get_id())),
-                    (RootChild::Router, "router", state.router.as_ref().map(|r| r.get_id())),
+                    (
+                        RootChild::Registry,
+                        "registry",
+                        state.registry.as_ref().map(|r| r.get_id()),
+                    ),
+                    (
+                        RootChild::Router,
+                        "router",
+                        state.router.as_ref().map(|r| r.get_id()),
+                    ),
                     (
                         RootChild::Backends,
                         "backends",
@@ -659,7 +667,11 @@ impl Actor for RootSupervisor {
                     .into_iter()
                     .map(|(child, name, id)| ActorInfo {
                         name: name.to_string(),
-                        state: if id.is_some() { "running" } else { "restarting" },
+                        state: if id.is_some() {
+                            "running"
+                        } else {
+                            "restarting"
+                        },
                         id: id.map(|i| i.to_string()),
                         restarts: state.restarts.get(&child).copied().unwrap_or(0),
                         last_failure: state.last_failure.get(&child).cloned(),
@@ -761,7 +773,11 @@ mod tests {
         assert_eq!(quarantine_delay(base, max, 4), Duration::from_secs(2400));
         assert_eq!(quarantine_delay(base, max, 5), max);
         assert_eq!(quarantine_delay(base, max, u32::MAX), max);
-        assert_eq!(quarantine_delay(base, Duration::ZERO, 3), base, "cap below base");
+        assert_eq!(
+            quarantine_delay(base, Duration::ZERO, 3),
+            base,
+            "cap below base"
+        );
     }
 
     #[test]

@@ -18,8 +18,8 @@ use super::reload;
 use super::AdminError;
 use crate::api::internal::sanitized_url;
 use crate::app::App;
-use crate::config::duration::{parse_duration, Dur};
 use crate::config::admin::redacted_config;
+use crate::config::duration::{parse_duration, Dur};
 use crate::config::resolve::endpoint_spec;
 use crate::config::schema::{EndpointConfig, TimeoutsConfig};
 use crate::format;
@@ -50,9 +50,7 @@ pub(super) async fn dispatch(app: &Arc<App>, req: Request<Incoming>) -> Answer {
             ok(name, b)
         }
         (&Method::PATCH, ["admin", "backends", name]) => patch(app, name, req).await,
-        (&Method::DELETE, ["admin", "backends", name]) => {
-            remove(app, name, query.as_deref()).await
-        }
+        (&Method::DELETE, ["admin", "backends", name]) => remove(app, name, query.as_deref()).await,
         (&Method::POST, ["admin", "backends", name, action]) => {
             backend_action(app, name, action).await
         }
@@ -223,16 +221,13 @@ async fn add(app: &Arc<App>, req: Request<Incoming>) -> Answer {
         e
     })?;
     let name = spec.name.clone();
-    app.tree
-        .add_backend(Arc::new(spec))
-        .await
-        .map_err(|e| {
-            if e.contains("already exists") {
-                AdminError::conflict(e)
-            } else {
-                AdminError::unavailable(e)
-            }
-        })?;
+    app.tree.add_backend(Arc::new(spec)).await.map_err(|e| {
+        if e.contains("already exists") {
+            AdminError::conflict(e)
+        } else {
+            AdminError::unavailable(e)
+        }
+    })?;
     app.control
         .origin
         .write()
@@ -475,7 +470,10 @@ async fn backend_action(app: &Arc<App>, name: &str, action: &str) -> Answer {
         "discover" => {
             let actor = live_actor(app, name).await?;
             let r = actor
-                .call(BackendMsg::Refresh, Some(h.spec().discovery.timeout + Duration::from_secs(1)))
+                .call(
+                    BackendMsg::Refresh,
+                    Some(h.spec().discovery.timeout + Duration::from_secs(1)),
+                )
                 .await;
             match r {
                 Ok(ractor::rpc::CallResult::Success(Ok(_))) => {}
@@ -508,10 +506,7 @@ async fn backend_action(app: &Arc<App>, name: &str, action: &str) -> Answer {
     ok(name, body)
 }
 
-async fn live_actor(
-    app: &App,
-    name: &str,
-) -> Result<ractor::ActorRef<BackendMsg>, AdminError> {
+async fn live_actor(app: &App, name: &str) -> Result<ractor::ActorRef<BackendMsg>, AdminError> {
     app.tree.backend_actor(name).await.ok_or_else(|| {
         AdminError::conflict(format!(
             "backend {name:?} has no running actor (quarantined or restarting); try `restart`"

@@ -239,7 +239,11 @@ mod tests {
     fn bearer_token_is_required_with_the_right_scheme_and_value() {
         let ok = HeaderValue::from_static("Bearer s3cret");
         assert!(authorize(Some("s3cret"), Some(&ok)).is_ok());
-        assert!(authorize(Some("s3cret"), Some(&HeaderValue::from_static("bearer s3cret"))).is_ok());
+        assert!(authorize(
+            Some("s3cret"),
+            Some(&HeaderValue::from_static("bearer s3cret"))
+        )
+        .is_ok());
         assert!(authorize(None, None).is_ok(), "no token configured");
         for (h, want) in [
             (None, "missing"),

@@ -49,7 +49,8 @@ pub async fn reload(app: &Arc<App>) -> Result<Value, AdminError> {
         .set_policy(runtime.tree.policy.clone())
         .await
         .map_err(AdminError::unavailable)?;
-    app.tree.set_model_aliases(runtime.tree.model_aliases.clone());
+    app.tree
+        .set_model_aliases(runtime.tree.model_aliases.clone());
 
     // Removed backends stop taking requests before anything else changes.
     for name in &plan.removed {
@@ -115,8 +116,12 @@ pub async fn reload(app: &Arc<App>) -> Result<Value, AdminError> {
         "restart_required_for": restart_needed,
         "failed": failed,
     });
-    info!(added = plan.added.len(), removed = plan.removed.len(), changed = plan.changed.len(),
-          "config reloaded");
+    info!(
+        added = plan.added.len(),
+        removed = plan.removed.len(),
+        changed = plan.changed.len(),
+        "config reloaded"
+    );
     Ok(report)
 }
 
@@ -127,11 +132,16 @@ fn restart_needed(old: &crate::config::Config, new: &crate::config::Config) -> V
         _ => true,
     };
     let mut out = Vec::new();
-    if !same(serde_json::to_value(&old.server), serde_json::to_value(&new.server)) {
+    if !same(
+        serde_json::to_value(&old.server),
+        serde_json::to_value(&new.server),
+    ) {
         out.push("server");
     }
-    if !same(serde_json::to_value(&old.admin), serde_json::to_value(&new.admin))
-        || old.admin.token != new.admin.token
+    if !same(
+        serde_json::to_value(&old.admin),
+        serde_json::to_value(&new.admin),
+    ) || old.admin.token != new.admin.token
     {
         out.push("admin");
     }

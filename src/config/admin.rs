@@ -121,7 +121,10 @@ mod tests {
         let a = resolve_admin(&cfg("127.0.0.1:0", None)).unwrap();
         assert!(a.token.is_none());
         assert_eq!(
-            resolve_admin(&cfg("localhost:9", None)).unwrap().listen.port(),
+            resolve_admin(&cfg("localhost:9", None))
+                .unwrap()
+                .listen
+                .port(),
             9
         );
         let err = resolve_admin(&cfg("0.0.0.0:40115", None)).unwrap_err();
@@ -129,7 +132,10 @@ mod tests {
         assert!(resolve_admin(&cfg("0.0.0.0:40115", Some("s3cret"))).is_ok());
         let mut off = cfg("0.0.0.0:40115", None);
         off.enabled = false;
-        assert!(resolve_admin(&off).is_ok(), "a disabled listener is not checked");
+        assert!(
+            resolve_admin(&off).is_ok(),
+            "a disabled listener is not checked"
+        );
     }
 
     #[test]
@@ -150,9 +156,16 @@ mod tests {
 /// Header names whose values are secrets in `headers` blocks.
 fn secret_header(name: &str) -> bool {
     let n = name.to_ascii_lowercase();
-    ["authorization", "key", "token", "secret", "password", "cookie"]
-        .iter()
-        .any(|s| n.contains(s))
+    [
+        "authorization",
+        "key",
+        "token",
+        "secret",
+        "password",
+        "cookie",
+    ]
+    .iter()
+    .any(|s| n.contains(s))
 }
 
 /// The config as JSON with every secret redacted: tokens, keys and passwords are never
@@ -184,11 +197,13 @@ pub fn redacted_config(cfg: &super::Config) -> serde_json::Value {
         admin.remove("token");
         admin.insert(
             "token".into(),
-            serde_json::Value::String(if cfg.admin.token.is_some() || cfg.admin.token_file.is_some() {
-                "<redacted>".into()
-            } else {
-                String::new()
-            }),
+            serde_json::Value::String(
+                if cfg.admin.token.is_some() || cfg.admin.token_file.is_some() {
+                    "<redacted>".into()
+                } else {
+                    String::new()
+                },
+            ),
         );
     }
     v

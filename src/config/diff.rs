@@ -108,9 +108,16 @@ mod tests {
         let yaml = format!(
             "proxy:\n  timeouts: {{idle: 7s}}\ndiscovery:\n  static:\n    endpoints:\n{one}"
         );
-        let tighter = resolve(&parse(&yaml, &|_| None).unwrap()).unwrap().tree.specs;
+        let tighter = resolve(&parse(&yaml, &|_| None).unwrap())
+            .unwrap()
+            .tree
+            .specs;
         let d = diff(&specs(one), &tighter);
         assert_eq!(d.changed.len(), 1);
-        assert_eq!(d.changed[0].1, Change::Spec, "a global timeout change updates the spec");
+        assert_eq!(
+            d.changed[0].1,
+            Change::Spec,
+            "a global timeout change updates the spec"
+        );
     }
 }

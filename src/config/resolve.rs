@@ -471,7 +471,11 @@ fn health(global: &HealthConfig, ep: &HealthConfig) -> HealthSettings {
     }
 }
 
-pub(crate) fn secret(value: &Option<String>, file: &Option<String>, what: &str) -> Result<String, String> {
+pub(crate) fn secret(
+    value: &Option<String>,
+    file: &Option<String>,
+    what: &str,
+) -> Result<String, String> {
     match (value, file) {
         (Some(v), _) if !v.is_empty() => Ok(v.clone()),
         (_, Some(f)) => std::fs::read_to_string(f)
