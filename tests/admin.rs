@@ -75,15 +75,6 @@ fn backend<'a>(list: &'a Value, name: &str) -> Option<&'a Value> {
         .find(|b| b["name"] == name)
 }
 
-/// Chat completions a mock has received.
-fn chats(m: &MockServer) -> u64 {
-    m.stats()
-        .by_path
-        .get("/v1/chat/completions")
-        .copied()
-        .unwrap_or(0)
-}
-
 /// A daemon from YAML that also knows its config (as `olla -c FILE` does), for `/admin/config`.
 async fn daemon_with_origin(yaml: &str) -> Daemon {
     let d = daemon(yaml).await;
@@ -559,20 +550,34 @@ async fn futures_streams(base: &str, model: &str, n: usize) -> Vec<reqwest::Resp
     out
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn chaos_twenty_crashes_under_load_fail_no_request_and_cut_no_stream() {
-    let a = streaming_mock("a", &["m", "a-slow"], 60, 100).await;
-    let b = mock("b", &["m"]).await;
-    let sup = "supervision: {backend_max_restarts: 10, backend_restart_window: 1s}\n";
+/// Backends a and b (equal priority) with fault injection on and the given supervision block;
+/// returns once both are routable.
+async fn faulty_pair(a: &MockServer, b: &MockServer, supervision: &str) -> Daemon {
     let d = daemon(&config(
         &[
             endpoint("a", &a.url(), "openai", 100, ""),
             endpoint("b", &b.url(), "openai", 100, ""),
         ],
-        &format!("{sup}{}", admin_block(", fault_injection: true")),
+        &format!(
+            "supervision: {supervision}\n{}",
+            admin_block(", fault_injection: true")
+        ),
     ))
     .await;
     wait_routable(&d, &["a", "b"], true).await;
+    d
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_twenty_crashes_under_load_fail_no_request_and_cut_no_stream() {
+    let a = streaming_mock("a", &["m", "a-slow"], 60, 100).await;
+    let b = mock("b", &["m"]).await;
+    let d = faulty_pair(
+        &a,
+        &b,
+        "{backend_max_restarts: 10, backend_restart_window: 1s}",
+    )
+    .await;
     let load = SteadyLoad::start(&d.url(), 3, 50_000);
     let stream = open_stream(&d.url(), "a-slow").await; // ~6 s on a
     let (_, first) = admin(&d, "GET", "/admin/backends/a", None).await;
@@ -627,25 +632,28 @@ async fn chaos_twenty_crashes_under_load_fail_no_request_and_cut_no_stream() {
 async fn exhausting_the_budget_through_admin_crashes_quarantines_the_backend() {
     let a = mock("a", &["m"]).await;
     let b = mock("b", &["m"]).await;
-    let sup = "supervision: {backend_max_restarts: 2, backend_restart_window: 60s, quarantine_backoff: 60s}\n";
-    let d = daemon(&config(
-        &[
-            endpoint("a", &a.url(), "openai", 100, ""),
-            endpoint("b", &b.url(), "openai", 100, ""),
-        ],
-        &format!("{sup}{}", admin_block(", fault_injection: true")),
-    ))
+    let d = faulty_pair(
+        &a,
+        &b,
+        "{backend_max_restarts: 2, backend_restart_window: 60s, quarantine_backoff: 60s}",
+    )
     .await;
-    wait_routable(&d, &["a", "b"], true).await;
     let dd = &d;
+    let mut crashed = Value::Null;
     for _ in 0..3 {
-        wait_until(Duration::from_secs(5), "a running", || async move {
-            let (_, v) = admin(dd, "GET", "/admin/backends/a", None).await;
-            !v["actor_id"].is_null()
+        // Wait for a running actor other than the one just crashed.
+        let prev = crashed.clone();
+        wait_until(Duration::from_secs(5), "a running", || {
+            let prev = prev.clone();
+            async move {
+                let (_, v) = admin(dd, "GET", "/admin/backends/a", None).await;
+                !v["actor_id"].is_null() && v["actor_id"] != prev
+            }
         })
         .await;
-        let (status, _) = admin(&d, "POST", "/admin/backends/a/crash", None).await;
-        assert_eq!(status, 202);
+        let (status, v) = admin(&d, "POST", "/admin/backends/a/crash", None).await;
+        assert_eq!(status, 202, "{v}");
+        crashed = v["actor_id"].clone();
     }
     wait_until(Duration::from_secs(5), "a quarantined", || async move {
         let (_, v) = admin(dd, "GET", "/admin/backends/a", None).await;

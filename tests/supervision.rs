@@ -71,25 +71,21 @@ async fn an_exhausted_backend_budget_quarantines_that_backend_only() {
     let b_before = actor_id(&d, "b").await.unwrap();
     let load = SteadyLoad::start(&d.url(), 2, 20_000);
     // Two failures within budget, the third exhausts it.
+    let mut crashed = None;
     for round in 0..3 {
         let dd = &d;
+        // A running actor other than the one just crashed.
         wait_until(Duration::from_secs(5), "a running", || async move {
-            actor_id(dd, "a").await.is_some()
+            actor_id(dd, "a")
+                .await
+                .is_some_and(|id| Some(id) != crashed)
         })
         .await;
-        d.app
-            .tree
-            .backend_actor("a")
-            .await
-            .unwrap()
+        let actor = d.app.tree.backend_actor("a").await.unwrap();
+        crashed = Some(actor.get_id());
+        actor
             .cast(BackendMsg::Crash(format!("round {round}")))
             .unwrap();
-        if round < 2 {
-            wait_until(Duration::from_secs(5), "a restarted", || async move {
-                actor_id(dd, "a").await.is_some()
-            })
-            .await;
-        }
     }
     let dd = &d;
     let slot = d

@@ -177,6 +177,18 @@ async fn backend_json(app: &App, name: &str) -> Result<Value, AdminError> {
     Ok(describe(app, &h, info_of(&infos, name)))
 }
 
+/// Edits the effective config's endpoint list (what `GET /admin/config` shows).
+fn with_endpoints(app: &App, f: impl FnOnce(&mut Vec<EndpointConfig>)) {
+    f(&mut app
+        .control
+        .origin
+        .write()
+        .config
+        .discovery
+        .static_
+        .endpoints);
+}
+
 fn check_name(name: &str) -> Result<(), AdminError> {
     if name.is_empty() {
         return Err(AdminError::bad_request("invalid body at `name`: required"));
@@ -228,14 +240,7 @@ async fn add(app: &Arc<App>, req: Request<Incoming>) -> Answer {
             AdminError::unavailable(e)
         }
     })?;
-    app.control
-        .origin
-        .write()
-        .config
-        .discovery
-        .static_
-        .endpoints
-        .push(ep);
+    with_endpoints(app, |eps| eps.push(ep));
     // The actor publishes its handle in its pre_start, which `add_backend` awaited.
     let body = backend_json(app, &name).await?;
     Ok((StatusCode::CREATED, name, body))
@@ -334,19 +339,11 @@ async fn patch(app: &Arc<App>, name: &str, req: Request<Incoming>) -> Answer {
         draining: None,
     };
     route(app, name, change).await?;
-    {
-        let mut origin = app.control.origin.write();
-        if let Some(ep) = origin
-            .config
-            .discovery
-            .static_
-            .endpoints
-            .iter_mut()
-            .find(|e| e.name == name)
-        {
+    with_endpoints(app, |eps| {
+        if let Some(ep) = eps.iter_mut().find(|e| e.name == name) {
             apply_patch_to_config(ep, &p);
         }
-    }
+    });
     let body = backend_json(app, name).await?;
     ok(name, body)
 }
@@ -422,14 +419,7 @@ async fn remove(app: &Arc<App>, name: &str, query: Option<&str>) -> Answer {
         .await
         .map_err(AdminError::unavailable)?
         .ok_or_else(|| AdminError::not_found(format!("no backend named {name:?}")))?;
-    app.control
-        .origin
-        .write()
-        .config
-        .discovery
-        .static_
-        .endpoints
-        .retain(|e| e.name != name);
+    with_endpoints(app, |eps| eps.retain(|e| e.name != name));
     ok(
         name,
         json!({"removed": name, "drained": left == 0, "in_flight_at_removal": left}),
