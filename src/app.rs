@@ -6,6 +6,7 @@ use std::time::SystemTime;
 
 use olla_actors::Tree;
 
+use crate::admin::Control;
 use crate::config::ServerSettings;
 
 /// Process-wide request counters (status endpoints).
@@ -27,6 +28,8 @@ pub struct App {
     pub stats: GlobalStats,
     /// `proxy.load_balancer` as configured (status output).
     pub balancer: String,
+    /// The admin endpoint's settings and the effective config.
+    pub control: Control,
 }
 
 impl App {
@@ -38,6 +41,13 @@ impl App {
             started: std::time::Instant::now(),
             stats: GlobalStats::default(),
             balancer,
+            control: Control::default(),
         }
+    }
+
+    /// The same app with the admin endpoint's settings.
+    pub fn with_control(mut self, control: Control) -> Self {
+        self.control = control;
+        self
     }
 }

@@ -76,6 +76,7 @@ pub async fn run(port: u16, stop: impl Future<Output = ()>) -> Result<(), String
             stale_threshold: Duration::from_secs(86400),
             supervision: Default::default(),
         },
+        admin: crate::config::admin::AdminSettings::disabled(),
     };
     let listener = TcpListener::bind(("127.0.0.1", port))
         .await

@@ -5,9 +5,11 @@
 //! through the per-request pipeline ([`proxy`]). [`config`] reads Olla's YAML; [`Daemon`] starts
 //! and stops the whole thing on a caller-bound listener (tests bind `127.0.0.1:0`).
 
+pub mod admin;
 pub mod api;
 pub mod app;
 pub mod config;
+pub mod ctl;
 pub mod demo;
 pub mod error;
 pub mod format;
@@ -29,6 +31,8 @@ use crate::config::Runtime;
 /// A running daemon.
 pub struct Daemon {
     pub addr: SocketAddr,
+    /// The admin listener's address, when `admin.enabled`.
+    pub admin_addr: Option<SocketAddr>,
     pub app: Arc<App>,
     stop: Option<watch::Sender<bool>>,
     servers: Vec<Server>,
@@ -78,19 +82,25 @@ impl Daemon {
     /// Starts the tree and serves on `listener`, on the caller's runtime.
     pub async fn start(runtime: Runtime, listener: TcpListener) -> Result<Self, String> {
         let addr = listener.local_addr().map_err(|e| e.to_string())?;
-        let app = Self::start_app(runtime).await?;
         let (tx, rx) = watch::channel(false);
+        let (app, admin) = Self::start_app(runtime, &rx).await?;
         let server_app = app.clone();
         let intake = server::Intake::alone(listener);
         let threads = intake.threads.clone();
         let server = tokio::spawn(async move {
             server::serve(intake, server_app, stopped(rx)).await;
         });
+        let mut servers = vec![Server::Task(server)];
+        let admin_addr = admin.map(|(addr, task)| {
+            servers.push(Server::Task(task));
+            addr
+        });
         Ok(Self {
             addr,
+            admin_addr,
             app,
             stop: Some(tx),
-            servers: vec![Server::Task(server)],
+            servers,
             threads,
         })
     }
@@ -118,9 +128,13 @@ impl Daemon {
             .enumerate()
             .map(|(me, inbox)| (listener.take(), inbox, Arc::clone(&shared), me))
             .collect();
-        let app = Self::start_app(runtime).await?;
         let (tx, rx) = watch::channel(false);
-        let mut servers = Vec::with_capacity(threads);
+        let (app, admin) = Self::start_app(runtime, &rx).await?;
+        let mut servers = Vec::with_capacity(threads + 1);
+        let admin_addr = admin.map(|(addr, task)| {
+            servers.push(Server::Task(task));
+            addr
+        });
         for (listener, inbox, shared, i) in intakes {
             let (app, rx) = (app.clone(), rx.clone());
             let thread = std::thread::Builder::new()
@@ -159,6 +173,7 @@ impl Daemon {
         }
         Ok(Self {
             addr,
+            admin_addr,
             app,
             stop: Some(tx),
             servers,
@@ -166,10 +181,42 @@ impl Daemon {
         })
     }
 
-    async fn start_app(runtime: Runtime) -> Result<Arc<App>, String> {
+    /// Starts the tree and, when enabled, the admin listener (on the caller's runtime).
+    async fn start_app(
+        runtime: Runtime,
+        stop: &watch::Receiver<bool>,
+    ) -> Result<(Arc<App>, Option<(SocketAddr, JoinHandle<()>)>), String> {
         let balancer = runtime.tree.policy.strategy.as_str().to_string();
+        let settings = &runtime.admin;
+        let listener = if settings.enabled {
+            Some(admin::bind(settings).await?)
+        } else {
+            None
+        };
+        let control = admin::Control::new(runtime.admin.clone());
         let tree = Tree::start(runtime.tree).await?;
-        Ok(Arc::new(App::new(runtime.server, tree, balancer)))
+        let app = Arc::new(App::new(runtime.server, tree, balancer).with_control(control));
+        let served = match listener {
+            Some(l) => {
+                let addr = l.local_addr().map_err(|e| e.to_string())?;
+                let (app, rx) = (app.clone(), stop.clone());
+                let task = tokio::spawn(async move { admin::serve(l, app, stopped(rx)).await });
+                tracing::info!(address = %addr, "admin endpoint listening");
+                Some((addr, task))
+            }
+            None => None,
+        };
+        Ok((app, served))
+    }
+
+    /// Records the config the daemon runs with and the file `reload` re-reads.
+    pub fn set_origin(&self, config: config::Config, path: Option<std::path::PathBuf>) {
+        *self.app.control.origin.write() = admin::Origin { config, path };
+    }
+
+    /// The admin endpoint's base URL, when enabled.
+    pub fn admin_url(&self) -> Option<String> {
+        self.admin_addr.map(|a| format!("http://{a}"))
     }
 
     /// Live client connections per serving thread.

@@ -1,11 +1,13 @@
-//! The `olla` command line: run the daemon (default), check a config (`--validate-config`), or
-//! start a self-contained demo with two in-process mock backends (`demo`).
+//! The `olla` command line: run the daemon (default), check a config (`--validate-config`),
+//! start a self-contained demo with two in-process mock backends (`demo`), or send run-time
+//! commands to a running daemon's admin endpoint (`ctl`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use olla::config::{self, Source};
+use olla::ctl::{CtlCommand, CtlOptions};
 use olla::{Daemon, Exit};
 use tracing::{error, info, warn};
 
@@ -30,6 +32,8 @@ struct Cli {
     command: Option<Command>,
 }
 
+// Parsed once per process: the size of the `ctl` variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run the daemon (the default).
@@ -39,6 +43,13 @@ enum Command {
         /// Port for olla (0 = any free port).
         #[arg(long, default_value_t = 40114)]
         port: u16,
+    },
+    /// Send a command to a running daemon's admin endpoint.
+    Ctl {
+        #[command(flatten)]
+        opts: CtlOptions,
+        #[command(subcommand)]
+        cmd: CtlCommand,
     },
 }
 
@@ -87,6 +98,54 @@ async fn shutdown_signal() {
     }
 }
 
+/// Re-reads the config on every SIGHUP (errors are logged; the running config stays).
+fn reload_on_hangup(app: std::sync::Arc<olla::app::App>) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        // Registered before returning, so a SIGHUP from now on never takes the default action.
+        let mut hup = match signal(SignalKind::hangup()) {
+            Ok(h) => h,
+            Err(e) => {
+                error!(error = %e, "cannot handle SIGHUP; reload with POST /admin/reload");
+                return;
+            }
+        };
+        tokio::spawn(async move {
+            while hup.recv().await.is_some() {
+                info!("SIGHUP received: reloading the config");
+                match olla::admin::reload::reload(&app).await {
+                    Ok(report) => info!(report = %report, "config reloaded on SIGHUP"),
+                    Err(e) => {
+                        error!(error = %e.message, problems = ?e.errors, "config reload failed; the running config is unchanged")
+                    }
+                }
+            }
+        });
+    }
+    #[cfg(not(unix))]
+    let _ = app;
+}
+
+/// `olla ctl ...`: the config file (if any) supplies the admin address and token defaults.
+async fn ctl(config_path: Option<&std::path::Path>, opts: CtlOptions, cmd: CtlCommand) -> ExitCode {
+    let config = match config::locate(config_path) {
+        Ok(Source::File(p)) => config::load_file(&p).ok(),
+        _ => None,
+    };
+    let target = olla::ctl::target(&opts, config.as_ref());
+    match olla::ctl::run(&opts, &target, &cmd).await {
+        Ok(out) => {
+            println!("{out}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("olla ctl: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -103,6 +162,9 @@ fn main() -> ExitCode {
 }
 
 async fn async_main(cli: Cli) -> ExitCode {
+    if let Some(Command::Ctl { opts, cmd }) = cli.command {
+        return ctl(cli.config.as_deref(), opts, cmd).await;
+    }
     if let Some(Command::Demo { port }) = cli.command {
         init_logging("info", "text", "stderr");
         return match olla::demo::run(port, shutdown_signal()).await {
@@ -176,6 +238,14 @@ async fn async_main(cli: Cli) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    daemon.set_origin(
+        cfg,
+        match source {
+            Source::File(p) => Some(p),
+            Source::Defaults => None,
+        },
+    );
+    reload_on_hangup(daemon.app.clone());
     info!(address = %daemon.addr, endpoints, threads, version = env!("CARGO_PKG_VERSION"), "olla is listening");
     match daemon.run_until(shutdown_signal()).await {
         Exit::Stopped => {

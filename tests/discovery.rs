@@ -141,15 +141,6 @@ fn last_seen(m: &MockServer) -> (String, String) {
     (r.path, model.unwrap_or_default())
 }
 
-/// Chat completions a mock answered on the OpenAI path.
-fn chats(m: &MockServer) -> u64 {
-    m.stats()
-        .by_path
-        .get("/v1/chat/completions")
-        .copied()
-        .unwrap_or(0)
-}
-
 const SHARED: &str = "llama3.2:1b";
 
 /// One mock per dialect, each serving [`SHARED`] and a model of its own.

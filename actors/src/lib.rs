@@ -4,8 +4,9 @@
 //! ```text
 //! RootSupervisor                      restart budget per child; exhausted -> the tree stops
 //! ├── RegistryActor                   per-backend model lists -> published Arc<Catalog>
-//! ├── RouterActor                     routing policy          -> published Arc<RoutingPolicy>
-//! └── BackendSupervisor               restart budget per backend; exhausted -> escalate to root
+//! ├── RouterActor                     routing policy, per-backend enabled/draining/priority/
+//! │                                   weight -> published Arc<RoutingPolicy>, BackendSlot
+//! └── BackendSupervisor               restart budget per backend; exhausted -> quarantine it
 //!     ├── BackendActor "gpu1"         probe loop, discovery loop, breaker events; publishes its
 //!     ├── BackendActor "gpu2"         BackendHandle (pooled client, status, breaker, permits,
 //!     └── ...                         in-flight counters) into the published backend table
@@ -35,6 +36,10 @@ pub mod tree;
 pub use backend::{BackendHandle, BackendMsg, InFlightGuard, Outcome, SlotAttempt};
 pub use health::EndpointStatus;
 pub use kind::BackendKind;
-pub use published::{Fallback, ModelRouting, Published, RoutingPolicy};
+pub use published::{
+    BackendRouting, BackendSlot, Fallback, ModelRouting, Published, RoutingPolicy,
+};
+pub use router::RoutingChange;
 pub use spec::BackendSpec;
+pub use supervisor::ActorInfo;
 pub use tree::{Tree, TreeConfig};

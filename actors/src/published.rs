@@ -1,9 +1,15 @@
 //! The snapshots actors publish for request tasks to read without messages or locks: the
-//! backend table (handles sorted by priority), the model catalog, the routing policy, and the
-//! current actor refs (so a restarted actor's new ref replaces the old one everywhere).
+//! backend table (handles sorted by priority), the model catalog, the routing policy, each
+//! backend's run-time routing state ([`BackendSlot`]: enabled, draining, priority, weight,
+//! quarantine) and the current actor refs (so a restarted actor's new ref replaces the old one
+//! everywhere).
+//!
+//! Writers: the RouterActor owns the routing policy and the enabled/draining/priority/weight
+//! part of every slot (admin commands and config reloads go through it); the BackendSupervisor
+//! writes only the quarantine mark. Request tasks only read.
 
 use std::collections::HashMap;
-use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -64,6 +70,72 @@ impl Default for RoutingPolicy {
     }
 }
 
+/// Run-time routing state of one backend (one immutable snapshot; writers swap a new one).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BackendRouting {
+    /// `false` after `disable`: no new requests until `enable`.
+    pub enabled: bool,
+    /// Draining (`drain`, removal, reload): no new requests; in-flight ones finish.
+    pub draining: bool,
+    pub priority: i64,
+    pub weight: u32,
+    /// Set while the backend's actor is quarantined (restart budget exhausted): the last
+    /// failure. A quarantined backend is unroutable and shown as `failed`.
+    pub quarantined: Option<String>,
+}
+
+impl BackendRouting {
+    pub fn from_spec(spec: &BackendSpec) -> Self {
+        Self {
+            enabled: true,
+            draining: false,
+            priority: spec.priority,
+            weight: spec.weight,
+            quarantined: None,
+        }
+    }
+
+    /// Whether this state lets new requests through (health is checked separately).
+    pub fn admits(&self) -> bool {
+        self.enabled && !self.draining && self.quarantined.is_none()
+    }
+}
+
+/// One backend's run-time state that outlives its actor and handle generations: the routing
+/// snapshot and the in-flight count.
+#[derive(Debug)]
+pub struct BackendSlot {
+    pub routing: ArcSwap<BackendRouting>,
+    pub(crate) in_flight: AtomicUsize,
+}
+
+impl BackendSlot {
+    pub fn new(spec: &BackendSpec) -> Self {
+        Self {
+            routing: ArcSwap::from_pointee(BackendRouting::from_spec(spec)),
+            in_flight: AtomicUsize::new(0),
+        }
+    }
+
+    /// The current routing state.
+    pub fn routing(&self) -> Arc<BackendRouting> {
+        self.routing.load_full()
+    }
+
+    /// Applies `f` to the routing state (concurrent writers retry, never lose an update).
+    pub fn update(&self, f: impl Fn(&mut BackendRouting)) {
+        self.routing.rcu(|cur| {
+            let mut next = (**cur).clone();
+            f(&mut next);
+            next
+        });
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+}
+
 /// The backends, sorted by priority (highest first), then name.
 #[derive(Clone, Debug, Default)]
 pub struct BackendTable {
@@ -94,6 +166,8 @@ pub struct Published {
     pub model_aliases: RwLock<HashMap<String, Vec<String>>>,
     /// Models not seen for this long expire from the catalog.
     pub stale_threshold: Duration,
+    /// Each backend's run-time state, by name (kept across actor restarts).
+    slots: RwLock<HashMap<String, Arc<BackendSlot>>>,
 }
 
 impl Published {
@@ -108,7 +182,25 @@ impl Published {
             specs: RwLock::new(Vec::new()),
             model_aliases: RwLock::new(HashMap::new()),
             stale_threshold,
+            slots: RwLock::new(HashMap::new()),
         }
+    }
+
+    /// The backend's slot, created from its spec on first use.
+    pub fn slot(&self, spec: &BackendSpec) -> Arc<BackendSlot> {
+        if let Some(s) = self.slots.read().get(&spec.name) {
+            return s.clone();
+        }
+        self.slots
+            .write()
+            .entry(spec.name.clone())
+            .or_insert_with(|| Arc::new(BackendSlot::new(spec)))
+            .clone()
+    }
+
+    /// The backend's slot, if it exists.
+    pub fn slot_of(&self, name: &str) -> Option<Arc<BackendSlot>> {
+        self.slots.read().get(name).cloned()
     }
 
     /// The current backend table (cheap: an `Arc` clone).
@@ -136,8 +228,9 @@ impl Published {
         self.table.store(Arc::new(BackendTable { backends }));
     }
 
-    /// Removes a backend's handle.
+    /// Removes a backend's handle and its run-time state.
     pub fn remove_backend(&self, name: &str) {
+        self.slots.write().remove(name);
         let _w = self.table_write.lock();
         let cur = self.table.load();
         let backends = cur

@@ -8,7 +8,7 @@ use http::{HeaderName, HeaderValue, Uri};
 use crate::kind::BackendKind;
 
 /// Everything a [`crate::backend::BackendActor`] needs to run one backend.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct BackendSpec {
     /// Unique key of the endpoint (two endpoints may share a URL).
     pub name: String,
@@ -38,7 +38,7 @@ pub struct BackendSpec {
 }
 
 /// Active health-check hysteresis and backoff.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct HealthSettings {
     /// Consecutive failed probes that take a healthy backend down (K).
     pub fall: u32,
@@ -65,7 +65,7 @@ impl Default for HealthSettings {
 }
 
 /// Passive circuit breaker fed by live traffic.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct BreakerSettings {
     pub enabled: bool,
     /// Backend faults (connection errors, timeouts, 5xx) within `window` that open the breaker.
@@ -93,7 +93,7 @@ impl Default for BreakerSettings {
 }
 
 /// Per-backend concurrency cap and wait queue. `max_concurrency == 0` means unlimited.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct ConcurrencyLimits {
     pub max_concurrency: usize,
     pub queue_size: usize,
@@ -111,7 +111,7 @@ impl Default for ConcurrencyLimits {
 }
 
 /// The three separate upstream timeouts, plus an optional total cap (off by default).
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct UpstreamTimeouts {
     pub connect: Duration,
     /// Request sent to response headers received.
@@ -137,7 +137,7 @@ impl Default for UpstreamTimeouts {
 }
 
 /// Include/exclude glob patterns (`*` and `?`) applied to discovered model names.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct ModelFilter {
     pub include: Vec<String>,
     pub exclude: Vec<String>,
@@ -181,7 +181,7 @@ pub fn glob_match(pattern: &str, text: &str) -> bool {
 }
 
 /// Model discovery schedule for one backend.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct DiscoverySettings {
     pub enabled: bool,
     pub interval: Duration,

@@ -10,11 +10,13 @@ use ractor::{Actor, ActorRef, RpcReplyPort};
 use tokio::sync::watch;
 
 use crate::backend::BackendMsg;
-use crate::published::{Published, RoutingPolicy};
+use crate::published::{BackendRouting, Published, RoutingPolicy};
 use crate::registry::RegistryMsg;
-use crate::router::RouterMsg;
+use crate::router::{RouterMsg, RoutingChange};
 use crate::spec::BackendSpec;
-use crate::supervisor::{BackendSupMsg, RootArgs, RootMsg, RootSupervisor, SupervisionSettings};
+use crate::supervisor::{
+    ActorInfo, BackendSupMsg, RootArgs, RootMsg, RootSupervisor, SupervisionSettings,
+};
 
 /// What the tree is started with.
 #[derive(Clone, Debug)]
@@ -131,6 +133,103 @@ impl Tree {
         ask(&sup, |p| BackendSupMsg::Remove(name.to_string(), p))
             .await
             .ok_or_else(|| "backend supervisor did not answer".to_string())
+    }
+
+    /// Replaces a backend's spec (its actor restarts on the new one). `Ok(false)`: unknown.
+    pub async fn update_backend(&self, spec: Arc<BackendSpec>) -> Result<bool, String> {
+        let sup = self
+            .backend_supervisor()
+            .await
+            .ok_or("backend supervisor unavailable")?;
+        ask(&sup, |p| BackendSupMsg::Update(spec, p))
+            .await
+            .ok_or_else(|| "backend supervisor did not answer".to_string())
+    }
+
+    /// Stops and restarts a backend's actor through its supervisor. `Ok(false)`: unknown.
+    pub async fn restart_backend(&self, name: &str) -> Result<bool, String> {
+        let sup = self
+            .backend_supervisor()
+            .await
+            .ok_or("backend supervisor unavailable")?;
+        ask(&sup, |p| BackendSupMsg::Restart(name.to_string(), p))
+            .await
+            .ok_or_else(|| "backend supervisor did not answer".to_string())
+    }
+
+    /// Changes a backend's routing state through the RouterActor. `Ok(None)`: unknown.
+    pub async fn route(
+        &self,
+        name: &str,
+        change: RoutingChange,
+    ) -> Result<Option<BackendRouting>, String> {
+        let router = self.router().await.ok_or("router unavailable")?;
+        ask(&router, |p| RouterMsg::Route(name.to_string(), change, p))
+            .await
+            .ok_or_else(|| "router did not answer".to_string())
+    }
+
+    /// Drains a backend, waits up to `timeout` for its in-flight requests to end, then removes
+    /// it (its actor stops cleanly and is never restarted). `Ok(None)`: unknown backend;
+    /// `Ok(Some(n))`: removed with `n` requests still in flight at the deadline.
+    pub async fn drain_and_remove(
+        &self,
+        name: &str,
+        timeout: Duration,
+    ) -> Result<Option<usize>, String> {
+        let draining = RoutingChange {
+            draining: Some(true),
+            ..Default::default()
+        };
+        if self.route(name, draining).await?.is_none() {
+            return Ok(None);
+        }
+        let left = self.wait_idle(name, timeout).await;
+        self.remove_backend(name).await?;
+        Ok(Some(left))
+    }
+
+    /// Waits up to `timeout` until the backend has no request in flight; returns how many are
+    /// left.
+    pub async fn wait_idle(&self, name: &str, timeout: Duration) -> usize {
+        let Some(slot) = self.published.slot_of(name) else {
+            return 0;
+        };
+        let deadline = tokio::time::Instant::now()
+            .checked_add(timeout)
+            .unwrap_or_else(tokio::time::Instant::now);
+        loop {
+            let n = slot.in_flight();
+            if n == 0 || tokio::time::Instant::now() >= deadline {
+                return n;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// The supervision tree: the root's children, with the backend actors under `backends`.
+    pub async fn actors(&self) -> Vec<ActorInfo> {
+        let mut top = ask(&self.root, RootMsg::Info).await.unwrap_or_default();
+        let backends = self.backend_info().await;
+        for a in top.iter_mut() {
+            if a.name == "backends" {
+                a.children = backends.clone();
+            }
+        }
+        top
+    }
+
+    /// Supervision facts of each backend actor (`backend:NAME`).
+    pub async fn backend_info(&self) -> Vec<ActorInfo> {
+        match self.backend_supervisor().await {
+            Some(s) => ask(&s, BackendSupMsg::Info).await.unwrap_or_default(),
+            None => Vec::new(),
+        }
+    }
+
+    /// The root supervisor's id.
+    pub fn root_id(&self) -> String {
+        self.root.get_id().to_string()
     }
 
     pub async fn set_policy(&self, policy: RoutingPolicy) -> Result<(), String> {

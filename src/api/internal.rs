@@ -276,7 +276,7 @@ pub fn endpoint_ids(
     out
 }
 
-fn sanitized_url(h: &BackendHandle) -> String {
+pub(crate) fn sanitized_url(h: &BackendHandle) -> String {
     let u = &h.spec().url;
     format!(
         "{}://{}{}",
@@ -314,8 +314,11 @@ pub fn endpoints<B>(app: &App, req: &Request<B>) -> Response<Body> {
         .iter()
         .map(|s| {
             let status = s.h.status();
+            let quarantined = s.h.slot().routing().quarantined.clone();
             let pct = success_pct(s);
-            let issues = if !status.is_routable() {
+            let issues = if quarantined.is_some() {
+                "failed: quarantined after repeated crashes".to_string()
+            } else if !status.is_routable() {
                 "unavailable".to_string()
             } else if s.health.consecutive_failures > 3 {
                 "unstable".to_string()
@@ -331,7 +334,11 @@ pub fn endpoints<B>(app: &App, req: &Request<B>) -> Response<Body> {
                 last_model_sync_at: s.health.last_model_sync.map(format::rfc3339),
                 name: s.h.name().to_string(),
                 kind: s.h.kind().as_str().to_string(),
-                status: status.as_str().to_string(),
+                status: if quarantined.is_some() {
+                    "failed".to_string()
+                } else {
+                    status.as_str().to_string()
+                },
                 last_model_sync: s.health.last_model_sync.map(|t| format::time_ago(Some(t))),
                 health_check: s
                     .health
@@ -346,18 +353,18 @@ pub fn endpoints<B>(app: &App, req: &Request<B>) -> Response<Body> {
                 issues,
                 url: sanitized_url(&s.h),
                 id: ids.get(s.h.name()).cloned().unwrap_or_default(),
-                priority: s.h.spec().priority,
+                priority: s.h.priority(),
                 model_count: catalog.models_of(s.h.name()),
                 request_count: s.requests,
                 min_latency_ms: s.min_ms,
                 max_latency_ms: s.max_ms,
                 active_connections: s.h.in_flight(),
-                weight: s.h.spec().weight,
+                weight: s.h.weight(),
                 queued: s.h.queued(),
                 max_concurrency: s.h.spec().limits.max_concurrency,
                 circuit_breaker: s.h.breaker_state(),
                 consecutive_failures: s.health.consecutive_failures,
-                last_error: s.health.last_error.clone(),
+                last_error: quarantined.or_else(|| s.health.last_error.clone()),
                 discovery_error: s.health.discovery_error.clone(),
             }
         })

@@ -2,6 +2,8 @@
 //! ([`duration`]), file lookup, `${VAR}` interpolation and parse errors with key paths
 //! ([`load`]), and validation into runtime settings and backend specs ([`resolve`]).
 
+pub mod admin;
+pub mod diff;
 pub mod duration;
 pub mod inert;
 pub mod load;

@@ -17,6 +17,7 @@ use olla_actors::spec::{
 use olla_actors::supervisor::SupervisionSettings;
 use olla_actors::TreeConfig;
 
+use super::admin::{resolve_admin, AdminSettings};
 use super::load::nearest;
 use super::schema::{
     AuthConfig, BreakerConfig, Config, EndpointConfig, HealthConfig, TimeoutsConfig,
@@ -54,6 +55,7 @@ pub struct ServerSettings {
 pub struct Runtime {
     pub server: ServerSettings,
     pub tree: TreeConfig,
+    pub admin: AdminSettings,
 }
 
 const DEFAULT_CONNECT: Duration = Duration::from_secs(5);
@@ -168,9 +170,13 @@ pub fn resolve(config: &Config) -> Result<Runtime, Vec<String>> {
         }
     }
 
+    let admin = resolve_admin(&config.admin).map_err(|mut e| errors.append(&mut e));
     if !errors.is_empty() {
         return Err(errors);
     }
+    let Ok(admin) = admin else {
+        return Err(errors);
+    };
     let model_aliases: HashMap<String, Vec<String>> = config
         .model_aliases
         .iter()
@@ -221,8 +227,11 @@ pub fn resolve(config: &Config) -> Result<Runtime, Vec<String>> {
                 backend_window: sup.backend_restart_window.0,
                 root_max_restarts: sup.root_max_restarts,
                 root_window: sup.root_restart_window.0,
+                quarantine_backoff: nonzero(sup.quarantine_backoff.0, Duration::from_secs(300)),
+                quarantine_max_backoff: sup.quarantine_max_backoff.0,
             },
         },
+        admin,
     })
 }
 
@@ -275,7 +284,9 @@ pub fn parse_backend_url(raw: &str) -> Result<Uri, String> {
     Ok(uri)
 }
 
-fn endpoint_spec(
+/// Validates one endpoint (`at` prefixes each error, e.g. `discovery.static.endpoints[0] (a)`)
+/// and resolves it against the config's defaults.
+pub fn endpoint_spec(
     config: &Config,
     ep: &EndpointConfig,
     at: &str,
@@ -482,7 +493,11 @@ fn health(global: &HealthConfig, ep: &HealthConfig) -> HealthSettings {
     }
 }
 
-fn secret(value: &Option<String>, file: &Option<String>, what: &str) -> Result<String, String> {
+pub(crate) fn secret(
+    value: &Option<String>,
+    file: &Option<String>,
+    what: &str,
+) -> Result<String, String> {
     match (value, file) {
         (Some(v), _) if !v.is_empty() => Ok(v.clone()),
         (_, Some(f)) => std::fs::read_to_string(f)

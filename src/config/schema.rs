@@ -21,9 +21,38 @@ pub struct Config {
     pub logging: LoggingConfig,
     /// Ours: restart budgets of the supervision tree.
     pub supervision: SupervisionConfig,
+    /// Ours: the admin listener (run-time commands, `olla ctl`).
+    pub admin: AdminConfig,
     /// Keys the file sets that olla accepts but does not act on (filled by the loader).
     #[serde(skip)]
     pub inert: Vec<super::inert::InertKey>,
+}
+
+/// The admin listener: a separate port for run-time commands, never the proxy port.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    pub enabled: bool,
+    /// `host:port`; a non-loopback address requires a token.
+    pub listen: String,
+    /// Bearer token every admin request must carry.
+    #[serde(skip_serializing)]
+    pub token: Option<String>,
+    pub token_file: Option<String>,
+    /// Enables `POST /admin/backends/{name}/crash` (chaos tests and demos).
+    pub fault_injection: bool,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            listen: "127.0.0.1:40115".into(),
+            token: None,
+            token_file: None,
+            fault_injection: false,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -554,6 +583,10 @@ pub struct SupervisionConfig {
     pub backend_restart_window: Dur,
     pub root_max_restarts: u32,
     pub root_restart_window: Dur,
+    /// A backend actor that exhausts its budget is quarantined this long (doubling per
+    /// quarantine, capped at `quarantine_max_backoff`).
+    pub quarantine_backoff: Dur,
+    pub quarantine_max_backoff: Dur,
 }
 
 impl Default for SupervisionConfig {
@@ -563,6 +596,8 @@ impl Default for SupervisionConfig {
             backend_restart_window: Dur::secs(60),
             root_max_restarts: 3,
             root_restart_window: Dur::secs(60),
+            quarantine_backoff: Dur::secs(300),
+            quarantine_max_backoff: Dur::secs(3600),
         }
     }
 }

@@ -54,10 +54,10 @@ pub struct Candidate {
 
 impl Weighed for Candidate {
     fn priority(&self) -> i64 {
-        self.handle.spec().priority
+        self.handle.priority()
     }
     fn weight(&self) -> u32 {
-        self.handle.spec().weight
+        self.handle.weight()
     }
     fn in_flight(&self) -> usize {
         self.handle.in_flight()

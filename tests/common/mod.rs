@@ -118,6 +118,15 @@ pub async fn wait_routable(d: &Daemon, names: &[&str], with_models: bool) {
     .await;
 }
 
+/// Chat completions a mock answered on the OpenAI path.
+pub fn chats(m: &MockServer) -> u64 {
+    m.stats()
+        .by_path
+        .get("/v1/chat/completions")
+        .copied()
+        .unwrap_or(0)
+}
+
 /// A chat completion request body.
 pub fn chat(model: &str, stream: bool) -> String {
     format!(

@@ -39,6 +39,8 @@ pub enum BackendMsg {
     Refresh(RpcReplyPort<Result<usize, String>>),
     /// A live request could not connect: probe now.
     PassiveFailure,
+    /// Probe now (admin `probe`), whatever the current state.
+    ProbeNow,
     BreakerChanged(BreakerTransition),
     /// Fails the actor on purpose by returning an error (exercises supervision).
     Crash(String),
@@ -230,7 +232,9 @@ impl Actor for BackendActor {
             }
             _ => ShardedClient::build(&spec),
         };
-        let handle = BackendHandle::new(spec.clone(), client, myself.clone(), kind, initial);
+        let slot = published.slot(&spec);
+        let handle =
+            BackendHandle::with_slot(spec.clone(), client, myself.clone(), kind, initial, slot);
         if let Some(p) = &previous {
             let info = p.shared().health.lock().clone();
             *handle.shared().health.lock() = info;
@@ -400,6 +404,12 @@ impl Actor for BackendActor {
             }
             BackendMsg::PassiveFailure => {
                 if state.tracker.is_up() && !state.probe_running {
+                    state.probe_token += 1; // cancel the pending timer
+                    state.start_probe(&myself);
+                }
+            }
+            BackendMsg::ProbeNow => {
+                if !state.probe_running {
                     state.probe_token += 1; // cancel the pending timer
                     state.start_probe(&myself);
                 }

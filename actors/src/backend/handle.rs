@@ -17,6 +17,7 @@ use crate::backend::BackendMsg;
 use crate::breaker::{Admission, Breaker};
 use crate::health::EndpointStatus;
 use crate::kind::{BackendKind, ALL_KINDS};
+use crate::published::BackendSlot;
 use crate::spec::BackendSpec;
 
 /// How a forwarded request ended, as far as the backend's health is concerned.
@@ -87,7 +88,9 @@ pub struct BackendShared {
     /// Parked by a live 429 until this many ms after `epoch`.
     parked_until_ms: AtomicU64,
     epoch: Instant,
-    in_flight: AtomicUsize,
+    /// Run-time routing state and the in-flight count, shared by every generation of this
+    /// backend's handle (a restarted actor publishes a new handle; the count stays true).
+    slot: Arc<BackendSlot>,
     queued: AtomicUsize,
     permits: Option<Arc<Semaphore>>,
     pub stats: TrafficStats,
@@ -124,6 +127,19 @@ impl BackendHandle {
         kind: BackendKind,
         status: EndpointStatus,
     ) -> Self {
+        let slot = Arc::new(BackendSlot::new(&spec));
+        Self::with_slot(spec, client, actor, kind, status, slot)
+    }
+
+    /// A handle sharing `slot` (routing state, in-flight count) with its predecessors.
+    pub fn with_slot(
+        spec: Arc<BackendSpec>,
+        client: ShardedClient,
+        actor: ActorRef<BackendMsg>,
+        kind: BackendKind,
+        status: EndpointStatus,
+        slot: Arc<BackendSlot>,
+    ) -> Self {
         let permits = (spec.limits.max_concurrency > 0)
             .then(|| Arc::new(Semaphore::new(spec.limits.max_concurrency)));
         let breaker = Breaker::new(spec.breaker.clone());
@@ -137,7 +153,7 @@ impl BackendHandle {
             breaker: Mutex::new(breaker),
             parked_until_ms: AtomicU64::new(0),
             epoch: Instant::now(),
-            in_flight: AtomicUsize::new(0),
+            slot,
             queued: AtomicUsize::new(0),
             permits,
             stats: TrafficStats::default(),
@@ -189,8 +205,24 @@ impl BackendHandle {
         self.0.status.store(status as u8, Ordering::Release);
     }
 
+    /// Requests in flight on this backend, across restarts of its actor.
     pub fn in_flight(&self) -> usize {
-        self.0.in_flight.load(Ordering::Relaxed)
+        self.0.slot.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// The run-time routing state (enabled, draining, priority, weight, quarantine).
+    pub fn slot(&self) -> &Arc<BackendSlot> {
+        &self.0.slot
+    }
+
+    /// Priority as set at run time (the config's unless changed by an admin command).
+    pub fn priority(&self) -> i64 {
+        self.0.slot.routing.load().priority
+    }
+
+    /// Weight as set at run time (the config's unless changed by an admin command).
+    pub fn weight(&self) -> u32 {
+        self.0.slot.routing.load().weight
     }
     pub fn queued(&self) -> usize {
         self.0.queued.load(Ordering::Relaxed)
@@ -211,9 +243,13 @@ impl BackendHandle {
         self.0.parked_until_ms.fetch_max(until, Ordering::Relaxed);
     }
 
-    /// Whether new requests may be sent now: routable status, not parked, breaker admitting.
+    /// Whether new requests may be sent now: enabled, not draining or quarantined, routable
+    /// status, not parked, breaker admitting.
     pub fn is_routable(&self, now: Instant) -> bool {
-        self.status().is_routable() && !self.parked(now) && self.0.breaker.lock().would_admit(now)
+        self.0.slot.routing.load().admits()
+            && self.status().is_routable()
+            && !self.parked(now)
+            && self.0.breaker.lock().would_admit(now)
     }
 
     /// Breaker state name for status output.
@@ -260,7 +296,7 @@ impl BackendHandle {
             Admission::Trial => true,
             Admission::Reject => return SlotAttempt::Unavailable,
         };
-        self.0.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.0.slot.in_flight.fetch_add(1, Ordering::Relaxed);
         self.0.stats.requests.fetch_add(1, Ordering::Relaxed);
         SlotAttempt::Admitted(InFlightGuard {
             handle: self.clone(),
@@ -386,7 +422,7 @@ impl Drop for InFlightGuard {
             self.reported = true;
             self.handle.record(Outcome::Cancelled, self.trial, None);
         }
-        self.handle.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.handle.0.slot.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
