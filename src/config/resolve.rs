@@ -7,19 +7,20 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::{HeaderName, HeaderValue, Uri};
+use ipnet::IpNet;
 use olla_actors::balance::Strategy;
 use olla_actors::kind::{BackendKind, ALL_KINDS};
 use olla_actors::published::{Fallback, ModelRouting, RoutingPolicy};
 use olla_actors::spec::{
     BackendSpec, BreakerSettings, ConcurrencyLimits, DiscoverySettings, HealthSettings,
-    ModelFilter, UpstreamTimeouts,
+    ModelFilter, UpstreamTimeouts, sanitized_url,
 };
 use olla_actors::supervisor::SupervisionSettings;
 use olla_actors::TreeConfig;
 
 use super::load::nearest;
 use super::schema::{
-    AuthConfig, BreakerConfig, Config, EndpointConfig, HealthConfig, TimeoutsConfig,
+    AuthConfig, BreakerConfig, Config, EndpointConfig, HealthConfig, RateLimits, TimeoutsConfig,
 };
 
 /// Server-side settings the HTTP layer needs.
@@ -36,6 +37,9 @@ pub struct ServerSettings {
     pub request_logging: bool,
     pub proxy_engine: String,
     pub proxy_profile: String,
+    /// Peers whose `X-Forwarded-For` / `X-Real-IP` / `Forwarded` are believed
+    /// (`rate_limits.trust_proxy_headers` and `trusted_proxy_cidrs`); empty = none.
+    pub trusted_proxies: Vec<IpNet>,
 }
 
 /// Everything the daemon runs with.
@@ -157,6 +161,7 @@ pub fn resolve(config: &Config) -> Result<Runtime, Vec<String>> {
         }
     }
 
+    let trusted_proxies = trusted_proxies(&s.rate_limits, &mut errors);
     if !errors.is_empty() {
         return Err(errors);
     }
@@ -178,6 +183,7 @@ pub fn resolve(config: &Config) -> Result<Runtime, Vec<String>> {
             request_logging: s.request_logging,
             proxy_engine: p.engine.clone(),
             proxy_profile: p.profile.clone(),
+            trusted_proxies,
         },
         tree: TreeConfig {
             specs,
@@ -208,6 +214,31 @@ pub fn resolve(config: &Config) -> Result<Runtime, Vec<String>> {
             },
         },
     })
+}
+
+/// Olla's defaults when `trust_proxy_headers` is on and no CIDR is listed.
+const DEFAULT_TRUSTED_PROXIES: &[&str] = &["127.0.0.0/8", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"];
+
+fn trusted_proxies(rl: &RateLimits, errors: &mut Vec<String>) -> Vec<IpNet> {
+    if !rl.trust_proxy_headers {
+        return Vec::new();
+    }
+    let listed: Vec<&str> = if rl.trusted_proxy_cidrs.is_empty() {
+        DEFAULT_TRUSTED_PROXIES.to_vec()
+    } else {
+        rl.trusted_proxy_cidrs.iter().map(String::as_str).collect()
+    };
+    let mut out = Vec::new();
+    for c in listed {
+        let c = c.trim();
+        match c.parse::<IpNet>().or_else(|_| c.parse::<std::net::IpAddr>().map(IpNet::from)) {
+            Ok(n) => out.push(n),
+            Err(_) => errors.push(format!(
+                "server.rate_limits.trusted_proxy_cidrs: {c:?} is not a CIDR (e.g. 10.0.0.0/8)"
+            )),
+        }
+    }
+    out
 }
 
 fn nonzero(d: Duration, fallback: Duration) -> Duration {
@@ -309,6 +340,13 @@ fn endpoint_spec(
     if ep.weight == 0 {
         errors.push(format!("{at}.weight: must be at least 1"));
     }
+    for p in &ep.allowed_paths {
+        if !p.starts_with('/') && !p.starts_with('*') {
+            errors.push(format!(
+                "{at}.allowed_paths: {p:?} must start with / (a path prefix) or * (a glob)"
+            ));
+        }
+    }
     let mut outbound_headers = Vec::new();
     for (k, v) in &ep.headers {
         match (
@@ -343,6 +381,7 @@ fn endpoint_spec(
     let md = &config.discovery.model_discovery;
     Ok(BackendSpec {
         name: ep.name.clone(),
+        configured_url: sanitized_url(&ep.url),
         url,
         kind,
         priority: ep.priority,
@@ -374,6 +413,7 @@ fn endpoint_spec(
             timeout: nonzero(md.timeout.0, Duration::from_secs(30)),
         },
         h2c: ep.h2c,
+        path_allowlist: ep.auth.is_some().then(|| ep.allowed_paths.clone()),
     })
 }
 
