@@ -75,41 +75,40 @@ impl<'de> Visitor<'de> for TopVisitor {
 
     fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
         while seq.next_element::<IgnoredAny>()?.is_some() {}
-        Ok(TopLevel {
+        Ok(TopLevel::not_object())
+    }
+
+    fn visit_str<E: serde::de::Error>(self, _: &str) -> Result<Self::Value, E> {
+        Ok(TopLevel::not_object())
+    }
+
+    fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(TopLevel::not_object())
+    }
+
+    fn visit_i64<E: serde::de::Error>(self, _: i64) -> Result<Self::Value, E> {
+        Ok(TopLevel::not_object())
+    }
+
+    fn visit_u64<E: serde::de::Error>(self, _: u64) -> Result<Self::Value, E> {
+        Ok(TopLevel::not_object())
+    }
+
+    fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<Self::Value, E> {
+        Ok(TopLevel::not_object())
+    }
+
+    fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+        Ok(TopLevel::not_object())
+    }
+}
+
+impl TopLevel<'_> {
+    fn not_object() -> Self {
+        Self {
             not_object: true,
-            ..TopLevel::default()
-        })
-    }
-
-    fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
-        Ok(TopLevel {
-            not_object: true,
-            ..TopLevel::default()
-        })
-    }
-
-    fn visit_borrowed_str<E>(self, _: &'de str) -> Result<Self::Value, E> {
-        self.visit_str("")
-    }
-
-    fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
-        self.visit_str("")
-    }
-
-    fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
-        self.visit_str("")
-    }
-
-    fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
-        self.visit_str("")
-    }
-
-    fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
-        self.visit_str("")
-    }
-
-    fn visit_unit<E>(self) -> Result<Self::Value, E> {
-        self.visit_str("")
+            ..Self::default()
+        }
     }
 }
 
