@@ -199,7 +199,8 @@ fn chat(model_key: &str, model: &str) -> String {
 }
 
 fn error_message(body: &str) -> String {
-    let v: Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("JSON error body: {e}: {body}"));
+    let v: Value =
+        serde_json::from_str(body).unwrap_or_else(|e| panic!("JSON error body: {e}: {body}"));
     v["error"]["message"]
         .as_str()
         .unwrap_or_else(|| panic!("error.message in {body}"))
@@ -306,14 +307,20 @@ async fn model_management_is_refused_in_every_spelling_on_every_route() {
         .into_iter()
         .map(|r| r.target.to_ascii_lowercase())
         .filter(|t| {
-            ["pull", "push", "create", "copy", "delete", "blobs", "show", "list"]
-                .iter()
-                .any(|w| t.contains(w))
+            [
+                "pull", "push", "create", "copy", "delete", "blobs", "show", "list",
+            ]
+            .iter()
+            .any(|w| t.contains(w))
         })
         .collect();
     assert!(leaked.is_empty(), "reached the backend: {leaked:?}");
     // Inference still goes through.
-    let (status, _, resp) = raw(d.addr, &post("/olla/ollama/api/chat", &chat("model", "m"), "")).await;
+    let (status, _, resp) = raw(
+        d.addr,
+        &post("/olla/ollama/api/chat", &chat("model", "m"), ""),
+    )
+    .await;
     assert_eq!(status, 200, "{resp}");
     d.stop().await;
     be.stop();
@@ -333,11 +340,7 @@ const CREDENTIAL_HEADERS: &[&str] = &[
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_credentials_and_forged_forwarding_headers_never_reach_a_backend() {
     let be = FakeBackend::start(&["m"]).await;
-    let d = daemon(&config(
-        &[endpoint("v", &be.url(""), "vllm", 100, "")],
-        "",
-    ))
-    .await;
+    let d = daemon(&config(&[endpoint("v", &be.url(""), "vllm", 100, "")], "")).await;
     wait_routable(&d, &["v"], true).await;
     let mut extra: String = CREDENTIAL_HEADERS
         .iter()
@@ -346,7 +349,11 @@ async fn client_credentials_and_forged_forwarding_headers_never_reach_a_backend(
     extra.push_str("x-real-ip: 6.6.6.6\r\nforwarded: for=6.6.6.6\r\nx-forwarded-for: 6.6.6.6\r\nx-forwarded-proto: https\r\n");
     let (status, _, resp) = raw(
         d.addr,
-        &post("/olla/proxy/v1/chat/completions", &chat("model", "m"), &extra),
+        &post(
+            "/olla/proxy/v1/chat/completions",
+            &chat("model", "m"),
+            &extra,
+        ),
     )
     .await;
     assert_eq!(status, 200, "{resp}");
@@ -379,13 +386,20 @@ async fn forwarding_headers_from_a_trusted_proxy_are_kept() {
     let extra = "x-forwarded-for: 203.0.113.7\r\nforwarded: for=203.0.113.7\r\n";
     let (status, _, resp) = raw(
         d.addr,
-        &post("/olla/proxy/v1/chat/completions", &chat("model", "m"), extra),
+        &post(
+            "/olla/proxy/v1/chat/completions",
+            &chat("model", "m"),
+            extra,
+        ),
     )
     .await;
     assert_eq!(status, 200, "{resp}");
     let traffic = be.traffic();
     let got = &traffic[0];
-    assert_eq!(got.header("x-forwarded-for"), Some("203.0.113.7, 127.0.0.1"));
+    assert_eq!(
+        got.header("x-forwarded-for"),
+        Some("203.0.113.7, 127.0.0.1")
+    );
     assert_eq!(got.header("x-real-ip"), Some("203.0.113.7"));
     assert_eq!(got.header("forwarded"), Some("for=203.0.113.7"));
     d.stop().await;
@@ -412,7 +426,10 @@ async fn endpoint_auth_is_attached_only_to_its_api_and_allowed_paths() {
     .await;
     wait_routable(&d, &["keyed", "open"], true).await;
     // An admin path on the keyed endpoint: refused, naming allowed_paths.
-    for target in ["/olla/litellm/key/generate", "/olla/litellm/KEY/./generate/"] {
+    for target in [
+        "/olla/litellm/key/generate",
+        "/olla/litellm/KEY/./generate/",
+    ] {
         let (status, _, resp) = raw(d.addr, &post(target, "{}", "")).await;
         assert_eq!(status, 404, "{target}: {resp}");
         assert!(error_message(&resp).contains("allowed_paths"), "{resp}");
@@ -436,8 +453,14 @@ async fn endpoint_auth_is_attached_only_to_its_api_and_allowed_paths() {
     // On the OpenAI route both are candidates: the admin path goes to the endpoint without auth.
     let (status, head, resp) = raw(d.addr, &post("/olla/openai/key/generate", "{}", "")).await;
     assert_eq!(status, 200, "{resp}");
-    assert!(head.to_ascii_lowercase().contains("x-olla-endpoint: open"), "{head}");
-    assert_eq!(open.traffic().pop().expect("forwarded").target, "/key/generate");
+    assert!(
+        head.to_ascii_lowercase().contains("x-olla-endpoint: open"),
+        "{head}"
+    );
+    assert_eq!(
+        open.traffic().pop().expect("forwarded").target,
+        "/key/generate"
+    );
     // An endpoint without auth forwards any path.
     let (status, _, resp) = raw(d.addr, &post("/olla/vllm/anything/odd", "{}", "")).await;
     assert_eq!(status, 200, "{resp}");
@@ -477,9 +500,15 @@ async fn ambiguous_or_capitalised_model_keys_cannot_bypass_routing() {
         )
         .await;
         assert_eq!(status, 200, "{resp}");
-        assert!(head.to_ascii_lowercase().contains("x-olla-endpoint: eb"), "{head}");
+        assert!(
+            head.to_ascii_lowercase().contains("x-olla-endpoint: eb"),
+            "{head}"
+        );
     }
-    assert!(a.traffic().is_empty(), "routed to a backend without the model");
+    assert!(
+        a.traffic().is_empty(),
+        "routed to a backend without the model"
+    );
     // Strict routing sees an unknown `MODEL` and refuses it instead of routing anywhere.
     let (status, _, resp) = raw(
         d.addr,
@@ -508,12 +537,18 @@ async fn alias_rewrite_changes_only_the_model_bytes() {
     );
     let (status, head, resp) = raw(d.addr, &post("/olla/proxy/v1/completions", &body, "")).await;
     assert_eq!(status, 200, "{}", &resp[..resp.len().min(300)]);
-    assert!(head.to_ascii_lowercase().contains("x-olla-model: my-alias"), "{head}");
+    assert!(
+        head.to_ascii_lowercase().contains("x-olla-model: my-alias"),
+        "{head}"
+    );
     let traffic = be.traffic();
     assert_eq!(traffic.len(), 1);
     let expected = body.replacen("\"my-alias\"", "\"real-b\"", 1);
     assert_eq!(traffic[0].body.len(), expected.len());
-    assert!(traffic[0].body == expected.as_bytes(), "body changed beyond the model value");
+    assert!(
+        traffic[0].body == expected.as_bytes(),
+        "body changed beyond the model value"
+    );
     d.stop().await;
     be.stop();
 }
@@ -521,11 +556,7 @@ async fn alias_rewrite_changes_only_the_model_bytes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn echoed_model_names_are_capped_in_response_headers() {
     let be = FakeBackend::start(&["m"]).await;
-    let d = daemon(&config(
-        &[endpoint("v", &be.url(""), "vllm", 100, "")],
-        "",
-    ))
-    .await;
+    let d = daemon(&config(&[endpoint("v", &be.url(""), "vllm", 100, "")], "")).await;
     wait_routable(&d, &["v"], true).await;
     let huge = "q".repeat(100_000);
     let (status, head, _) = raw(
@@ -537,7 +568,11 @@ async fn echoed_model_names_are_capped_in_response_headers() {
     assert!(head.len() < 4096, "response head is {} bytes", head.len());
     let echoed = head
         .lines()
-        .find_map(|l| l.to_ascii_lowercase().strip_prefix("x-olla-model: ").map(str::to_string))
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("x-olla-model: ")
+                .map(str::to_string)
+        })
         .expect("x-olla-model echoed");
     assert_eq!(echoed.len(), 256);
     d.stop().await;
@@ -619,7 +654,14 @@ async fn endpoint_ids_hash_the_url_as_configured_and_models_show_their_summary()
         assert_eq!(m["endpoint_urls"].as_array().unwrap().len(), 2);
         assert_eq!(m["parameter_size"], "8B");
         assert_eq!(m["parameter_count"], 8_000_000_000u64);
-        for key in ["family", "quantization", "capabilities", "last_seen", "total_disk_size", "loaded_endpoints"] {
+        for key in [
+            "family",
+            "quantization",
+            "capabilities",
+            "last_seen",
+            "total_disk_size",
+            "loaded_endpoints",
+        ] {
             assert!(m.get(key).is_some(), "{key} missing: {m}");
         }
     }

@@ -12,8 +12,8 @@ use olla_actors::balance::Strategy;
 use olla_actors::kind::{BackendKind, ALL_KINDS};
 use olla_actors::published::{Fallback, ModelRouting, RoutingPolicy};
 use olla_actors::spec::{
-    BackendSpec, BreakerSettings, ConcurrencyLimits, DiscoverySettings, HealthSettings,
-    ModelFilter, UpstreamTimeouts, sanitized_url,
+    sanitized_url, BackendSpec, BreakerSettings, ConcurrencyLimits, DiscoverySettings,
+    HealthSettings, ModelFilter, UpstreamTimeouts,
 };
 use olla_actors::supervisor::SupervisionSettings;
 use olla_actors::TreeConfig;
@@ -217,7 +217,12 @@ pub fn resolve(config: &Config) -> Result<Runtime, Vec<String>> {
 }
 
 /// Olla's defaults when `trust_proxy_headers` is on and no CIDR is listed.
-const DEFAULT_TRUSTED_PROXIES: &[&str] = &["127.0.0.0/8", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"];
+const DEFAULT_TRUSTED_PROXIES: &[&str] = &[
+    "127.0.0.0/8",
+    "10.0.0.0/8",
+    "172.16.0.0/12",
+    "192.168.0.0/16",
+];
 
 fn trusted_proxies(rl: &RateLimits, errors: &mut Vec<String>) -> Vec<IpNet> {
     if !rl.trust_proxy_headers {
@@ -231,7 +236,10 @@ fn trusted_proxies(rl: &RateLimits, errors: &mut Vec<String>) -> Vec<IpNet> {
     let mut out = Vec::new();
     for c in listed {
         let c = c.trim();
-        match c.parse::<IpNet>().or_else(|_| c.parse::<std::net::IpAddr>().map(IpNet::from)) {
+        match c
+            .parse::<IpNet>()
+            .or_else(|_| c.parse::<std::net::IpAddr>().map(IpNet::from))
+        {
             Ok(n) => out.push(n),
             Err(_) => errors.push(format!(
                 "server.rate_limits.trusted_proxy_cidrs: {c:?} is not a CIDR (e.g. 10.0.0.0/8)"

@@ -323,14 +323,20 @@ mod tests {
         let junk = map(&[("x-forwarded-for", "not-an-ip"), ("x-real-ip", "4.4.4.4")]);
         assert_eq!(proxy.client_ip(&junk), "4.4.4.4".parse::<IpAddr>().unwrap());
         let mapped = ClientInfo::new("::ffff:10.0.0.7".parse().unwrap(), false, &trusted);
-        assert!(mapped.trusted_proxy, "an IPv4-mapped peer matches IPv4 CIDRs");
+        assert!(
+            mapped.trusted_proxy,
+            "an IPv4-mapped peer matches IPv4 CIDRs"
+        );
     }
 
     #[test]
     fn every_listed_credential_is_stripped_both_ways() {
         let mut inbound = HeaderMap::new();
         for c in CREDENTIALS {
-            inbound.insert(HeaderName::from_static(c), HeaderValue::from_static("secret"));
+            inbound.insert(
+                HeaderName::from_static(c),
+                HeaderValue::from_static("secret"),
+            );
         }
         let client = ClientInfo::new("127.0.0.1".parse().unwrap(), false, &[]);
         let out = outbound(&inbound, &client, None, &[]);

@@ -138,9 +138,8 @@ pub fn inspect_body(content_type: Option<&str>, body: &[u8]) -> Result<BodyFacts
     if !declared_json && !looks_json {
         return Ok(BodyFacts::default());
     }
-    let top = parse_top(body).map_err(|e| {
-        ProxyError::BadRequest(format!("invalid JSON in request body: {e}"))
-    })?;
+    let top = parse_top(body)
+        .map_err(|e| ProxyError::BadRequest(format!("invalid JSON in request body: {e}")))?;
     if top.not_object {
         return Ok(BodyFacts::default());
     }
@@ -242,7 +241,11 @@ mod tests {
         assert_eq!(f.model.as_deref(), Some("b"));
         assert!(f.stream);
         let f = inspect_body(None, br#"{"\u006dodel":"c"}"#).unwrap();
-        assert_eq!(f.model.as_deref(), Some("c"), "escaped keys are decoded first");
+        assert_eq!(
+            f.model.as_deref(),
+            Some("c"),
+            "escaped keys are decoded first"
+        );
         for body in [
             &br#"{"model":"a","Model":"b"}"#[..],
             br#"{"model":"a","model":"b"}"#,
@@ -253,7 +256,10 @@ mod tests {
                 Err(ProxyError::BadRequest(m)) if m.contains("ambiguous")
             ));
         }
-        assert_eq!(inspect_body(None, br#"{"models":"x"}"#).unwrap().model, None);
+        assert_eq!(
+            inspect_body(None, br#"{"models":"x"}"#).unwrap().model,
+            None
+        );
     }
 
     #[test]

@@ -317,7 +317,11 @@ impl Run<'_> {
         let uri = spec
             .join(self.path)
             .map_err(|e| ProxyError::Internal(format!("cannot build upstream URL: {e}")))?;
-        let body = match (&cand.native_model, &self.facts.model, &self.facts.model_span) {
+        let body = match (
+            &cand.native_model,
+            &self.facts.model,
+            &self.facts.model_span,
+        ) {
             (Some(native), Some(requested), Some(span)) if native != requested => {
                 inspect::splice_model(self.body, span, native)
                     .ok_or_else(|| ProxyError::Internal("cannot rewrite the model".into()))?

@@ -32,7 +32,9 @@ impl fmt::Display for PathError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             Self::Escapes => "the path climbs above the endpoint's base path",
-            Self::HiddenDotSegment => "the path hides a dot-segment behind an encoded separator or parameters",
+            Self::HiddenDotSegment => {
+                "the path hides a dot-segment behind an encoded separator or parameters"
+            }
             Self::BadEscape => "the path has an invalid percent-escape",
             Self::Control => "the path has a control character",
         })
@@ -172,7 +174,13 @@ mod tests {
 
     #[test]
     fn plain_paths_pass_unchanged() {
-        for p in ["/", "/v1/chat/completions", "/api/tags", "/v1/models/", "/a%2Fb"] {
+        for p in [
+            "/",
+            "/v1/chat/completions",
+            "/api/tags",
+            "/v1/models/",
+            "/a%2Fb",
+        ] {
             assert_eq!(normalise(p).unwrap(), p);
         }
     }
@@ -210,10 +218,16 @@ mod tests {
         assert_eq!(normalise("/..%2fadmin"), Err(PathError::HiddenDotSegment));
         assert_eq!(normalise("/..%2Fadmin"), Err(PathError::HiddenDotSegment));
         assert_eq!(normalise("/x%2f..%2fy"), Err(PathError::HiddenDotSegment));
-        assert_eq!(normalise("/%2e%2e%5cadmin"), Err(PathError::HiddenDotSegment));
+        assert_eq!(
+            normalise("/%2e%2e%5cadmin"),
+            Err(PathError::HiddenDotSegment)
+        );
         assert_eq!(normalise("/a/..;x/pull"), Err(PathError::HiddenDotSegment));
         // An encoded slash inside a name stays encoded (upper-case hex).
-        assert_eq!(normalise("/models/org%2fname").unwrap(), "/models/org%2Fname");
+        assert_eq!(
+            normalise("/models/org%2fname").unwrap(),
+            "/models/org%2Fname"
+        );
     }
 
     #[test]

@@ -204,10 +204,22 @@ mod tests {
     #[test]
     fn auth_endpoints_get_their_api_and_allowed_paths_only() {
         let none: Vec<String> = Vec::new();
-        assert!(auth_allows(BackendKind::LiteLlm, &none, "/v1/chat/completions"));
-        assert!(auth_allows(BackendKind::LiteLlm, &none, "/health/liveliness"));
+        assert!(auth_allows(
+            BackendKind::LiteLlm,
+            &none,
+            "/v1/chat/completions"
+        ));
+        assert!(auth_allows(
+            BackendKind::LiteLlm,
+            &none,
+            "/health/liveliness"
+        ));
         assert!(!auth_allows(BackendKind::LiteLlm, &none, "/key/generate"));
-        assert!(!auth_allows(BackendKind::OpenAiCompatible, &none, "/v1/files"));
+        assert!(!auth_allows(
+            BackendKind::OpenAiCompatible,
+            &none,
+            "/v1/files"
+        ));
         assert!(auth_allows(BackendKind::Ollama, &none, "/api/chat"));
         assert!(!auth_allows(BackendKind::Vllm, &none, "/api/chat"));
         assert!(auth_allows(BackendKind::Vllm, &none, "/tokenize"));
@@ -217,9 +229,21 @@ mod tests {
             "/engines/llama.cpp/v1/chat/completions"
         ));
         let extra = vec!["/v1/files".to_string(), "/key/*/info".to_string()];
-        assert!(auth_allows(BackendKind::OpenAiCompatible, &extra, "/v1/files"));
-        assert!(auth_allows(BackendKind::OpenAiCompatible, &extra, "/v1/files/f1"));
-        assert!(!auth_allows(BackendKind::OpenAiCompatible, &extra, "/v1/filesystem"));
+        assert!(auth_allows(
+            BackendKind::OpenAiCompatible,
+            &extra,
+            "/v1/files"
+        ));
+        assert!(auth_allows(
+            BackendKind::OpenAiCompatible,
+            &extra,
+            "/v1/files/f1"
+        ));
+        assert!(!auth_allows(
+            BackendKind::OpenAiCompatible,
+            &extra,
+            "/v1/filesystem"
+        ));
         assert!(auth_allows(BackendKind::LiteLlm, &extra, "/key/abc/info"));
         assert!(!auth_allows(BackendKind::LiteLlm, &extra, "/key/generate"));
     }

@@ -432,7 +432,11 @@ mod tests {
         assert_eq!(a, endpoint_id("http://user:pw@localhost:11434?x=1#f"));
         assert_ne!(a, endpoint_id("http://localhost:11435"));
         assert!(a.chars().all(|c| c.is_ascii_alphanumeric()));
-        assert_eq!(endpoint_id("http://localhost:11434/"), "1r8zih8", "trailing slash kept");
+        assert_eq!(
+            endpoint_id("http://localhost:11434/"),
+            "1r8zih8",
+            "trailing slash kept"
+        );
     }
 
     #[test]
