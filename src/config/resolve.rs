@@ -613,6 +613,51 @@ mod tests {
     }
 
     #[test]
+    fn trusted_proxies_follow_olla_and_bad_cidrs_are_errors() {
+        let off =
+            resolve_text("server: {rate_limits: {trusted_proxy_cidrs: [10.0.0.0/8]}}\n").unwrap();
+        assert!(
+            off.server.trusted_proxies.is_empty(),
+            "trust_proxy_headers is off"
+        );
+        let defaults =
+            resolve_text("server: {rate_limits: {trust_proxy_headers: true}}\n").unwrap();
+        assert_eq!(defaults.server.trusted_proxies.len(), 4);
+        let listed = resolve_text(
+            "server: {rate_limits: {trust_proxy_headers: true, trusted_proxy_cidrs: [192.0.2.1, '::1/128']}}\n",
+        )
+        .unwrap();
+        assert_eq!(listed.server.trusted_proxies.len(), 2);
+        let bad = resolve_text(
+            "server: {rate_limits: {trust_proxy_headers: true, trusted_proxy_cidrs: [10.0.0.0/99]}}\n",
+        )
+        .unwrap_err();
+        assert!(bad.join("").contains("trusted_proxy_cidrs"), "{bad:?}");
+    }
+
+    #[test]
+    fn allowed_paths_apply_to_endpoints_with_auth_and_urls_keep_their_spelling() {
+        let yaml = format!(
+            "{TWO}      - {{name: a, url: 'http://h:1/', type: litellm, auth: {{type: bearer, token: t}}, allowed_paths: [/v1/files]}}\n      - {{name: b, url: 'http://h:2?x=1', type: vllm, allowed_paths: [/x]}}\n"
+        );
+        let rt = resolve_text(&yaml).unwrap();
+        assert_eq!(
+            rt.tree.specs[0].path_allowlist,
+            Some(vec!["/v1/files".to_string()])
+        );
+        assert_eq!(rt.tree.specs[0].configured_url, "http://h:1/");
+        assert_eq!(rt.tree.specs[1].path_allowlist, None);
+        assert_eq!(rt.tree.specs[1].configured_url, "http://h:2");
+        let bad = format!(
+            "{TWO}      - {{name: a, url: 'http://h:1', type: vllm, allowed_paths: [v1/files]}}\n"
+        );
+        assert!(resolve_text(&bad)
+            .unwrap_err()
+            .join("")
+            .contains("allowed_paths"));
+    }
+
+    #[test]
     fn resolves_defaults_timeouts_and_auth() {
         let yaml = format!(
             "proxy:\n  load_balancer: priority\n  response_header_timeout: 7s\n  timeouts: {{idle: 3s}}\n{TWO}      - name: a\n        url: http://h:1/base\n        type: openai\n        priority: 50\n        auth: {{type: basic, username: u, password: p}}\n        headers: {{X-Tenant: acme}}\n"
