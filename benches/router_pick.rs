@@ -38,6 +38,7 @@ fn settings() -> ServerSettings {
         request_logging: false,
         proxy_engine: "olla".into(),
         proxy_profile: "auto".into(),
+        trusted_proxies: Vec::new(),
     }
 }
 

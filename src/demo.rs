@@ -60,6 +60,7 @@ pub async fn run(port: u16, stop: impl Future<Output = ()>) -> Result<(), String
             request_logging: true,
             proxy_engine: "olla".into(),
             proxy_profile: "auto".into(),
+            trusted_proxies: Vec::new(),
         },
         tree: TreeConfig {
             specs: vec![

@@ -20,6 +20,8 @@ pub enum ProxyError {
     RouteNotFound(String),
     #[error("No {0} endpoints available")]
     NoProviderEndpoints(String),
+    #[error("path {0} is not forwarded to endpoints with auth: it is not part of their API and not in their allowed_paths")]
+    PathNotAllowed(String),
     #[error("method {0} not allowed here")]
     MethodNotAllowed(String),
     #[error("request body too large: the limit is {0} bytes")]
@@ -48,9 +50,10 @@ impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
-            Self::ModelNotFound(_) | Self::RouteNotFound(_) | Self::NoProviderEndpoints(_) => {
-                StatusCode::NOT_FOUND
-            }
+            Self::ModelNotFound(_)
+            | Self::RouteNotFound(_)
+            | Self::NoProviderEndpoints(_)
+            | Self::PathNotAllowed(_) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Self::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
@@ -72,6 +75,7 @@ impl ProxyError {
             Self::ModelNotFound(_) => "model_not_found",
             Self::RouteNotFound(_) => "route_not_found",
             Self::NoProviderEndpoints(_) => "no_endpoints_available",
+            Self::PathNotAllowed(_) => "path_not_allowed",
             Self::MethodNotAllowed(_) => "method_not_allowed",
             Self::BodyTooLarge(_) => "request_too_large",
             Self::HeadersTooLarge(_) => "headers_too_large",

@@ -81,6 +81,26 @@ pub fn uptime(d: Duration) -> String {
     }
 }
 
+/// The parameter count a size label names (`8B`, `7.5b`, `270M`, `1.2T`, `500K`); 0 when it
+/// names none.
+pub fn parameter_count(label: &str) -> u64 {
+    let t = label.trim();
+    let Some(unit) = t.chars().last() else {
+        return 0;
+    };
+    let scale = match unit.to_ascii_uppercase() {
+        'K' => 1e3,
+        'M' => 1e6,
+        'B' => 1e9,
+        'T' => 1e12,
+        _ => return 0,
+    };
+    match t[..t.len() - unit.len_utf8()].parse::<f64>() {
+        Ok(n) if n.is_finite() && n >= 0.0 => (n * scale).min(u64::MAX as f64) as u64,
+        _ => 0,
+    }
+}
+
 /// RFC 3339 in UTC with milliseconds, e.g. `2026-11-25T01:02:03.456Z`.
 pub fn rfc3339(t: SystemTime) -> String {
     let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
@@ -122,6 +142,17 @@ mod tests {
         assert_eq!(bytes(1536), "1.50 KB");
         assert_eq!(uptime(Duration::from_secs(3700)), "1h 1m");
         assert_eq!(time_ago(None), "never");
+    }
+
+    #[test]
+    fn parameter_counts_from_labels() {
+        assert_eq!(parameter_count("8B"), 8_000_000_000);
+        assert_eq!(parameter_count("7.5b"), 7_500_000_000);
+        assert_eq!(parameter_count("270M"), 270_000_000);
+        assert_eq!(parameter_count(""), 0);
+        assert_eq!(parameter_count("big"), 0);
+        assert_eq!(parameter_count("1e400B"), 0);
+        assert_eq!(parameter_count("-3B"), 0);
     }
 
     #[test]

@@ -982,9 +982,14 @@ async fn model_routes_look_up_by_id_or_native_alias_format_filter_and_summarise(
         assert_eq!(r.status, 200, "{id}: {}", r.body);
         let v = r.json();
         assert_eq!(v["id"], "llama3.1:8b", "{id}");
-        assert_eq!(v["object"], "model");
-        assert_eq!(availability(&v), set(&["a-ol", "b-fake", "c-oai"]), "{v}");
-        let aliases: BTreeSet<String> = v["olla"]["aliases"]
+        let endpoints: BTreeSet<String> = v["endpoints"]
+            .as_array()
+            .unwrap_or_else(|| panic!("unified summary has endpoints: {v}"))
+            .iter()
+            .map(|e| e.as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(endpoints, set(&["a-ol", "b-fake", "c-oai"]), "{v}");
+        let aliases: BTreeSet<String> = v["aliases"]
             .as_array()
             .unwrap()
             .iter()

@@ -14,6 +14,9 @@ pub struct BackendSpec {
     pub name: String,
     /// Base URL; request paths are appended to its path.
     pub url: Uri,
+    /// The URL as configured, without userinfo, query or fragment (Olla's sanitised URL: the
+    /// endpoint id is hashed from it and status pages show it).
+    pub configured_url: String,
     pub kind: BackendKind,
     /// Higher is preferred; requests go to the highest routable tier first.
     pub priority: i64,
@@ -35,6 +38,9 @@ pub struct BackendSpec {
     pub discovery: DiscoverySettings,
     /// Speak HTTP/2 with prior knowledge (h2c) to this backend.
     pub h2c: bool,
+    /// `Some` for an endpoint with `auth`: it receives only its type's API paths plus these
+    /// `allowed_paths` entries (prefixes or globs). `None`: any path is forwarded.
+    pub path_allowlist: Option<Vec<String>>,
 }
 
 /// Active health-check hysteresis and backoff.
@@ -203,6 +209,7 @@ impl BackendSpec {
     pub fn new(name: impl Into<String>, url: Uri, kind: BackendKind) -> Self {
         Self {
             name: name.into(),
+            configured_url: sanitized_url(url.to_string().trim_end_matches('/')),
             url,
             kind,
             priority: 100,
@@ -219,6 +226,7 @@ impl BackendSpec {
             model_filter: ModelFilter::default(),
             discovery: DiscoverySettings::default(),
             h2c: false,
+            path_allowlist: None,
         }
     }
 
@@ -245,6 +253,25 @@ impl BackendSpec {
             Some(p) => self.join(p),
             None => self.join(default),
         }
+    }
+}
+
+/// Olla's sanitised URL: the URL as written, without userinfo, query or fragment.
+pub fn sanitized_url(raw: &str) -> String {
+    let mut s = raw.trim();
+    if let Some(i) = s.find(['?', '#']) {
+        s = &s[..i];
+    }
+    match s.find("://") {
+        Some(scheme_end) => {
+            let rest = &s[scheme_end + 3..];
+            let authority_end = rest.find('/').unwrap_or(rest.len());
+            match rest[..authority_end].rfind('@') {
+                Some(at) => format!("{}{}", &s[..scheme_end + 3], &rest[at + 1..]),
+                None => s.to_string(),
+            }
+        }
+        None => s.to_string(),
     }
 }
 

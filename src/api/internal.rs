@@ -277,13 +277,7 @@ pub fn endpoint_ids(
 }
 
 pub(crate) fn sanitized_url(h: &BackendHandle) -> String {
-    let u = &h.spec().url;
-    format!(
-        "{}://{}{}",
-        u.scheme_str().unwrap_or("http"),
-        u.authority().map(|a| a.as_str()).unwrap_or(""),
-        u.path().trim_end_matches('/')
-    )
+    h.spec().configured_url.clone()
 }
 
 fn success_pct(s: &Snapshot) -> Option<f64> {

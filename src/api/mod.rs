@@ -109,30 +109,18 @@ async fn route(
         get_only(&req)?;
         return models::one(app, id);
     }
-    let client = ClientInfo {
-        peer: peer.ip(),
-        tls: false,
-    };
-    let query = req
-        .uri()
-        .query()
-        .map(|q| format!("?{q}"))
-        .unwrap_or_default();
+    let client = ClientInfo::new(peer.ip(), false, &app.settings.trusted_proxies);
+    let query = req.uri().query().map(str::to_owned);
     if let Some(rest) = path.strip_prefix("/olla/proxy") {
         if rest.is_empty() || rest.starts_with('/') {
-            let upstream_path = format!("{}{query}", if rest.is_empty() { "/" } else { rest });
-            let fwd = Forward {
-                filter: KindFilter::Any,
-                upstream_path,
-            };
+            let fwd = Forward::new(KindFilter::Any, rest, query.as_deref(), false)?;
             return proxy::forward(app, req, client, fwd, ctx).await;
         }
     }
     if let Some(rest) = path.strip_prefix("/olla/") {
         let (prefix, tail) = rest.split_once('/').unwrap_or((rest, ""));
         if let Some(filter) = provider::filter_for(prefix) {
-            return provider::handle(app, req, client, filter, &format!("/{tail}"), &query, ctx)
-                .await;
+            return provider::handle(app, req, client, filter, tail, query.as_deref(), ctx).await;
         }
     }
     Err(ProxyError::RouteNotFound(format!(

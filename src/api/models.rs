@@ -289,20 +289,87 @@ pub fn list(app: &App, query: Option<&str>) -> Result<Response<Body>, ProxyError
     Ok(json_response(StatusCode::OK, &body))
 }
 
-/// `GET /olla/models/{id-or-alias}`.
+/// Olla's unified summary of one model: its id, metadata, native names (`aliases`, plus
+/// configured `model_aliases` that point at it), the endpoints (names and URLs) serving it.
+fn unified_summary(app: &App, catalog: &Catalog, m: &UnifiedModel) -> Value {
+    let table = app.tree.published.table();
+    let mut endpoints: Vec<&str> = Vec::new();
+    let mut urls: Vec<String> = Vec::new();
+    for a in &m.availability {
+        if endpoints.contains(&a.backend.as_str()) {
+            continue;
+        }
+        endpoints.push(&a.backend);
+        urls.push(
+            table
+                .get(&a.backend)
+                .map(|b| b.spec().configured_url.clone())
+                .unwrap_or_default(),
+        );
+    }
+    let loaded: Vec<&str> = if m.meta.loaded == Some(true) {
+        endpoints.clone()
+    } else {
+        Vec::new()
+    };
+    let mut aliases = m.aliases.clone();
+    let mut configured: Vec<&String> = catalog
+        .aliases
+        .iter()
+        .filter(|(_, real)| {
+            real.iter()
+                .any(|r| m.aliases.iter().any(|a| a.eq_ignore_ascii_case(r)))
+        })
+        .map(|(alias, _)| alias)
+        .collect();
+    configured.sort();
+    for alias in configured {
+        if !aliases.iter().any(|a| a.eq_ignore_ascii_case(alias)) {
+            aliases.push(alias.clone());
+        }
+    }
+    let param_size = m.meta.parameter_size.clone().unwrap_or_default();
+    let mut v = json!({
+        "id": m.id,
+        "family": m.meta.family.clone().unwrap_or_default(),
+        "variant": m.meta.family.clone().unwrap_or_default(),
+        "parameter_size": param_size,
+        "parameter_count": format::parameter_count(&param_size),
+        "quantization": m.meta.quantization.clone().unwrap_or_default(),
+        "format": "",
+        "aliases": aliases,
+        "endpoints": endpoints,
+        "endpoint_urls": urls,
+        "loaded_endpoints": loaded,
+        "capabilities": m.meta.capabilities,
+        "total_disk_size": format::bytes(m.meta.size.unwrap_or(0)),
+        "last_seen": format::time_ago(Some(m.last_seen)),
+    });
+    if let (Some(c), Some(obj)) = (m.meta.context_length, v.as_object_mut()) {
+        obj.insert("max_context_length".into(), json!(c));
+    }
+    v
+}
+
+/// `GET /olla/models/{id-or-alias}`: the unified summary, or 404.
 pub fn one(app: &App, id: &str) -> Result<Response<Body>, ProxyError> {
     let id = percent_decode(id);
     if id.is_empty() {
         return Err(ProxyError::BadRequest("Model ID or alias required".into()));
     }
     let catalog = app.tree.published.catalog.load();
-    let routable = routable_names(app);
-    let Some(m) = catalog.lookup(&id) else {
+    let found = catalog.lookup(&id).or_else(|| {
+        catalog
+            .resolve(&id)
+            .first()
+            .and_then(|a| catalog.lookup(&a.native_name))
+    });
+    let Some(m) = found else {
         return Err(ProxyError::ModelNotFound(id));
     };
     Ok(json_response(
         StatusCode::OK,
-        &unified_entry(m, &routable, now_unix()),
+        &unified_summary(app, &catalog, m),
     ))
 }
 

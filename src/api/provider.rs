@@ -2,6 +2,8 @@
 //! its type only (`openai` reaches every OpenAI-compatible type), serves its native model list
 //! and `v1/models` from the catalog, and aggregates `/olla/ollama/api/tags` over every Ollama
 //! backend. A prefix with no backend of its type answers 404 `No <type> endpoints available`.
+//! The path after the prefix is normalised and checked ([`Forward::new`]) before it is matched,
+//! so `/api/./pull`, `/api/PULL/` or `/api/pu%6cl` meet the same rules as `/api/pull`.
 
 use std::sync::Arc;
 
@@ -41,32 +43,19 @@ pub async fn handle(
     client: ClientInfo,
     filter: KindFilter,
     tail: &str,
-    query: &str,
+    query: Option<&str>,
     ctx: &mut HeaderMap,
 ) -> Result<Response<Body>, ProxyError> {
+    let ollama = filter == KindFilter::Only(BackendKind::Ollama);
+    let fwd = Forward::new(filter, tail, query, ollama)?;
     if !has_backends(app, filter) {
         let name = filter.provider_name().unwrap_or("matching");
         return Err(ProxyError::NoProviderEndpoints(name.to_string()));
     }
     let is_get = req.method() == Method::GET;
-    match (filter, tail) {
+    match (filter, fwd.path_key.as_str()) {
         (KindFilter::Only(BackendKind::Ollama), "/api/tags") if is_get => {
             return Ok(models::ollama_tags(app))
-        }
-        (KindFilter::Only(BackendKind::Ollama), "/api/show" | "/api/list")
-            if req.method() == Method::POST && tail == "/api/show" =>
-        {
-            return Err(ProxyError::NotImplemented(
-                "model show not supported in multi-instance proxy".into(),
-            ))
-        }
-        (
-            KindFilter::Only(BackendKind::Ollama),
-            "/api/pull" | "/api/push" | "/api/create" | "/api/copy" | "/api/delete",
-        ) => {
-            return Err(ProxyError::NotImplemented(
-                "model management operations not supported by proxy".into(),
-            ))
         }
         (KindFilter::Only(BackendKind::LmStudio), "/api/v0/models" | "/api/v1/models")
             if is_get =>
@@ -76,9 +65,5 @@ pub async fn handle(
         (_, "/v1/models") if is_get => return Ok(models::openai_list(app, filter)),
         _ => {}
     }
-    let fwd = Forward {
-        filter,
-        upstream_path: format!("{tail}{query}"),
-    };
     proxy::forward(app, req, client, fwd, ctx).await
 }

@@ -7,12 +7,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::{HeaderName, HeaderValue, Uri};
+use ipnet::IpNet;
 use olla_actors::balance::Strategy;
 use olla_actors::kind::{BackendKind, ALL_KINDS};
 use olla_actors::published::{Fallback, ModelRouting, RoutingPolicy};
 use olla_actors::spec::{
-    BackendSpec, BreakerSettings, ConcurrencyLimits, DiscoverySettings, HealthSettings,
-    ModelFilter, UpstreamTimeouts,
+    sanitized_url, BackendSpec, BreakerSettings, ConcurrencyLimits, DiscoverySettings,
+    HealthSettings, ModelFilter, UpstreamTimeouts,
 };
 use olla_actors::supervisor::SupervisionSettings;
 use olla_actors::TreeConfig;
@@ -20,7 +21,7 @@ use olla_actors::TreeConfig;
 use super::admin::{resolve_admin, AdminSettings};
 use super::load::nearest;
 use super::schema::{
-    AuthConfig, BreakerConfig, Config, EndpointConfig, HealthConfig, TimeoutsConfig,
+    AuthConfig, BreakerConfig, Config, EndpointConfig, HealthConfig, RateLimits, TimeoutsConfig,
 };
 
 /// Server-side settings the HTTP layer needs.
@@ -48,6 +49,9 @@ pub struct ServerSettings {
     pub request_logging: bool,
     pub proxy_engine: String,
     pub proxy_profile: String,
+    /// Peers whose `X-Forwarded-For` / `X-Real-IP` / `Forwarded` are believed
+    /// (`rate_limits.trust_proxy_headers` and `trusted_proxy_cidrs`); empty = none.
+    pub trusted_proxies: Vec<IpNet>,
 }
 
 /// Everything the daemon runs with.
@@ -171,6 +175,7 @@ pub fn resolve(config: &Config) -> Result<Runtime, Vec<String>> {
     }
 
     let admin = resolve_admin(&config.admin).map_err(|mut e| errors.append(&mut e));
+    let trusted_proxies = trusted_proxies(&s.rate_limits, &mut errors);
     if !errors.is_empty() {
         return Err(errors);
     }
@@ -200,6 +205,7 @@ pub fn resolve(config: &Config) -> Result<Runtime, Vec<String>> {
             request_logging: s.request_logging,
             proxy_engine: p.engine.clone(),
             proxy_profile: p.profile.clone(),
+            trusted_proxies,
         },
         tree: TreeConfig {
             specs,
@@ -233,6 +239,39 @@ pub fn resolve(config: &Config) -> Result<Runtime, Vec<String>> {
         },
         admin,
     })
+}
+
+/// Olla's defaults when `trust_proxy_headers` is on and no CIDR is listed.
+const DEFAULT_TRUSTED_PROXIES: &[&str] = &[
+    "127.0.0.0/8",
+    "10.0.0.0/8",
+    "172.16.0.0/12",
+    "192.168.0.0/16",
+];
+
+fn trusted_proxies(rl: &RateLimits, errors: &mut Vec<String>) -> Vec<IpNet> {
+    if !rl.trust_proxy_headers {
+        return Vec::new();
+    }
+    let listed: Vec<&str> = if rl.trusted_proxy_cidrs.is_empty() {
+        DEFAULT_TRUSTED_PROXIES.to_vec()
+    } else {
+        rl.trusted_proxy_cidrs.iter().map(String::as_str).collect()
+    };
+    let mut out = Vec::new();
+    for c in listed {
+        let c = c.trim();
+        match c
+            .parse::<IpNet>()
+            .or_else(|_| c.parse::<std::net::IpAddr>().map(IpNet::from))
+        {
+            Ok(n) => out.push(n),
+            Err(_) => errors.push(format!(
+                "server.rate_limits.trusted_proxy_cidrs: {c:?} is not a CIDR (e.g. 10.0.0.0/8)"
+            )),
+        }
+    }
+    out
 }
 
 fn nonzero(d: Duration, fallback: Duration) -> Duration {
@@ -342,6 +381,13 @@ pub fn endpoint_spec(
     if ep.weight == 0 {
         errors.push(format!("{at}.weight: must be at least 1"));
     }
+    for p in &ep.allowed_paths {
+        if !p.starts_with('/') && !p.starts_with('*') {
+            errors.push(format!(
+                "{at}.allowed_paths: {p:?} must start with / (a path prefix) or * (a glob)"
+            ));
+        }
+    }
     let mut outbound_headers = Vec::new();
     for (k, v) in &ep.headers {
         match (
@@ -376,6 +422,7 @@ pub fn endpoint_spec(
     let md = &config.discovery.model_discovery;
     Ok(BackendSpec {
         name: ep.name.clone(),
+        configured_url: sanitized_url(&ep.url),
         url,
         kind,
         priority: ep.priority,
@@ -407,6 +454,7 @@ pub fn endpoint_spec(
             timeout: nonzero(md.timeout.0, Duration::from_secs(30)),
         },
         h2c: ep.h2c,
+        path_allowlist: ep.auth.is_some().then(|| ep.allowed_paths.clone()),
     })
 }
 
@@ -599,6 +647,51 @@ mod tests {
             .unwrap_err()
             .join("")
             .contains("credentials"));
+    }
+
+    #[test]
+    fn trusted_proxies_follow_olla_and_bad_cidrs_are_errors() {
+        let off =
+            resolve_text("server: {rate_limits: {trusted_proxy_cidrs: [10.0.0.0/8]}}\n").unwrap();
+        assert!(
+            off.server.trusted_proxies.is_empty(),
+            "trust_proxy_headers is off"
+        );
+        let defaults =
+            resolve_text("server: {rate_limits: {trust_proxy_headers: true}}\n").unwrap();
+        assert_eq!(defaults.server.trusted_proxies.len(), 4);
+        let listed = resolve_text(
+            "server: {rate_limits: {trust_proxy_headers: true, trusted_proxy_cidrs: [192.0.2.1, '::1/128']}}\n",
+        )
+        .unwrap();
+        assert_eq!(listed.server.trusted_proxies.len(), 2);
+        let bad = resolve_text(
+            "server: {rate_limits: {trust_proxy_headers: true, trusted_proxy_cidrs: [10.0.0.0/99]}}\n",
+        )
+        .unwrap_err();
+        assert!(bad.join("").contains("trusted_proxy_cidrs"), "{bad:?}");
+    }
+
+    #[test]
+    fn allowed_paths_apply_to_endpoints_with_auth_and_urls_keep_their_spelling() {
+        let yaml = format!(
+            "{TWO}      - {{name: a, url: 'http://h:1/', type: litellm, auth: {{type: bearer, token: t}}, allowed_paths: [/v1/files]}}\n      - {{name: b, url: 'http://h:2?x=1', type: vllm, allowed_paths: [/x]}}\n"
+        );
+        let rt = resolve_text(&yaml).unwrap();
+        assert_eq!(
+            rt.tree.specs[0].path_allowlist,
+            Some(vec!["/v1/files".to_string()])
+        );
+        assert_eq!(rt.tree.specs[0].configured_url, "http://h:1/");
+        assert_eq!(rt.tree.specs[1].path_allowlist, None);
+        assert_eq!(rt.tree.specs[1].configured_url, "http://h:2");
+        let bad = format!(
+            "{TWO}      - {{name: a, url: 'http://h:1', type: vllm, allowed_paths: [v1/files]}}\n"
+        );
+        assert!(resolve_text(&bad)
+            .unwrap_err()
+            .join("")
+            .contains("allowed_paths"));
     }
 
     #[test]

@@ -376,6 +376,9 @@ pub struct EndpointConfig {
     pub health: HealthConfig,
     /// Speak HTTP/2 with prior knowledge (h2c) to this backend.
     pub h2c: bool,
+    /// Ours: for an endpoint with `auth`, paths forwarded beside its type's API (prefixes or
+    /// globs); every other path answers 404.
+    pub allowed_paths: Vec<String>,
 }
 
 impl Default for EndpointConfig {
@@ -401,6 +404,7 @@ impl Default for EndpointConfig {
             circuit_breaker: BreakerConfig::default(),
             health: HealthConfig::default(),
             h2c: false,
+            allowed_paths: Vec::new(),
         }
     }
 }

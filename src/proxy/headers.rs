@@ -1,7 +1,12 @@
 //! Header rules of the proxy: hop-by-hop headers are stripped both ways; the client's
-//! credentials never reach a backend; a backend's `X-Olla-*` headers never reach the client;
-//! forwarding headers (`X-Forwarded-*`, `X-Real-IP`, `Via`) are added outbound, and the routing
-//! headers (`X-Olla-*`, `X-Served-By`, `Via`) inbound.
+//! credentials ([`CREDENTIALS`], the one list) never reach a backend; a backend's `X-Olla-*`
+//! headers never reach the client; forwarding headers (`X-Forwarded-*`, `X-Real-IP`, `Via`) are
+//! added outbound, and the routing headers (`X-Olla-*`, `X-Served-By`, `Via`) inbound.
+//!
+//! A client's own `X-Forwarded-For`, `X-Real-IP`, `Forwarded` and `X-Forwarded-Proto/Host` are
+//! believed only when the socket peer is a trusted proxy (`server.rate_limits`); otherwise they
+//! are replaced by what olla saw. Values olla echoes from a request into a header (the model
+//! name) go through [`echo_value`]: bounded and printable.
 
 use std::net::IpAddr;
 
@@ -54,14 +59,55 @@ const HOP_BY_HOP: &[&str] = &[
     "upgrade",
 ];
 
-/// Client credentials that are never forwarded to a backend.
-const CREDENTIALS: &[&str] = &[
+/// Credential-bearing headers: a client's are never forwarded to a backend, a backend's never
+/// reach the client. The one list; add new credential headers here.
+pub const CREDENTIALS: &[&str] = &[
     "authorization",
+    "proxy-authorization",
     "cookie",
     "x-api-key",
+    "api-key",
+    "x-goog-api-key",
+    "anthropic-api-key",
     "x-auth-token",
-    "proxy-authorization",
+    "x-access-token",
+    "x-litellm-api-key",
+    "ocp-apim-subscription-key",
+    "x-amz-security-token",
 ];
+
+/// Forwarding headers a client may set; believed only from a trusted proxy.
+const FORWARDING: &[&str] = &[
+    "x-forwarded-for",
+    "x-real-ip",
+    "forwarded",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+];
+
+/// Longest value olla echoes from a request into a header (e.g. `X-Olla-Model`), in bytes.
+pub const MAX_ECHO_LEN: usize = 256;
+
+/// A request-derived value fit to echo in a header: at most [`MAX_ECHO_LEN`] bytes, every
+/// character outside visible ASCII and space replaced by `?`. `None` when nothing is left.
+pub fn echo_value(s: &str) -> Option<HeaderValue> {
+    let clean: String = s
+        .chars()
+        .take(MAX_ECHO_LEN)
+        .map(|c| {
+            if c == ' ' || c.is_ascii_graphic() {
+                c
+            } else {
+                '?'
+            }
+        })
+        .collect();
+    let clean = clean.trim();
+    if clean.is_empty() {
+        return None;
+    }
+    HeaderValue::try_from(clean).ok()
+}
 
 fn connection_listed(headers: &HeaderMap) -> Vec<HeaderName> {
     headers
@@ -75,13 +121,52 @@ fn connection_listed(headers: &HeaderMap) -> Vec<HeaderName> {
 
 /// Where the request came from, for the forwarding headers.
 pub struct ClientInfo {
+    /// The socket peer.
     pub peer: IpAddr,
     pub tls: bool,
+    /// The peer is a trusted proxy: its forwarding headers are believed.
+    pub trusted_proxy: bool,
+}
+
+impl ClientInfo {
+    /// A client at `peer`; `trusted` lists the proxies whose forwarding headers are believed.
+    pub fn new(peer: IpAddr, tls: bool, trusted: &[ipnet::IpNet]) -> Self {
+        let peer = match peer {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(peer, IpAddr::V4),
+            v4 => v4,
+        };
+        Self {
+            peer,
+            tls,
+            trusted_proxy: trusted.iter().any(|n| n.contains(&peer)),
+        }
+    }
+
+    /// The client's address as Olla decides it: from a trusted proxy, the first valid
+    /// `X-Forwarded-For` entry, else a valid `X-Real-IP`; otherwise the socket peer.
+    pub fn client_ip(&self, inbound: &HeaderMap) -> IpAddr {
+        if !self.trusted_proxy {
+            return self.peer;
+        }
+        let first_xff = inbound
+            .get(names::X_FORWARDED_FOR)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(',').next())
+            .and_then(|s| s.trim().parse::<IpAddr>().ok());
+        let real_ip = || {
+            inbound
+                .get(names::X_REAL_IP)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|s| s.trim().parse::<IpAddr>().ok())
+        };
+        first_xff.or_else(real_ip).unwrap_or(self.peer)
+    }
 }
 
 /// Builds the outbound headers from the client's: hop-by-hop, `Host`, credentials and
-/// `Content-Length` removed (the body is re-sent whole); forwarding headers added; then the
-/// backend's configured headers and auth (auth wins).
+/// `Content-Length` removed (the body is re-sent whole); forwarding headers set (the client's
+/// own kept only from a trusted proxy); then the backend's configured headers and auth (auth
+/// wins).
 pub fn outbound(
     inbound: &HeaderMap,
     client: &ClientInfo,
@@ -94,6 +179,7 @@ pub fn outbound(
         let name = k.as_str();
         if HOP_BY_HOP.contains(&name)
             || CREDENTIALS.contains(&name)
+            || (!client.trusted_proxy && FORWARDING.contains(&name))
             || name == "host"
             || name == "content-length"
             || listed.contains(k)
@@ -102,35 +188,27 @@ pub fn outbound(
         }
         out.append(k, v.clone());
     }
-    let client_ip = inbound
-        .get(names::X_FORWARDED_FOR)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(',').next())
-        .map(|s| s.trim().to_string())
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| client.peer.to_string());
     let xff = match inbound
         .get(names::X_FORWARDED_FOR)
         .and_then(|v| v.to_str().ok())
+        .filter(|_| client.trusted_proxy)
     {
-        Some(prev) if !prev.is_empty() => format!("{prev}, {}", client.peer),
+        Some(prev) if !prev.trim().is_empty() => format!("{prev}, {}", client.peer),
         _ => client.peer.to_string(),
     };
     if let Ok(v) = HeaderValue::try_from(xff) {
         out.insert(names::X_FORWARDED_FOR, v);
     }
-    if !inbound.contains_key(names::X_REAL_IP) {
-        if let Ok(v) = HeaderValue::try_from(client_ip) {
-            out.insert(names::X_REAL_IP, v);
-        }
+    if let Ok(v) = HeaderValue::try_from(client.client_ip(inbound).to_string()) {
+        out.insert(names::X_REAL_IP, v);
     }
-    if !inbound.contains_key(names::X_FORWARDED_PROTO) {
+    if !out.contains_key(names::X_FORWARDED_PROTO) {
         out.insert(
             names::X_FORWARDED_PROTO,
             HeaderValue::from_static(if client.tls { "https" } else { "http" }),
         );
     }
-    if !inbound.contains_key(names::X_FORWARDED_HOST) {
+    if !out.contains_key(names::X_FORWARDED_HOST) {
         if let Some(h) = inbound.get(http::header::HOST) {
             out.insert(names::X_FORWARDED_HOST, h.clone());
         }
@@ -143,7 +221,7 @@ pub fn outbound(
         out.insert(http::header::VIA, v);
     }
     out.insert(names::X_PROXIED_BY, served_by());
-    if let Some(m) = model.and_then(|m| HeaderValue::try_from(m).ok()) {
+    if let Some(m) = model.and_then(echo_value) {
         out.insert(names::X_MODEL, m);
     }
     for (k, v) in backend_headers {
@@ -200,10 +278,7 @@ mod tests {
             ("content-type", "application/json"),
             ("x-request-id", "abc"),
         ]);
-        let client = ClientInfo {
-            peer: "10.1.2.3".parse().unwrap(),
-            tls: false,
-        };
+        let client = ClientInfo::new("10.1.2.3".parse().unwrap(), false, &[]);
         let backend = vec![(
             http::header::AUTHORIZATION,
             HeaderValue::from_static("Bearer backend"),
@@ -223,16 +298,59 @@ mod tests {
     }
 
     #[test]
-    fn forwarded_for_is_appended() {
-        let inbound = map(&[("x-forwarded-for", "1.1.1.1")]);
-        let client = ClientInfo {
-            peer: "10.0.0.1".parse().unwrap(),
-            tls: true,
-        };
-        let out = outbound(&inbound, &client, None, &[]);
+    fn forwarding_headers_are_believed_only_from_trusted_proxies() {
+        let inbound = map(&[
+            ("x-forwarded-for", "1.1.1.1"),
+            ("x-real-ip", "2.2.2.2"),
+            ("forwarded", "for=3.3.3.3"),
+            ("x-forwarded-proto", "https"),
+        ]);
+        let trusted: Vec<ipnet::IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let proxy = ClientInfo::new("10.0.0.1".parse().unwrap(), false, &trusted);
+        let out = outbound(&inbound, &proxy, None, &[]);
         assert_eq!(out["x-forwarded-for"], "1.1.1.1, 10.0.0.1");
         assert_eq!(out["x-real-ip"], "1.1.1.1");
+        assert_eq!(out["forwarded"], "for=3.3.3.3");
         assert_eq!(out["x-forwarded-proto"], "https");
+
+        let stranger = ClientInfo::new("192.0.2.9".parse().unwrap(), false, &trusted);
+        let out = outbound(&inbound, &stranger, None, &[]);
+        assert_eq!(out["x-forwarded-for"], "192.0.2.9");
+        assert_eq!(out["x-real-ip"], "192.0.2.9");
+        assert!(!out.contains_key("forwarded"));
+        assert_eq!(out["x-forwarded-proto"], "http");
+
+        let junk = map(&[("x-forwarded-for", "not-an-ip"), ("x-real-ip", "4.4.4.4")]);
+        assert_eq!(proxy.client_ip(&junk), "4.4.4.4".parse::<IpAddr>().unwrap());
+        let mapped = ClientInfo::new("::ffff:10.0.0.7".parse().unwrap(), false, &trusted);
+        assert!(
+            mapped.trusted_proxy,
+            "an IPv4-mapped peer matches IPv4 CIDRs"
+        );
+    }
+
+    #[test]
+    fn every_listed_credential_is_stripped_both_ways() {
+        let mut inbound = HeaderMap::new();
+        for c in CREDENTIALS {
+            inbound.insert(
+                HeaderName::from_static(c),
+                HeaderValue::from_static("secret"),
+            );
+        }
+        let client = ClientInfo::new("127.0.0.1".parse().unwrap(), false, &[]);
+        let out = outbound(&inbound, &client, None, &[]);
+        assert!(out.values().all(|v| v != "secret"), "{out:?}");
+        assert!(inbound_response(&inbound, &[]).is_empty());
+    }
+
+    #[test]
+    fn echoed_values_are_bounded_and_printable() {
+        let long = "m".repeat(100_000);
+        assert_eq!(echo_value(&long).unwrap().len(), MAX_ECHO_LEN);
+        assert_eq!(echo_value("llama3:8b").unwrap(), "llama3:8b");
+        assert_eq!(echo_value("a\u{7f}b\u{e9}").unwrap(), "a?b?");
+        assert_eq!(echo_value("  "), None);
     }
 
     #[test]

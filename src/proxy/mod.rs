@@ -3,12 +3,20 @@
 //! connection error, a first-byte timeout or a retryable status moves the request to the next
 //! candidate (the body is replayed from memory); after it, never. Full backends are skipped,
 //! then waited for in their bounded queue, tier by tier (spill-over to lower tiers).
+//!
+//! Rules kept here for every later feature: the upstream path is built only by [`Forward::new`]
+//! (normalised, never leaving the base path, model management refused); an endpoint with
+//! `auth` receives only its API surface and `allowed_paths`; the body is inspected, never parsed
+//! into a tree, and a rewritten model is spliced into the original bytes; a request-derived
+//! value reaches a header only through [`headers::echo_value`].
 
 pub mod body;
 pub mod headers;
+pub mod inspect;
+pub mod path;
 pub mod select;
+pub mod surface;
 
-use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -28,67 +36,68 @@ use crate::error::ProxyError;
 use crate::http_util::Body;
 use body::{GuardedBody, Upstream};
 use headers::{names, ClientInfo};
+use inspect::{inspect_body, BodyFacts};
 use select::{Candidate, Decision, KindFilter};
 
 /// What a route asks the pipeline to do.
 pub struct Forward {
     pub filter: KindFilter,
-    /// Path and query sent upstream (the route prefix removed).
+    /// Path and query sent upstream (the route prefix removed, the path normalised).
     pub upstream_path: String,
+    /// The path's rule key ([`path::rule_key`]), matched against endpoints' allowed paths.
+    pub path_key: String,
 }
 
-/// Parsed routing facts of a request body.
-#[derive(Debug, Default, PartialEq)]
-pub struct BodyFacts {
-    pub model: Option<String>,
-    pub stream: bool,
-}
-
-#[derive(serde::Deserialize)]
-struct Peek<'a> {
-    #[serde(borrow, default)]
-    model: Option<Cow<'a, str>>,
-    #[serde(default)]
-    stream: Option<bool>,
-}
-
-/// Reads `model` and `stream` from a JSON body; malformed JSON is a 400.
-pub fn inspect_body(content_type: Option<&str>, body: &[u8]) -> Result<BodyFacts, ProxyError> {
-    let trimmed = body.trim_ascii_start();
-    if trimmed.is_empty() {
-        return Ok(BodyFacts::default());
-    }
-    let declared_json = content_type.is_some_and(|c| c.contains("json"));
-    let looks_json = trimmed.starts_with(b"{");
-    if !declared_json && !looks_json {
-        return Ok(BodyFacts::default());
-    }
-    match serde_json::from_slice::<Peek>(body) {
-        Ok(p) => Ok(BodyFacts {
-            model: p.model.map(|m| m.into_owned()).filter(|m| !m.is_empty()),
-            stream: p.stream.unwrap_or(false),
-        }),
-        Err(e) if e.is_data() && !looks_json => Ok(BodyFacts::default()),
-        Err(e) => Err(ProxyError::BadRequest(format!(
-            "invalid JSON in request body: {e}"
-        ))),
+impl Forward {
+    /// Normalises the path after a route prefix and refuses model management: the path that
+    /// would leave the endpoint's base path is a 400, Ollama's model-management API a 501
+    /// (`api/show` and `api/list` too when `ollama_prefix`).
+    pub fn new(
+        filter: KindFilter,
+        raw_path: &str,
+        query: Option<&str>,
+        ollama_prefix: bool,
+    ) -> Result<Self, ProxyError> {
+        let normalised = path::normalise(raw_path)
+            .map_err(|e| ProxyError::BadRequest(format!("invalid request path: {e}")))?;
+        let path_key = path::rule_key(&normalised);
+        if let Some(message) = surface::ollama_refusal(&path_key, ollama_prefix) {
+            return Err(ProxyError::NotImplemented(message.into()));
+        }
+        let upstream_path = match query {
+            Some(q) => format!("{normalised}?{q}"),
+            None => normalised,
+        };
+        Ok(Self {
+            filter,
+            upstream_path,
+            path_key,
+        })
     }
 }
 
-/// Rewrites the body's `model` for a backend that knows the model by another name.
-fn rewrite_model(body: &Bytes, native: &str) -> Bytes {
-    let Ok(mut v) = serde_json::from_slice::<serde_json::Value>(body) else {
-        return body.clone();
-    };
-    if let Some(obj) = v.as_object_mut() {
-        obj.insert(
-            "model".into(),
-            serde_json::Value::String(native.to_string()),
-        );
+/// Bodies larger than this are inspected on a blocking thread, not on the serving thread.
+const INSPECT_INLINE_MAX: usize = 1 << 20;
+
+/// Inspects the body; a large one off the serving thread.
+async fn inspect(content_type: Option<&str>, body: &Bytes) -> Result<BodyFacts, ProxyError> {
+    if body.len() <= INSPECT_INLINE_MAX {
+        return inspect_body(content_type, body);
     }
-    serde_json::to_vec(&v)
-        .map(Bytes::from)
-        .unwrap_or_else(|_| body.clone())
+    let ct = content_type.map(str::to_owned);
+    let b = body.clone();
+    tokio::task::spawn_blocking(move || inspect_body(ct.as_deref(), &b))
+        .await
+        .map_err(|e| ProxyError::Internal(format!("body inspection failed: {e}")))?
+}
+
+/// Whether an endpoint may receive the path: any path without `auth`; with `auth`, its type's
+/// API and its `allowed_paths` only.
+fn path_allowed(cand: &Candidate, key: &str) -> bool {
+    match &cand.handle.spec().path_allowlist {
+        None => true,
+        Some(extra) => surface::auth_allows(cand.handle.kind(), extra, key),
+    }
 }
 
 /// Reads the request body up to `limit` bytes (413 beyond it) within `deadline` (408 beyond
@@ -179,9 +188,9 @@ pub async fn forward(
         .headers
         .get(http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok());
-    let facts = inspect_body(content_type, &body)?;
-    if let Some(m) = &facts.model {
-        set(ctx, names::X_OLLA_MODEL, m);
+    let facts = inspect(content_type, &body).await?;
+    if let Some(v) = facts.model.as_deref().and_then(headers::echo_value) {
+        ctx.insert(names::X_OLLA_MODEL, v);
     }
     let selection = match select::select(app, fwd.filter, facts.model.as_deref()).await {
         Ok(s) => s,
@@ -195,6 +204,12 @@ pub async fn forward(
     if let Some(d) = &selection.decision {
         decision_headers(ctx, d);
     }
+    let mut candidates = selection.candidates;
+    let offered = candidates.len();
+    candidates.retain(|c| path_allowed(c, &fwd.path_key));
+    if offered > 0 && candidates.is_empty() {
+        return Err(ProxyError::PathNotAllowed(fwd.path_key));
+    }
     let policy = app.tree.published.policy.load_full();
     let run = Run {
         parts: &parts,
@@ -204,7 +219,7 @@ pub async fn forward(
         path: &fwd.upstream_path,
         retry_on: &policy.retry_on_status,
     };
-    run.walk(selection.candidates, ctx).await
+    run.walk(candidates, ctx).await
 }
 
 /// What the failed attempts of a request left: the last error, and the last retryable upstream
@@ -323,9 +338,14 @@ impl Run<'_> {
         let uri = spec
             .join(self.path)
             .map_err(|e| ProxyError::Internal(format!("cannot build upstream URL: {e}")))?;
-        let body = match (&cand.native_model, &self.facts.model) {
-            (Some(native), Some(requested)) if native != requested => {
-                rewrite_model(self.body, native)
+        let body = match (
+            &cand.native_model,
+            &self.facts.model,
+            &self.facts.model_span,
+        ) {
+            (Some(native), Some(requested), Some(span)) if native != requested => {
+                inspect::splice_model(self.body, span, native)
+                    .ok_or_else(|| ProxyError::Internal("cannot rewrite the model".into()))?
             }
             _ => self.body.clone(),
         };
@@ -506,64 +526,5 @@ impl Run<'_> {
             };
         }
         Attempt::Done(response)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn inspects_model_and_stream() {
-        let f = inspect_body(
-            Some("application/json"),
-            br#"{"model":"m1","stream":true,"messages":[]}"#,
-        )
-        .unwrap();
-        assert_eq!(
-            f,
-            BodyFacts {
-                model: Some("m1".into()),
-                stream: true
-            }
-        );
-        assert_eq!(inspect_body(None, b"").unwrap(), BodyFacts::default());
-        assert_eq!(
-            inspect_body(Some("text/plain"), b"hello").unwrap(),
-            BodyFacts::default()
-        );
-        assert_eq!(
-            inspect_body(Some("application/json"), br#"{"model":"a\"b"}"#)
-                .unwrap()
-                .model
-                .as_deref(),
-            Some("a\"b")
-        );
-    }
-
-    #[test]
-    fn malformed_json_is_a_bad_request() {
-        assert!(matches!(
-            inspect_body(Some("application/json"), b"{\"model\":"),
-            Err(ProxyError::BadRequest(_))
-        ));
-        assert!(matches!(
-            inspect_body(None, b"{oops"),
-            Err(ProxyError::BadRequest(_))
-        ));
-        assert!(matches!(
-            inspect_body(Some("application/json"), br#"{"model":5}"#),
-            Err(ProxyError::BadRequest(_))
-        ));
-    }
-
-    #[test]
-    fn rewrites_model_only() {
-        let b =
-            Bytes::from_static(br#"{"model":"alias","messages":[{"role":"user","content":"hi"}]}"#);
-        let out = rewrite_model(&b, "real:8b");
-        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
-        assert_eq!(v["model"], "real:8b");
-        assert_eq!(v["messages"][0]["content"], "hi");
     }
 }

@@ -143,7 +143,7 @@ impl BackendHandle {
         let permits = (spec.limits.max_concurrency > 0)
             .then(|| Arc::new(Semaphore::new(spec.limits.max_concurrency)));
         let breaker = Breaker::new(spec.breaker.clone());
-        let id = endpoint_id(&spec.url.to_string());
+        let id = endpoint_id(&spec.configured_url);
         Self(Arc::new(BackendShared {
             id,
             client,
@@ -430,18 +430,10 @@ fn kind_index(kind: BackendKind) -> u8 {
     ALL_KINDS.iter().position(|k| *k == kind).unwrap_or(0) as u8
 }
 
-/// Olla's endpoint id: FNV-1a (32-bit) of the URL without userinfo, query or fragment, in base 36.
+/// Olla's endpoint id: FNV-1a (32-bit) of the URL as configured without userinfo, query or
+/// fragment, in base 36. A trailing slash counts: `http://h:1` and `http://h:1/` differ.
 pub fn endpoint_id(url: &str) -> String {
-    let mut s = url;
-    if let Some(i) = s.find(['?', '#']) {
-        s = &s[..i];
-    }
-    let sanitized = match (s.find("://"), s.find('@')) {
-        (Some(scheme_end), Some(at)) if at > scheme_end => {
-            format!("{}{}", &s[..scheme_end + 3], &s[at + 1..])
-        }
-        _ => s.to_string(),
-    };
+    let sanitized = crate::spec::sanitized_url(url);
     let mut hash: u32 = 0x811c_9dc5;
     for b in sanitized.as_bytes() {
         hash ^= u32::from(*b);
@@ -476,6 +468,11 @@ mod tests {
         assert_eq!(a, endpoint_id("http://user:pw@localhost:11434?x=1#f"));
         assert_ne!(a, endpoint_id("http://localhost:11435"));
         assert!(a.chars().all(|c| c.is_ascii_alphanumeric()));
+        assert_eq!(
+            endpoint_id("http://localhost:11434/"),
+            "1r8zih8",
+            "trailing slash kept"
+        );
     }
 
     #[test]

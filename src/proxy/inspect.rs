@@ -1,0 +1,336 @@
+//! The body inspector: the routing facts of a request body (`model`, `stream`) and where the
+//! model's value lies in the bytes, read without building a JSON tree (top-level keys borrowed,
+//! values skipped as raw slices), so the cost stays about one pass over the body.
+//!
+//! Top-level keys are matched as a Go backend (Ollama) matches them, case-insensitively
+//! (`encoding/json`): `{"Model":"a"}` routes by `a`, and a body with two keys that both match
+//! `model` (`{"model":"a","Model":"b"}`) is refused, since olla and the backend could disagree
+//! on which one counts. A model rewrite ([`splice_model`]) replaces only the value's bytes.
+//!
+//! Pure functions; never panics on any input.
+
+use std::borrow::Cow;
+use std::fmt;
+use std::ops::Range;
+
+use bytes::{Bytes, BytesMut};
+use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
+use serde_json::value::RawValue;
+
+use crate::error::ProxyError;
+
+/// Parsed routing facts of a request body.
+#[derive(Debug, Default, PartialEq)]
+pub struct BodyFacts {
+    pub model: Option<String>,
+    pub stream: bool,
+    /// Byte range of the model's JSON string (quotes included) in the body.
+    pub model_span: Option<Range<usize>>,
+}
+
+/// Go's `encoding/json` key match: equal under simple case folding (`ſ` folds to `s`, the
+/// Kelvin sign to `k`).
+fn go_key_eq(key: &str, field: &str) -> bool {
+    let fold = |c: char| match c {
+        '\u{17f}' => 's',
+        '\u{212a}' => 'k',
+        c => c.to_ascii_lowercase(),
+    };
+    key.chars().map(fold).eq(field.chars())
+}
+
+/// The top-level members that matter, borrowed from the body.
+#[derive(Default)]
+struct TopLevel<'a> {
+    models: Vec<&'a RawValue>,
+    stream: Option<&'a RawValue>,
+    /// The body is JSON but not an object.
+    not_object: bool,
+}
+
+struct TopVisitor;
+
+impl<'de> Visitor<'de> for TopVisitor {
+    type Value = TopLevel<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut top = TopLevel::default();
+        while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+            let value: &'de RawValue = map.next_value()?;
+            if go_key_eq(&key, "model") {
+                // Two are already an error; stop collecting (bounded memory).
+                if top.models.len() < 2 {
+                    top.models.push(value);
+                }
+            } else if go_key_eq(&key, "stream") {
+                top.stream = Some(value);
+            }
+        }
+        Ok(top)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(TopLevel::not_object())
+    }
+
+    fn visit_str<E: serde::de::Error>(self, _: &str) -> Result<Self::Value, E> {
+        Ok(TopLevel::not_object())
+    }
+
+    fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(TopLevel::not_object())
+    }
+
+    fn visit_i64<E: serde::de::Error>(self, _: i64) -> Result<Self::Value, E> {
+        Ok(TopLevel::not_object())
+    }
+
+    fn visit_u64<E: serde::de::Error>(self, _: u64) -> Result<Self::Value, E> {
+        Ok(TopLevel::not_object())
+    }
+
+    fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<Self::Value, E> {
+        Ok(TopLevel::not_object())
+    }
+
+    fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+        Ok(TopLevel::not_object())
+    }
+}
+
+impl TopLevel<'_> {
+    fn not_object() -> Self {
+        Self {
+            not_object: true,
+            ..Self::default()
+        }
+    }
+}
+
+fn parse_top(body: &[u8]) -> Result<TopLevel<'_>, serde_json::Error> {
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let top = (&mut de).deserialize_any(TopVisitor)?;
+    de.end()?;
+    Ok(top)
+}
+
+/// Where `inner` lies inside `outer`, when it is a sub-slice of it.
+fn span_of(outer: &[u8], inner: &str) -> Option<Range<usize>> {
+    let start = (inner.as_ptr() as usize).checked_sub(outer.as_ptr() as usize)?;
+    let end = start.checked_add(inner.len())?;
+    (outer.get(start..end)? == inner.as_bytes()).then_some(start..end)
+}
+
+/// Reads `model` and `stream` from a JSON body; malformed JSON, a non-string model or an
+/// ambiguous model key is a 400.
+pub fn inspect_body(content_type: Option<&str>, body: &[u8]) -> Result<BodyFacts, ProxyError> {
+    let trimmed = body.trim_ascii_start();
+    if trimmed.is_empty() {
+        return Ok(BodyFacts::default());
+    }
+    let declared_json = content_type.is_some_and(|c| c.contains("json"));
+    let looks_json = trimmed.starts_with(b"{");
+    if !declared_json && !looks_json {
+        return Ok(BodyFacts::default());
+    }
+    let top = parse_top(body)
+        .map_err(|e| ProxyError::BadRequest(format!("invalid JSON in request body: {e}")))?;
+    if top.not_object {
+        return Ok(BodyFacts::default());
+    }
+    if top.models.len() > 1 {
+        return Err(ProxyError::BadRequest(
+            "ambiguous request body: more than one top-level key names the model (keys are matched case-insensitively)".into(),
+        ));
+    }
+    let mut facts = BodyFacts::default();
+    if let Some(raw) = top.models.first() {
+        let text = raw.get();
+        if text != "null" {
+            let name: String = serde_json::from_str(text).map_err(|_| {
+                ProxyError::BadRequest("invalid request body: \"model\" must be a string".into())
+            })?;
+            if !name.is_empty() {
+                facts.model_span = span_of(body, text);
+                facts.model = Some(name);
+            }
+        }
+    }
+    if let Some(raw) = top.stream {
+        facts.stream = raw.get() == "true";
+    }
+    Ok(facts)
+}
+
+/// The body with the model's value at `span` replaced by `name` (JSON-escaped); every other
+/// byte is kept. `None` when the span does not fit the body.
+pub fn splice_model(body: &Bytes, span: &Range<usize>, name: &str) -> Option<Bytes> {
+    let head = body.get(..span.start)?;
+    let tail = body.get(span.end..)?;
+    let quoted = serde_json::to_string(name).ok()?;
+    let mut out = BytesMut::with_capacity(head.len() + quoted.len() + tail.len());
+    out.extend_from_slice(head);
+    out.extend_from_slice(quoted.as_bytes());
+    out.extend_from_slice(tail);
+    Some(out.freeze())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn inspects_model_and_stream() {
+        let body = br#"{"model":"m1","stream":true,"messages":[]}"#;
+        let f = inspect_body(Some("application/json"), body).unwrap();
+        assert_eq!(f.model.as_deref(), Some("m1"));
+        assert!(f.stream);
+        assert_eq!(&body[f.model_span.unwrap()], br#""m1""#);
+        assert_eq!(inspect_body(None, b"").unwrap(), BodyFacts::default());
+        assert_eq!(
+            inspect_body(Some("text/plain"), b"hello").unwrap(),
+            BodyFacts::default()
+        );
+        assert_eq!(
+            inspect_body(Some("application/json"), br#"{"model":"a\"b"}"#)
+                .unwrap()
+                .model
+                .as_deref(),
+            Some("a\"b")
+        );
+        assert_eq!(
+            inspect_body(Some("application/json"), b"[1,2]").unwrap(),
+            BodyFacts::default()
+        );
+        assert_eq!(
+            inspect_body(None, br#"{"model":null}"#).unwrap(),
+            BodyFacts::default()
+        );
+    }
+
+    #[test]
+    fn malformed_json_is_a_bad_request() {
+        for body in [
+            &b"{\"model\":"[..],
+            b"{oops",
+            br#"{"model":5}"#,
+            br#"{"model":"a"} trailing"#,
+        ] {
+            assert!(
+                matches!(
+                    inspect_body(Some("application/json"), body),
+                    Err(ProxyError::BadRequest(_))
+                ),
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+        }
+    }
+
+    #[test]
+    fn model_keys_match_as_go_does_and_ambiguity_is_refused() {
+        let f = inspect_body(None, br#"{"Model":"a"}"#).unwrap();
+        assert_eq!(f.model.as_deref(), Some("a"));
+        let f = inspect_body(None, br#"{"MODEL":"b","Stream":true}"#).unwrap();
+        assert_eq!(f.model.as_deref(), Some("b"));
+        assert!(f.stream);
+        let f = inspect_body(None, br#"{"\u006dodel":"c"}"#).unwrap();
+        assert_eq!(
+            f.model.as_deref(),
+            Some("c"),
+            "escaped keys are decoded first"
+        );
+        for body in [
+            &br#"{"model":"a","Model":"b"}"#[..],
+            br#"{"model":"a","model":"b"}"#,
+            br#"{"model":"a","\u004dodel":"b"}"#,
+        ] {
+            assert!(matches!(
+                inspect_body(None, body),
+                Err(ProxyError::BadRequest(m)) if m.contains("ambiguous")
+            ));
+        }
+        assert_eq!(
+            inspect_body(None, br#"{"models":"x"}"#).unwrap().model,
+            None
+        );
+    }
+
+    #[test]
+    fn splicing_changes_only_the_model_value() {
+        let b = Bytes::from_static(
+            br#"{ "Model" : "alias", "messages":[{"role":"user","content":"hi \"x\""}]}"#,
+        );
+        let f = inspect_body(None, &b).unwrap();
+        let out = splice_model(&b, &f.model_span.unwrap(), "real:8b\"q").unwrap();
+        assert_eq!(
+            &out[..],
+            br#"{ "Model" : "real:8b\"q", "messages":[{"role":"user","content":"hi \"x\""}]}"#
+        );
+        let again = inspect_body(None, &out).unwrap();
+        assert_eq!(again.model.as_deref(), Some("real:8b\"q"));
+        assert_eq!(splice_model(&b, &(5..500), "x"), None);
+    }
+
+    fn json_value() -> impl Strategy<Value = serde_json::Value> {
+        let leaf = prop_oneof![
+            Just(serde_json::Value::Null),
+            any::<bool>().prop_map(serde_json::Value::from),
+            any::<i64>().prop_map(serde_json::Value::from),
+            "\\PC{0,12}".prop_map(serde_json::Value::from),
+        ];
+        leaf.prop_recursive(3, 24, 4, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4).prop_map(serde_json::Value::from),
+                proptest::collection::btree_map("[a-z]{1,6}", inner, 0..4)
+                    .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(500))]
+
+        #[test]
+        fn arbitrary_bytes_never_panic(body in proptest::collection::vec(any::<u8>(), 0..256)) {
+            let _ = inspect_body(Some("application/json"), &body);
+            let _ = inspect_body(None, &body);
+        }
+
+        #[test]
+        fn valid_bodies_give_the_same_facts_however_they_are_written(
+            model in "\\PC{1,20}",
+            stream in any::<bool>(),
+            extra in proptest::collection::btree_map("[a-ln-rt-z][a-z]{0,5}", json_value(), 0..5),
+            pretty in any::<bool>(),
+        ) {
+            let mut obj = serde_json::Map::new();
+            for (k, v) in extra {
+                obj.insert(k, v);
+            }
+            obj.insert("model".into(), model.clone().into());
+            obj.insert("stream".into(), stream.into());
+            let v = serde_json::Value::Object(obj);
+            let body = if pretty {
+                serde_json::to_vec_pretty(&v).unwrap()
+            } else {
+                serde_json::to_vec(&v).unwrap()
+            };
+            let f = inspect_body(Some("application/json"), &body).unwrap();
+            prop_assert_eq!(f.model.as_deref(), Some(model.as_str()));
+            prop_assert_eq!(f.stream, stream);
+            let span = f.model_span.clone().unwrap();
+            let spliced = splice_model(&Bytes::from(body.clone()), &span, "new").unwrap();
+            let mut expected = v.clone();
+            expected["model"] = "new".into();
+            let reparsed: serde_json::Value = serde_json::from_slice(&spliced).unwrap();
+            prop_assert_eq!(reparsed, expected);
+        }
+    }
+}
