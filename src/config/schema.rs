@@ -151,6 +151,8 @@ pub struct ProxyConfig {
     pub max_concurrency: Option<usize>,
     pub queue_size: Option<usize>,
     pub queue_timeout: Option<Dur>,
+    /// Ours: cap of any wait a backend asks for (`Retry-After`), per endpoint overridable.
+    pub max_retry_after: Dur,
 }
 
 impl Default for ProxyConfig {
@@ -177,6 +179,7 @@ impl Default for ProxyConfig {
             max_concurrency: None,
             queue_size: None,
             queue_timeout: None,
+            max_retry_after: Dur::secs(3600),
         }
     }
 }
@@ -269,6 +272,8 @@ pub struct DiscoveryConfig {
     #[serde(rename = "type")]
     pub kind: String,
     pub refresh_interval: Dur,
+    /// Ours: models kept from one endpoint's listing; the rest is dropped with a warning.
+    pub max_models_per_endpoint: usize,
     pub model_discovery: ModelDiscoveryConfig,
     #[serde(rename = "static")]
     pub static_: StaticDiscovery,
@@ -279,6 +284,7 @@ impl Default for DiscoveryConfig {
         Self {
             kind: "static".into(),
             refresh_interval: Dur::secs(30),
+            max_models_per_endpoint: 10_000,
             model_discovery: ModelDiscoveryConfig::default(),
             static_: StaticDiscovery::default(),
         }
@@ -341,6 +347,8 @@ pub struct EndpointConfig {
     pub health: HealthConfig,
     /// Speak HTTP/2 with prior knowledge (h2c) to this backend.
     pub h2c: bool,
+    /// Overrides `proxy.max_retry_after` for this endpoint.
+    pub max_retry_after: Option<Dur>,
 }
 
 impl Default for EndpointConfig {
@@ -366,6 +374,7 @@ impl Default for EndpointConfig {
             circuit_breaker: BreakerConfig::default(),
             health: HealthConfig::default(),
             h2c: false,
+            max_retry_after: None,
         }
     }
 }
@@ -434,6 +443,10 @@ pub struct RoutingOptions {
     pub fallback_behavior: String,
     pub discovery_timeout: Dur,
     pub discovery_refresh_on_miss: bool,
+    /// Ours: shortest time between two refreshes started by routing misses.
+    pub discovery_min_interval: Dur,
+    /// Ours: how long a name still unknown after a refresh starts no new one.
+    pub discovery_negative_ttl: Dur,
 }
 
 impl Default for RoutingOptions {
@@ -442,6 +455,8 @@ impl Default for RoutingOptions {
             fallback_behavior: "compatible_only".into(),
             discovery_timeout: Dur::secs(2),
             discovery_refresh_on_miss: false,
+            discovery_min_interval: Dur::secs(5),
+            discovery_negative_ttl: Dur::secs(30),
         }
     }
 }
