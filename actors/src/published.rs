@@ -14,6 +14,7 @@ use ractor::ActorRef;
 use crate::backend::BackendHandle;
 use crate::balance::Strategy;
 use crate::catalog::Catalog;
+use crate::miss::{MissGate, MissSettings};
 use crate::registry::RegistryMsg;
 use crate::spec::BackendSpec;
 
@@ -50,6 +51,21 @@ pub struct RoutingPolicy {
     pub model_routing: ModelRouting,
     pub fallback: Fallback,
     pub discovery_timeout: Duration,
+    /// Shortest time between two refreshes started by routing misses.
+    pub discovery_min_interval: Duration,
+    /// How long a name still unknown after a refresh starts no new one.
+    pub discovery_negative_ttl: Duration,
+}
+
+impl RoutingPolicy {
+    /// The bounds of discovery on a miss.
+    pub fn miss_settings(&self) -> MissSettings {
+        MissSettings {
+            min_interval: self.discovery_min_interval,
+            negative_ttl: self.discovery_negative_ttl,
+            timeout: self.discovery_timeout,
+        }
+    }
 }
 
 impl Default for RoutingPolicy {
@@ -60,6 +76,8 @@ impl Default for RoutingPolicy {
             model_routing: ModelRouting::Strict,
             fallback: Fallback::CompatibleOnly,
             discovery_timeout: Duration::from_secs(2),
+            discovery_min_interval: Duration::from_secs(5),
+            discovery_negative_ttl: Duration::from_secs(30),
         }
     }
 }
@@ -94,6 +112,8 @@ pub struct Published {
     pub model_aliases: RwLock<HashMap<String, Vec<String>>>,
     /// Models not seen for this long expire from the catalog.
     pub stale_threshold: Duration,
+    /// Bounds discovery on a routing miss.
+    pub miss_gate: MissGate,
 }
 
 impl Published {
@@ -108,6 +128,7 @@ impl Published {
             specs: RwLock::new(Vec::new()),
             model_aliases: RwLock::new(HashMap::new()),
             stale_threshold,
+            miss_gate: MissGate::default(),
         }
     }
 
