@@ -55,10 +55,7 @@ pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
     }
     if v.bytes().all(|b| b.is_ascii_digit()) {
         // All digits: a delay; one too large for u64 is "very long", not garbage.
-        return Some(
-            v.parse::<u64>()
-                .map_or(Duration::MAX, Duration::from_secs),
-        );
+        return Some(v.parse::<u64>().map_or(Duration::MAX, Duration::from_secs));
     }
     let when = httpdate_parse(v)?;
     Some(when.duration_since(now).unwrap_or(Duration::ZERO))
