@@ -3,8 +3,12 @@
 //! (unless their digests conflict); each backend's native name is kept as an alias, and
 //! availability is recorded per endpoint. Config `model_aliases` map one name to several real
 //! names. The RegistryActor rebuilds it on each change and publishes it as a snapshot.
+//!
+//! Building is O(total entries): every membership test (alias already known, endpoint already
+//! listed, capability already merged) is a hash lookup, never a scan of a list a backend can
+//! make long. Keep it that way: the lists come from backends and are hostile until bounded.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::SystemTime;
 
 use crate::discovery::DiscoveredModel;
@@ -59,6 +63,11 @@ impl Catalog {
         let mut models: Vec<UnifiedModel> = Vec::new();
         let mut by_name: HashMap<String, usize> = HashMap::new();
         let mut by_digest: HashMap<String, usize> = HashMap::new();
+        // Membership of each unified model's aliases (ASCII-lowercased), endpoints and
+        // capabilities, so merging never scans those lists.
+        let mut alias_seen: HashSet<(usize, String)> = HashSet::new();
+        let mut avail_seen: HashSet<(usize, &str, &str)> = HashSet::new();
+        let mut caps_seen: HashSet<(usize, String)> = HashSet::new();
         for (backend, list) in &backends {
             for m in &list.models {
                 let digest = m.digest.as_deref().map(normalize_digest);
@@ -86,25 +95,37 @@ impl Catalog {
                 let idx = match existing {
                     Some(i) => {
                         let u = &mut models[i];
-                        if !u.aliases.iter().any(|a| a.eq_ignore_ascii_case(&m.name)) {
+                        if alias_seen.insert((i, m.name.to_ascii_lowercase())) {
                             u.aliases.push(m.name.clone());
                         }
-                        if !u.availability.contains(&avail) {
+                        if avail_seen.insert((i, backend.as_str(), m.name.as_str())) {
                             u.availability.push(avail);
                         }
-                        merge_meta(&mut u.meta, m);
+                        merge_meta(&mut u.meta, m, |c| caps_seen.insert((i, c.to_string())));
                         u.last_seen = u.last_seen.max(list.updated_at);
                         i
                     }
                     None => {
+                        let i = models.len();
+                        alias_seen.insert((i, m.name.to_ascii_lowercase()));
+                        avail_seen.insert((i, backend.as_str(), m.name.as_str()));
+                        let mut meta = m.clone();
+                        meta.capabilities.clear();
+                        for c in &m.capabilities {
+                            if meta.capabilities.len() < MAX_MERGED_CAPABILITIES
+                                && caps_seen.insert((i, c.clone()))
+                            {
+                                meta.capabilities.push(c.clone());
+                            }
+                        }
                         models.push(UnifiedModel {
                             id: m.name.clone(),
                             aliases: vec![m.name.clone()],
                             availability: vec![avail],
-                            meta: m.clone(),
+                            meta,
                             last_seen: list.updated_at,
                         });
-                        models.len() - 1
+                        i
                     }
                 };
                 by_name.entry(lname).or_insert(idx);
@@ -172,7 +193,16 @@ fn normalize_digest(d: &str) -> String {
     d.trim_start_matches("sha256:").to_lowercase()
 }
 
-fn merge_meta(into: &mut DiscoveredModel, from: &DiscoveredModel) {
+/// Most capabilities a unified model keeps (merging many entries cannot grow it further).
+const MAX_MERGED_CAPABILITIES: usize = 64;
+
+/// Fills `into`'s missing metadata from `from`; `new_cap` says whether a capability is new to
+/// `into` (a set lookup, so merging stays linear).
+fn merge_meta(
+    into: &mut DiscoveredModel,
+    from: &DiscoveredModel,
+    mut new_cap: impl FnMut(&str) -> bool,
+) {
     fn fill<T: Clone>(a: &mut Option<T>, b: &Option<T>) {
         if a.is_none() {
             a.clone_from(b);
@@ -185,7 +215,10 @@ fn merge_meta(into: &mut DiscoveredModel, from: &DiscoveredModel) {
     fill(&mut into.context_length, &from.context_length);
     fill(&mut into.size, &from.size);
     for c in &from.capabilities {
-        if !into.capabilities.contains(c) {
+        if into.capabilities.len() >= MAX_MERGED_CAPABILITIES {
+            break;
+        }
+        if new_cap(c) {
             into.capabilities.push(c.clone());
         }
     }
@@ -239,6 +272,32 @@ mod tests {
         );
         assert_eq!(c.resolve("only-a").len(), 1);
         assert!(c.resolve("missing").is_empty());
+    }
+
+    #[test]
+    fn one_digest_shared_by_many_entries_merges_with_bounded_capabilities() {
+        // The shape that made merging quadratic: every entry lands on one unified model.
+        let n = 3_000;
+        let mut b = BTreeMap::new();
+        for backend in ["a", "b"] {
+            let mut l = list(BackendKind::Ollama, &[]);
+            l.models = (0..n)
+                .map(|i| DiscoveredModel {
+                    name: format!("M-{i}"),
+                    digest: Some("sha256:same".into()),
+                    capabilities: vec![format!("cap-{i}"), "completion".into()],
+                    ..Default::default()
+                })
+                .collect();
+            b.insert(backend.to_string(), l);
+        }
+        let c = Catalog::build(b, HashMap::new());
+        assert_eq!(c.models.len(), 1);
+        let m = &c.models[0];
+        assert_eq!(m.aliases.len(), n, "case-insensitive duplicates merged");
+        assert_eq!(m.availability.len(), 2 * n);
+        assert_eq!(m.meta.capabilities.len(), MAX_MERGED_CAPABILITIES);
+        assert!(c.lookup("m-2999").is_some());
     }
 
     #[test]

@@ -2,6 +2,10 @@
 //! each dialect into [`DiscoveredModel`]s, with metadata (family, size, quantization, context,
 //! capabilities) where the engine reports it or the name reveals it. Also `type: auto` detection.
 //! The fetches run in tasks spawned by the backend actor (or by a request on a routing miss).
+//!
+//! A model list is backend data, hostile until bounded: the body is capped in bytes
+//! (`MAX_LIST_BYTES`), the models kept per listing in count (`max_models_per_endpoint`, the rest
+//! dropped with a warning), each name in length and each model's capabilities in count.
 
 use std::time::Duration;
 
@@ -57,6 +61,39 @@ pub enum DiscoveryError {
 
 /// The largest model list accepted (a guard against a broken backend streaming forever).
 const MAX_LIST_BYTES: usize = 16 << 20;
+/// Longest model name kept; longer entries are skipped.
+pub const MAX_MODEL_NAME_LEN: usize = 1024;
+/// Most capabilities kept per model.
+pub const MAX_CAPABILITIES: usize = 32;
+
+/// One fetched listing: the models kept, and how many were seen when some were dropped.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ModelListing {
+    pub models: Vec<DiscoveredModel>,
+    /// Usable entries the backend listed (after the model filter) when more than the limit;
+    /// `None` when nothing was dropped for the limit.
+    pub truncated_from: Option<usize>,
+}
+
+impl ModelListing {
+    /// The warning shown in status for a truncated listing.
+    pub fn warning(&self, limit: usize) -> Option<String> {
+        self.truncated_from.map(|total| {
+            format!(
+                "backend listed {total} models; kept the first {limit} (discovery.max_models_per_endpoint)"
+            )
+        })
+    }
+}
+
+/// Delay before retrying a failed discovery: 2 s doubling per consecutive failure, capped at the
+/// discovery interval (at least 2 s) and 10 minutes. `failures` counts this failure (>= 1).
+pub fn failure_backoff(failures: u32, interval: Duration) -> Duration {
+    const FIRST: Duration = Duration::from_secs(2);
+    const CAP: Duration = Duration::from_secs(600);
+    let doubled = FIRST.saturating_mul(1u32 << failures.saturating_sub(1).min(16));
+    doubled.min(interval.max(FIRST)).min(CAP)
+}
 
 /// GETs a URL with the backend's headers, returning status and body (bounded in size and time).
 pub async fn get(
@@ -112,13 +149,14 @@ pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     s
 }
 
-/// Fetches and parses a backend's model list (filter applied).
+/// Fetches and parses a backend's model list (filter applied, at most
+/// `spec.discovery.max_models` kept).
 pub async fn fetch_models(
     client: &UpstreamClient,
     spec: &BackendSpec,
     kind: BackendKind,
     timeout: Duration,
-) -> Result<Vec<DiscoveredModel>, DiscoveryError> {
+) -> Result<ModelListing, DiscoveryError> {
     let uri = spec
         .models_uri(kind)
         .map_err(|e| DiscoveryError::Url(e.to_string()))?;
@@ -126,9 +164,12 @@ pub async fn fetch_models(
     if !status.is_success() {
         return Err(DiscoveryError::Status(status.as_u16()));
     }
-    let mut models = parse_models(kind, &body)?;
-    models.retain(|m| spec.model_filter.allows(&m.name));
-    Ok(models)
+    parse_models_bounded(
+        kind,
+        &body,
+        &|name| spec.model_filter.allows(name),
+        spec.discovery.max_models,
+    )
 }
 
 /// Detects the kind of an `auto` backend by probing each kind's model path in a fixed order.
@@ -181,19 +222,58 @@ pub async fn detect_kind(
     None
 }
 
-/// Parses a model list in a backend kind's dialect.
+/// Parses a model list in a backend kind's dialect (no filter, no count limit).
 pub fn parse_models(
     kind: BackendKind,
     body: &[u8],
 ) -> Result<Vec<DiscoveredModel>, DiscoveryError> {
+    parse_models_bounded(kind, body, &|_| true, usize::MAX).map(|l| l.models)
+}
+
+/// Parses a model list in a backend kind's dialect, keeping the first `max` entries whose name
+/// `keep` accepts; only the kept entries are built (a huge list costs one pass over its names).
+pub fn parse_models_bounded(
+    kind: BackendKind,
+    body: &[u8],
+    keep: &dyn Fn(&str) -> bool,
+    max: usize,
+) -> Result<ModelListing, DiscoveryError> {
     let v: Value =
         serde_json::from_slice(body).map_err(|e| DiscoveryError::Malformed(e.to_string()))?;
-    let models = match kind {
-        BackendKind::Ollama => parse_ollama(&v)?,
-        BackendKind::LmStudio => parse_openai_like(&v, true)?,
-        _ => parse_openai_like(&v, false)?,
+    let (key, name_keys): (&str, &[&str]) = match kind {
+        BackendKind::Ollama => ("models", &["name", "model"]),
+        _ => ("data", &["id"]),
     };
-    Ok(models)
+    let list = v
+        .get(key)
+        .and_then(|m| m.as_array())
+        .ok_or_else(|| DiscoveryError::Malformed(format!("no `{key}` array")))?;
+    let mut models = Vec::with_capacity(list.len().min(max).min(1024));
+    let mut usable = 0usize;
+    for m in list {
+        let Some(name) = name_keys.iter().find_map(|k| str_of(m, k)) else {
+            continue;
+        };
+        if name.len() > MAX_MODEL_NAME_LEN || !keep(&name) {
+            continue;
+        }
+        usable += 1;
+        if models.len() < max {
+            let mut model = match kind {
+                BackendKind::Ollama => ollama_model(m),
+                BackendKind::LmStudio => openai_like_model(m, true),
+                _ => openai_like_model(m, false),
+            };
+            model.name = name;
+            enrich_from_name(&mut model);
+            model.capabilities.truncate(MAX_CAPABILITIES);
+            models.push(model);
+        }
+    }
+    Ok(ModelListing {
+        truncated_from: (usable > models.len()).then_some(usable),
+        models,
+    })
 }
 
 fn str_of(v: &Value, key: &str) -> Option<String> {
@@ -203,77 +283,53 @@ fn str_of(v: &Value, key: &str) -> Option<String> {
         .map(str::to_string)
 }
 
-fn parse_ollama(v: &Value) -> Result<Vec<DiscoveredModel>, DiscoveryError> {
-    let list = v
-        .get("models")
-        .and_then(|m| m.as_array())
-        .ok_or_else(|| DiscoveryError::Malformed("no `models` array".into()))?;
-    let mut out = Vec::with_capacity(list.len());
-    for m in list {
-        let Some(name) = str_of(m, "name").or_else(|| str_of(m, "model")) else {
-            continue;
-        };
-        let details = m.get("details").cloned().unwrap_or(Value::Null);
-        let mut model = DiscoveredModel {
-            digest: str_of(m, "digest"),
-            family: str_of(&details, "family"),
-            parameter_size: str_of(&details, "parameter_size"),
-            quantization: str_of(&details, "quantization_level"),
-            size: m.get("size").and_then(|s| s.as_u64()),
-            modified_at: str_of(m, "modified_at"),
-            ..DiscoveredModel::default()
-        };
-        model.capabilities = m
+/// One Ollama `/api/tags` entry's metadata (the name is set by the caller).
+fn ollama_model(m: &Value) -> DiscoveredModel {
+    let details = m.get("details").unwrap_or(&Value::Null);
+    DiscoveredModel {
+        digest: str_of(m, "digest"),
+        family: str_of(details, "family"),
+        parameter_size: str_of(details, "parameter_size"),
+        quantization: str_of(details, "quantization_level"),
+        size: m.get("size").and_then(|s| s.as_u64()),
+        modified_at: str_of(m, "modified_at"),
+        capabilities: m
             .get("capabilities")
             .and_then(|c| c.as_array())
             .map(|c| {
                 c.iter()
                     .filter_map(|x| x.as_str().map(str::to_string))
+                    .take(MAX_CAPABILITIES)
                     .collect()
             })
-            .unwrap_or_default();
-        model.name = name;
-        enrich_from_name(&mut model);
-        out.push(model);
+            .unwrap_or_default(),
+        ..DiscoveredModel::default()
     }
-    Ok(out)
 }
 
-fn parse_openai_like(v: &Value, lmstudio: bool) -> Result<Vec<DiscoveredModel>, DiscoveryError> {
-    let list = v
-        .get("data")
-        .and_then(|m| m.as_array())
-        .ok_or_else(|| DiscoveryError::Malformed("no `data` array".into()))?;
-    let mut out = Vec::with_capacity(list.len());
-    for m in list {
-        let Some(name) = str_of(m, "id") else {
-            continue;
-        };
-        let mut model = DiscoveredModel {
-            name,
-            family: str_of(m, "arch"),
-            quantization: str_of(m, "quantization"),
-            context_length: m
-                .get("max_context_length")
-                .or_else(|| m.get("max_model_len"))
-                .or_else(|| m.get("context_length"))
-                .and_then(|x| x.as_u64()),
-            ..DiscoveredModel::default()
-        };
-        if lmstudio {
-            model.loaded = str_of(m, "state").map(|s| s == "loaded");
-            if let Some(t) = str_of(m, "type") {
-                match t.as_str() {
-                    "embeddings" => model.capabilities.push("embeddings".into()),
-                    "vlm" => model.capabilities.push("vision".into()),
-                    _ => {}
-                }
+/// One OpenAI-style `data` entry's metadata (LM Studio's extra fields when `lmstudio`).
+fn openai_like_model(m: &Value, lmstudio: bool) -> DiscoveredModel {
+    let mut model = DiscoveredModel {
+        family: str_of(m, "arch"),
+        quantization: str_of(m, "quantization"),
+        context_length: m
+            .get("max_context_length")
+            .or_else(|| m.get("max_model_len"))
+            .or_else(|| m.get("context_length"))
+            .and_then(|x| x.as_u64()),
+        ..DiscoveredModel::default()
+    };
+    if lmstudio {
+        model.loaded = str_of(m, "state").map(|s| s == "loaded");
+        if let Some(t) = str_of(m, "type") {
+            match t.as_str() {
+                "embeddings" => model.capabilities.push("embeddings".into()),
+                "vlm" => model.capabilities.push("vision".into()),
+                _ => {}
             }
         }
-        enrich_from_name(&mut model);
-        out.push(model);
     }
-    Ok(out)
+    model
 }
 
 /// Fills metadata the backend did not report from well-known name patterns.
@@ -376,6 +432,55 @@ mod tests {
         assert_eq!(
             parse_models(BackendKind::Vllm, vllm).unwrap()[0].context_length,
             Some(4096)
+        );
+    }
+
+    #[test]
+    fn listings_are_cut_at_the_limit_after_the_filter_with_the_total_reported() {
+        let entries: Vec<String> = (0..25)
+            .map(|i| format!(r#"{{"id":"m-{i}"}}"#))
+            .chain([format!(
+                r#"{{"id":"{}"}}"#,
+                "x".repeat(MAX_MODEL_NAME_LEN + 1)
+            )])
+            .collect();
+        let body = format!(r#"{{"data":[{}]}}"#, entries.join(","));
+        let odd = |n: &str| n.ends_with(['1', '3', '5', '7', '9']);
+        let l = parse_models_bounded(BackendKind::Vllm, body.as_bytes(), &odd, 5).unwrap();
+        let names: Vec<&str> = l.models.iter().map(|m| m.name.as_str()).collect();
+        assert_eq!(names, ["m-1", "m-3", "m-5", "m-7", "m-9"]);
+        assert_eq!(
+            l.truncated_from,
+            Some(12),
+            "usable entries, long name skipped"
+        );
+        assert!(l
+            .warning(5)
+            .unwrap()
+            .contains("listed 12 models; kept the first 5"));
+        let all = parse_models_bounded(BackendKind::Vllm, body.as_bytes(), &odd, 12).unwrap();
+        assert_eq!((all.models.len(), all.truncated_from), (12, None));
+        assert_eq!(all.warning(12), None);
+    }
+
+    #[test]
+    fn failed_discovery_backs_off_exponentially_to_a_cap() {
+        let secs = |n| failure_backoff(n, Duration::from_secs(300)).as_secs();
+        let seq: Vec<u64> = (1..=10).map(secs).collect();
+        assert_eq!(seq, [2, 4, 8, 16, 32, 64, 128, 256, 300, 300]);
+        assert_eq!(secs(u32::MAX), 300);
+        assert_eq!(
+            failure_backoff(9, Duration::from_secs(3600)),
+            Duration::from_secs(512)
+        );
+        assert_eq!(
+            failure_backoff(30, Duration::from_secs(3600)),
+            Duration::from_secs(600)
+        );
+        assert_eq!(
+            failure_backoff(3, Duration::from_secs(1)),
+            Duration::from_secs(2),
+            "never faster than 2 s"
         );
     }
 

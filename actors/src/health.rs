@@ -2,9 +2,11 @@
 //! hysteresis/backoff state machine that decides the published status and the next probe time.
 //! Pure: time and jitter are passed in.
 
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use crate::spec::HealthSettings;
+use crate::wait::clamp_backend_wait;
+pub use crate::wait::parse_retry_after;
 
 /// Published status of a backend, serialised as Olla does.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -104,7 +106,8 @@ impl Verdict {
 }
 
 /// Maps a probe result to a verdict: transport error → offline, 401/403 → config error,
-/// 429 → rate-limited (honouring `Retry-After`), slow 2xx → busy, 2xx → healthy, else unhealthy.
+/// 429 → rate-limited (honouring `Retry-After`, clamped to `max_retry_after`), slow 2xx → busy,
+/// 2xx → healthy, else unhealthy.
 pub fn classify(result: &ProbeResult, settings: &HealthSettings) -> Verdict {
     match result {
         ProbeResult::Transport(_) => Verdict::Offline,
@@ -114,58 +117,15 @@ pub fn classify(result: &ProbeResult, settings: &HealthSettings) -> Verdict {
             retry_after,
         } => match *status {
             401 | 403 => Verdict::ConfigError,
-            429 => Verdict::RateLimited(retry_after.unwrap_or(settings.default_retry_after)),
+            429 => Verdict::RateLimited(clamp_backend_wait(
+                retry_after.unwrap_or(settings.default_retry_after),
+                settings.max_retry_after,
+            )),
             200..=299 if *elapsed > settings.busy_threshold => Verdict::Busy,
             200..=299 => Verdict::Healthy,
             _ => Verdict::Unhealthy,
         },
     }
-}
-
-/// Parses a `Retry-After` value: delay seconds or an HTTP date (relative to `now`).
-pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
-    let v = value.trim();
-    if let Ok(secs) = v.parse::<u64>() {
-        return Some(Duration::from_secs(secs));
-    }
-    let when = httpdate_parse(v)?;
-    Some(when.duration_since(now).unwrap_or(Duration::ZERO))
-}
-
-/// Parses an IMF-fixdate (`Sun, 06 Nov 1994 08:49:37 GMT`), the form servers send.
-fn httpdate_parse(v: &str) -> Option<SystemTime> {
-    let parts: Vec<&str> = v.split_whitespace().collect();
-    if parts.len() != 6 || parts[5] != "GMT" {
-        return None;
-    }
-    let day: u64 = parts[1].parse().ok()?;
-    let month = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ]
-    .iter()
-    .position(|m| *m == parts[2])? as u64
-        + 1;
-    let year: u64 = parts[3].parse().ok()?;
-    let hms: Vec<u64> = parts[4]
-        .split(':')
-        .map(|x| x.parse().ok())
-        .collect::<Option<_>>()?;
-    if hms.len() != 3 || !(1..=31).contains(&day) || year < 1970 {
-        return None;
-    }
-    // Days from civil (Howard Hinnant's algorithm).
-    let (y, m) = if month <= 2 {
-        (year - 1, month + 9)
-    } else {
-        (year, month - 3)
-    };
-    let era = y / 400;
-    let yoe = y - era * 400;
-    let doy = (153 * m + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    let secs = days * 86_400 + hms[0] * 3600 + hms[1] * 60 + hms[2];
-    Some(SystemTime::UNIX_EPOCH + Duration::from_secs(secs))
 }
 
 /// What the actor must do after a probe.
@@ -289,6 +249,27 @@ impl HealthTracker {
             recovered,
             next_check,
         }
+    }
+
+    /// A live request found the backend's port closed: down at once, whatever the hysteresis
+    /// says (a refused connection is definitive). `None` when it is not up anyway (nothing to
+    /// change; the probe loop already owns it).
+    pub fn force_down(&mut self, error: String, jitter: f64) -> Option<HealthStep> {
+        if !self.is_up() {
+            return None;
+        }
+        let old = self.status;
+        self.last_error = Some(error);
+        self.successes = 0;
+        self.failures = self.failures.saturating_add(1).max(self.settings.fall);
+        self.status = EndpointStatus::Offline;
+        self.down_probes = 1;
+        Some(HealthStep {
+            status: self.status,
+            changed: Some((old, self.status)),
+            recovered: false,
+            next_check: self.backoff(jitter),
+        })
     }
 
     /// Backoff while down: interval × 2^(n-1), capped, with ±20% jitter.
@@ -450,18 +431,36 @@ mod tests {
     }
 
     #[test]
-    fn retry_after_parses_seconds_and_http_dates() {
-        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(784_111_777);
-        assert_eq!(parse_retry_after("2", now), Some(Duration::from_secs(2)));
-        // Sun, 06 Nov 1994 08:49:37 GMT == 784111777
+    fn a_refused_live_connection_takes_it_down_at_once_and_rise_brings_it_back() {
+        let mut t = tracker(EndpointStatus::Healthy);
+        let step = t.force_down("connection refused".into(), 0.0).unwrap();
+        assert_eq!(step.status, EndpointStatus::Offline);
         assert_eq!(
-            parse_retry_after("Sun, 06 Nov 1994 08:49:47 GMT", now),
-            Some(Duration::from_secs(10))
+            step.changed,
+            Some((EndpointStatus::Healthy, EndpointStatus::Offline))
         );
-        assert_eq!(
-            parse_retry_after("Sun, 06 Nov 1994 08:49:27 GMT", now),
-            Some(Duration::ZERO)
+        assert_eq!(step.next_check, Duration::from_secs(1));
+        assert!(t.force_down("again".into(), 0.0).is_none(), "already down");
+        // A stale good probe does not bring it back: M successes are needed.
+        assert_eq!(t.observe(&ok(), 0.0).status, EndpointStatus::Offline);
+        assert_eq!(t.observe(&ok(), 0.0).status, EndpointStatus::Offline);
+        let back = t.observe(&ok(), 0.0);
+        assert_eq!(back.status, EndpointStatus::Healthy);
+        assert!(back.recovered);
+    }
+
+    #[test]
+    fn a_huge_retry_after_parks_at_most_max_retry_after() {
+        let mut t = tracker(EndpointStatus::Healthy);
+        let step = t.observe(
+            &ProbeResult::Http {
+                status: 429,
+                elapsed: Duration::ZERO,
+                retry_after: Some(Duration::MAX),
+            },
+            0.0,
         );
-        assert_eq!(parse_retry_after("soon", now), None);
+        assert_eq!(step.status, EndpointStatus::RateLimited);
+        assert_eq!(step.next_check, Duration::from_secs(3600));
     }
 }

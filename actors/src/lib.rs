@@ -17,7 +17,8 @@
 //! (breaker and counters), which `cast`s to the actor only when a state change needs action.
 //!
 //! Pure logic, unit-tested beside it: [`breaker`], [`health`], [`balance`], [`catalog`],
-//! [`discovery`] parsers, [`supervisor::RestartBudget`].
+//! [`discovery`] parsers, [`supervisor::RestartBudget`], [`wait`] (backend-supplied waits: the
+//! rule against unchecked time arithmetic lives there).
 
 pub mod backend;
 pub mod balance;
@@ -26,12 +27,14 @@ pub mod catalog;
 pub mod discovery;
 pub mod health;
 pub mod kind;
+pub mod miss;
 pub mod published;
 pub mod registry;
 pub mod router;
 pub mod spec;
 pub mod supervisor;
 pub mod tree;
+pub mod wait;
 
 pub use backend::{BackendHandle, BackendMsg, InFlightGuard, Outcome, SlotAttempt};
 pub use health::EndpointStatus;

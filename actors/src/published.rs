@@ -20,6 +20,7 @@ use ractor::ActorRef;
 use crate::backend::BackendHandle;
 use crate::balance::Strategy;
 use crate::catalog::Catalog;
+use crate::miss::{MissGate, MissSettings};
 use crate::registry::RegistryMsg;
 use crate::spec::BackendSpec;
 
@@ -56,6 +57,21 @@ pub struct RoutingPolicy {
     pub model_routing: ModelRouting,
     pub fallback: Fallback,
     pub discovery_timeout: Duration,
+    /// Shortest time between two refreshes started by routing misses.
+    pub discovery_min_interval: Duration,
+    /// How long a name still unknown after a refresh starts no new one.
+    pub discovery_negative_ttl: Duration,
+}
+
+impl RoutingPolicy {
+    /// The bounds of discovery on a miss.
+    pub fn miss_settings(&self) -> MissSettings {
+        MissSettings {
+            min_interval: self.discovery_min_interval,
+            negative_ttl: self.discovery_negative_ttl,
+            timeout: self.discovery_timeout,
+        }
+    }
 }
 
 impl Default for RoutingPolicy {
@@ -66,6 +82,8 @@ impl Default for RoutingPolicy {
             model_routing: ModelRouting::Strict,
             fallback: Fallback::CompatibleOnly,
             discovery_timeout: Duration::from_secs(2),
+            discovery_min_interval: Duration::from_secs(5),
+            discovery_negative_ttl: Duration::from_secs(30),
         }
     }
 }
@@ -168,6 +186,8 @@ pub struct Published {
     pub stale_threshold: Duration,
     /// Each backend's run-time state, by name (kept across actor restarts).
     slots: RwLock<HashMap<String, Arc<BackendSlot>>>,
+    /// Bounds discovery on a routing miss.
+    pub miss_gate: MissGate,
 }
 
 impl Published {
@@ -183,6 +203,7 @@ impl Published {
             model_aliases: RwLock::new(HashMap::new()),
             stale_threshold,
             slots: RwLock::new(HashMap::new()),
+            miss_gate: MissGate::default(),
         }
     }
 

@@ -56,6 +56,9 @@ pub struct HealthSettings {
     pub busy_threshold: Duration,
     /// Wait used for a 429 without a usable `Retry-After`.
     pub default_retry_after: Duration,
+    /// Cap of every wait this backend asks for (`Retry-After` on probes and on live traffic):
+    /// `proxy.max_retry_after`, overridable per endpoint. See [`crate::wait`].
+    pub max_retry_after: Duration,
 }
 
 impl Default for HealthSettings {
@@ -66,6 +69,7 @@ impl Default for HealthSettings {
             max_backoff: Duration::from_secs(60),
             busy_threshold: Duration::from_secs(10),
             default_retry_after: Duration::from_secs(30),
+            max_retry_after: crate::wait::DEFAULT_MAX_RETRY_AFTER,
         }
     }
 }
@@ -192,7 +196,13 @@ pub struct DiscoverySettings {
     pub enabled: bool,
     pub interval: Duration,
     pub timeout: Duration,
+    /// Models kept from one listing (`discovery.max_models_per_endpoint`); the rest is dropped
+    /// with a warning shown in status.
+    pub max_models: usize,
 }
+
+/// Default of [`DiscoverySettings::max_models`].
+pub const DEFAULT_MAX_MODELS_PER_ENDPOINT: usize = 10_000;
 
 impl Default for DiscoverySettings {
     fn default() -> Self {
@@ -200,6 +210,7 @@ impl Default for DiscoverySettings {
             enabled: true,
             interval: Duration::from_secs(300),
             timeout: Duration::from_secs(30),
+            max_models: DEFAULT_MAX_MODELS_PER_ENDPOINT,
         }
     }
 }

@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Instant as StdInstant, SystemTime};
 
 use http::{HeaderValue, Request, Response, StatusCode};
-use olla_actors::BackendHandle;
+use olla_actors::{BackendHandle, EndpointStatus};
 use serde::Serialize;
 use serde_json::{json, Value};
 
@@ -222,6 +222,9 @@ struct EndpointSummary {
     last_error: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     discovery_error: Option<String>,
+    /// Set when the endpoint's last model list was cut at `max_models_per_endpoint`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    discovery_warning: Option<String>,
 }
 
 struct Snapshot {
@@ -276,6 +279,17 @@ pub fn endpoint_ids(
     out
 }
 
+/// The status shown for a backend: a routable one parked by a live 429 shows as rate-limited
+/// (it gets no traffic until the clamped `Retry-After` passes).
+fn shown_status(h: &BackendHandle) -> EndpointStatus {
+    let status = h.status();
+    if status.is_routable() && h.parked(tokio::time::Instant::now()) {
+        EndpointStatus::RateLimited
+    } else {
+        status
+    }
+}
+
 pub(crate) fn sanitized_url(h: &BackendHandle) -> String {
     h.spec().configured_url.clone()
 }
@@ -307,7 +321,7 @@ pub fn endpoints<B>(app: &App, req: &Request<B>) -> Response<Body> {
     let summaries: Vec<EndpointSummary> = list
         .iter()
         .map(|s| {
-            let status = s.h.status();
+            let status = shown_status(&s.h);
             let quarantined = s.h.slot().routing().quarantined.clone();
             let pct = success_pct(s);
             let issues = if quarantined.is_some() {
@@ -360,14 +374,18 @@ pub fn endpoints<B>(app: &App, req: &Request<B>) -> Response<Body> {
                 consecutive_failures: s.health.consecutive_failures,
                 last_error: quarantined.or_else(|| s.health.last_error.clone()),
                 discovery_error: s.health.discovery_error.clone(),
+                discovery_warning: s.health.discovery_warning.clone(),
             }
         })
         .collect();
     let healthy = list
         .iter()
-        .filter(|s| s.h.status().as_str() == "healthy")
+        .filter(|s| shown_status(&s.h) == EndpointStatus::Healthy)
         .count();
-    let routable = list.iter().filter(|s| s.h.status().is_routable()).count();
+    let routable = list
+        .iter()
+        .filter(|s| shown_status(&s.h).is_routable())
+        .count();
     let body = json!({
         "timestamp": format::rfc3339(SystemTime::now()),
         "endpoints": summaries,
@@ -385,7 +403,7 @@ pub fn status<B>(app: &App, req: &Request<B>) -> Response<Body> {
     let total = list.len();
     let healthy = list
         .iter()
-        .filter(|s| s.h.status().as_str() == "healthy")
+        .filter(|s| shown_status(&s.h) == EndpointStatus::Healthy)
         .count();
     let (mut reqs, mut succ, mut fail, mut bytes, mut lat_total, mut lat_n) = (0, 0, 0, 0, 0, 0);
     let endpoints: Vec<Value> = list
@@ -399,7 +417,7 @@ pub fn status<B>(app: &App, req: &Request<B>) -> Response<Body> {
                 lat_total += a;
                 lat_n += 1;
             }
-            let status = s.h.status();
+            let status = shown_status(&s.h);
             let pct = success_pct(s);
             let mut issues = Vec::new();
             if s.health.consecutive_failures > 3 {

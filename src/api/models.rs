@@ -2,8 +2,12 @@
 //! lmstudio, vllm; filters endpoint, family, type, capability, available, include_unavailable),
 //! `GET /olla/models/{id-or-alias}`, the OpenAI lists of `/olla/proxy/v1/models` and the provider
 //! prefixes, the aggregated Ollama/LM Studio lists, and `/internal/status/models`.
+//!
+//! Every listing is one pass over the catalog with hash lookups (routable backends as a set,
+//! families grouped in one pass): the catalog holds up to `max_models_per_endpoint` entries per
+//! endpoint, so nothing here may be quadratic in it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use http::{Request, Response, StatusCode};
@@ -26,7 +30,7 @@ fn now_unix() -> u64 {
 }
 
 /// Which backends are routable now, by name.
-fn routable_names(app: &App) -> Vec<String> {
+fn routable_names(app: &App) -> HashSet<String> {
     let now = Instant::now();
     app.tree
         .published
@@ -42,7 +46,7 @@ fn routable_names(app: &App) -> Vec<String> {
 fn visible<'a>(
     catalog: &'a Catalog,
     filter: KindFilter,
-    routable: &[String],
+    routable: &HashSet<String>,
     include_unavailable: bool,
 ) -> Vec<&'a UnifiedModel> {
     catalog
@@ -160,7 +164,7 @@ pub fn lmstudio_list(app: &App) -> Response<Body> {
     json_response(StatusCode::OK, &json!({"object": "list", "data": data}))
 }
 
-fn unified_entry(m: &UnifiedModel, routable: &[String], created: u64) -> Value {
+fn unified_entry(m: &UnifiedModel, routable: &HashSet<String>, created: u64) -> Value {
     let availability: Vec<Value> = m
         .availability
         .iter()
@@ -378,19 +382,25 @@ pub fn status_models<B>(app: &App, req: &Request<B>) -> Response<Body> {
     let catalog = app.tree.published.catalog.load();
     let table = app.tree.published.table();
     let ids = crate::api::internal::endpoint_ids(&table);
-    let mut by_family: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    // One pass: each family's members (for `model_groups`) and names.
+    let mut members_by_family: BTreeMap<&str, Vec<&UnifiedModel>> = BTreeMap::new();
     for m in &catalog.models {
         let fam = m
             .meta
             .family
-            .clone()
+            .as_deref()
             .filter(|f| !f.is_empty())
-            .unwrap_or_else(|| "unknown".into());
-        by_family.entry(fam).or_default().push(m.id.clone());
+            .unwrap_or("unknown");
+        members_by_family.entry(fam).or_default().push(m);
     }
-    for v in by_family.values_mut() {
-        v.sort();
-    }
+    let by_family: BTreeMap<&str, Vec<&str>> = members_by_family
+        .iter()
+        .map(|(fam, ms)| {
+            let mut names: Vec<&str> = ms.iter().map(|m| m.id.as_str()).collect();
+            names.sort_unstable();
+            (*fam, names)
+        })
+        .collect();
     let mut recent: Vec<&UnifiedModel> = catalog.models.iter().collect();
     recent.sort_by(|a, b| b.last_seen.cmp(&a.last_seen).then_with(|| a.id.cmp(&b.id)));
     let summary = |m: &UnifiedModel| {
@@ -429,17 +439,16 @@ pub fn status_models<B>(app: &App, req: &Request<B>) -> Response<Body> {
     });
     let query = req.uri().query().unwrap_or("");
     if query.contains("detailed=true") && query.contains("group=family") {
-        let groups: Vec<Value> = by_family
-            .keys()
-            .map(|fam| {
-                let members: Vec<&UnifiedModel> = catalog
-                    .models
+        let groups: Vec<Value> = members_by_family
+            .iter()
+            .map(|(fam, members)| {
+                let mut eps: Vec<&str> = members
                     .iter()
-                    .filter(|m| m.meta.family.as_deref().unwrap_or("unknown") == fam)
+                    .flat_map(|m| m.availability.iter().map(|a| a.backend.as_str()))
+                    .collect::<HashSet<&str>>()
+                    .into_iter()
                     .collect();
-                let mut eps: Vec<String> = members.iter().flat_map(|m| m.availability.iter().map(|a| a.backend.clone())).collect();
-                eps.sort();
-                eps.dedup();
+                eps.sort_unstable();
                 json!({"family": fam, "models": members.iter().map(|m| summary(m)).collect::<Vec<_>>(),
                        "endpoints": eps, "model_count": members.len()})
             })

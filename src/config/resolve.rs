@@ -80,6 +80,9 @@ pub fn resolve(config: &Config) -> Result<Runtime, Vec<String>> {
         errors
             .push("server.request_limits.max_header_size: must be at least 1024 bytes".to_string());
     }
+    if config.discovery.max_models_per_endpoint == 0 {
+        errors.push("discovery.max_models_per_endpoint: must be at least 1".to_string());
+    }
     let p = &config.proxy;
     let strategy = Strategy::parse(&p.load_balancer).unwrap_or_else(|| {
         errors.push(format!(
@@ -225,6 +228,8 @@ pub fn resolve(config: &Config) -> Result<Runtime, Vec<String>> {
                 },
                 fallback,
                 discovery_timeout: rs.options.discovery_timeout.0,
+                discovery_min_interval: rs.options.discovery_min_interval.0,
+                discovery_negative_ttl: rs.options.discovery_negative_ttl.0,
             },
             model_aliases,
             stale_threshold: config.model_registry.unification.stale_threshold.0,
@@ -412,7 +417,8 @@ pub fn endpoint_spec(
         ));
     }
     let breaker = breaker(&p.circuit_breaker, &ep.circuit_breaker);
-    let health = health(&p.health, &ep.health);
+    let mut health = health(&p.health, &ep.health);
+    health.max_retry_after = ep.max_retry_after.unwrap_or(p.max_retry_after).0;
     if !errors.is_empty() {
         return Err(errors);
     }
@@ -452,6 +458,7 @@ pub fn endpoint_spec(
             enabled: md.enabled,
             interval: nonzero(md.interval.0, Duration::from_secs(300)),
             timeout: nonzero(md.timeout.0, Duration::from_secs(30)),
+            max_models: config.discovery.max_models_per_endpoint,
         },
         h2c: ep.h2c,
         path_allowlist: ep.auth.is_some().then(|| ep.allowed_paths.clone()),

@@ -186,6 +186,8 @@ pub struct ProxyConfig {
     pub max_concurrency: Option<usize>,
     pub queue_size: Option<usize>,
     pub queue_timeout: Option<Dur>,
+    /// Ours: cap of any wait a backend asks for (`Retry-After`), per endpoint overridable.
+    pub max_retry_after: Dur,
 }
 
 impl Default for ProxyConfig {
@@ -212,6 +214,7 @@ impl Default for ProxyConfig {
             max_concurrency: None,
             queue_size: None,
             queue_timeout: None,
+            max_retry_after: Dur::secs(3600),
         }
     }
 }
@@ -304,6 +307,8 @@ pub struct DiscoveryConfig {
     #[serde(rename = "type")]
     pub kind: String,
     pub refresh_interval: Dur,
+    /// Ours: models kept from one endpoint's listing; the rest is dropped with a warning.
+    pub max_models_per_endpoint: usize,
     pub model_discovery: ModelDiscoveryConfig,
     #[serde(rename = "static")]
     pub static_: StaticDiscovery,
@@ -314,6 +319,7 @@ impl Default for DiscoveryConfig {
         Self {
             kind: "static".into(),
             refresh_interval: Dur::secs(30),
+            max_models_per_endpoint: 10_000,
             model_discovery: ModelDiscoveryConfig::default(),
             static_: StaticDiscovery::default(),
         }
@@ -379,6 +385,8 @@ pub struct EndpointConfig {
     /// Ours: for an endpoint with `auth`, paths forwarded beside its type's API (prefixes or
     /// globs); every other path answers 404.
     pub allowed_paths: Vec<String>,
+    /// Overrides `proxy.max_retry_after` for this endpoint.
+    pub max_retry_after: Option<Dur>,
 }
 
 impl Default for EndpointConfig {
@@ -405,6 +413,7 @@ impl Default for EndpointConfig {
             health: HealthConfig::default(),
             h2c: false,
             allowed_paths: Vec::new(),
+            max_retry_after: None,
         }
     }
 }
@@ -473,6 +482,10 @@ pub struct RoutingOptions {
     pub fallback_behavior: String,
     pub discovery_timeout: Dur,
     pub discovery_refresh_on_miss: bool,
+    /// Ours: shortest time between two refreshes started by routing misses.
+    pub discovery_min_interval: Dur,
+    /// Ours: how long a name still unknown after a refresh starts no new one.
+    pub discovery_negative_ttl: Dur,
 }
 
 impl Default for RoutingOptions {
@@ -481,6 +494,8 @@ impl Default for RoutingOptions {
             fallback_behavior: "compatible_only".into(),
             discovery_timeout: Dur::secs(2),
             discovery_refresh_on_miss: false,
+            discovery_min_interval: Dur::secs(5),
+            discovery_negative_ttl: Dur::secs(30),
         }
     }
 }

@@ -27,7 +27,7 @@ use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Uri};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use olla_actors::discovery::error_chain;
-use olla_actors::health::parse_retry_after;
+use olla_actors::wait::{clamp_backend_wait, parse_retry_after};
 use olla_actors::{BackendHandle, InFlightGuard, Outcome, SlotAttempt};
 use tokio::time::Instant;
 
@@ -155,7 +155,25 @@ pub fn decision_headers(headers: &mut HeaderMap, d: &Decision) {
 struct SendError {
     /// The backend could not be reached at all.
     connect: bool,
+    /// The connection was refused (the port is closed): definitive, see
+    /// [`BackendHandle::connection_refused`].
+    refused: bool,
     message: String,
+}
+
+/// Whether an error (or one of its causes) is a refused TCP connection.
+fn is_refused(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if err
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::ConnectionRefused)
+        {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
 }
 
 enum Attempt {
@@ -376,6 +394,7 @@ impl Run<'_> {
                 .map(|r| r.map(Upstream::Direct))
                 .map_err(|e| SendError {
                     connect: e.is_connect(),
+                    refused: e.is_connect() && is_refused(&e),
                     message: error_chain(&e),
                 });
         }
@@ -393,6 +412,7 @@ impl Run<'_> {
             })
             .map_err(|e| SendError {
                 connect: e.is_connect(),
+                refused: e.is_connect() && is_refused(&e),
                 message: error_chain(&e),
             })
     }
@@ -442,6 +462,10 @@ impl Run<'_> {
                 } else {
                     Outcome::Fault
                 };
+                if e.refused {
+                    // Definitive: out of routing before the outcome asks for a probe.
+                    handle.connection_refused(&e.message);
+                }
                 guard.report(outcome, None);
                 if !e.connect {
                     // Reset or closed mid-request: the backend may have died; check it now.
@@ -465,6 +489,7 @@ impl Run<'_> {
                 .get(http::header::RETRY_AFTER)
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| parse_retry_after(v, SystemTime::now()))
+                .map(|w| clamp_backend_wait(w, spec.health.max_retry_after))
                 .unwrap_or(Duration::from_secs(1));
             guard.report(Outcome::RateLimited(wait), Some(first_byte));
         } else if status.is_server_error() {

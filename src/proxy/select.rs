@@ -145,18 +145,30 @@ pub async fn select(
             let mut catalog: &Catalog = &first;
             let mut available = scoped(catalog, requested, &scope);
             if available.is_empty() && policy.model_routing == ModelRouting::Discovery {
-                // Discovery on a miss: really re-fetch the model lists, then decide.
+                // Discovery on a miss: re-fetch the model lists, then decide; the gate bounds
+                // how often (minimum interval, negative cache, one shared refresh).
                 let names: Vec<String> = in_scope
                     .iter()
                     .filter(|b| b.is_routable(now))
                     .map(|b| b.name().to_string())
                     .collect();
-                app.tree
-                    .refresh_models(&names, policy.discovery_timeout)
-                    .await;
-                refreshed = published.catalog.load_full();
-                catalog = &refreshed;
-                available = scoped(catalog, requested, &scope);
+                let settings = policy.miss_settings();
+                let refresh_app = app.clone();
+                let refresh = async move {
+                    refresh_app
+                        .tree
+                        .refresh_models(&names, settings.timeout)
+                        .await;
+                };
+                let gate = &published.miss_gate;
+                if gate.refresh_on_miss(requested, &settings, refresh).await {
+                    refreshed = published.catalog.load_full();
+                    catalog = &refreshed;
+                    available = scoped(catalog, requested, &scope);
+                    if available.is_empty() {
+                        gate.remember_missing(requested, Instant::now(), &settings);
+                    }
+                }
             }
             if !available.is_empty() {
                 // One pass over the backends, looking each up among the model's endpoints.

@@ -13,12 +13,13 @@ use tracing::{debug, info, warn};
 use crate::backend::client::ShardedClient;
 use crate::backend::handle::BackendHandle;
 use crate::breaker::BreakerTransition;
-use crate::discovery::{self, DiscoveredModel};
+use crate::discovery::{self, ModelListing};
 use crate::health::{parse_retry_after, EndpointStatus, HealthTracker, ProbeResult};
 use crate::kind::BackendKind;
 use crate::published::Published;
 use crate::registry::RegistryMsg;
 use crate::spec::BackendSpec;
+use crate::wait::system_after;
 
 pub enum BackendMsg {
     /// Run a probe if `token` is current (stale timers carry old tokens).
@@ -34,9 +35,11 @@ pub enum BackendMsg {
     Discover {
         token: u64,
     },
-    DiscoveryDone(Result<Vec<DiscoveredModel>, String>),
+    DiscoveryDone(Result<ModelListing, String>),
     /// Refresh the model list now; reply once the registry has it.
     Refresh(RpcReplyPort<Result<usize, String>>),
+    /// A live request's connection was refused: down at once (definitive), probe with backoff.
+    LiveRefused(String),
     /// A live request could not connect: probe now.
     PassiveFailure,
     /// Probe now (admin `probe`), whatever the current state.
@@ -104,7 +107,7 @@ impl Drop for ProbeReporter {
 struct DiscoveryReporter(Option<ActorRef<BackendMsg>>);
 
 impl DiscoveryReporter {
-    fn send(mut self, r: Result<Vec<DiscoveredModel>, String>) {
+    fn send(mut self, r: Result<ModelListing, String>) {
         if let Some(a) = self.0.take() {
             let _ = a.cast(BackendMsg::DiscoveryDone(r));
         }
@@ -171,8 +174,7 @@ impl BackendState {
     fn schedule_probe(&mut self, myself: &ActorRef<BackendMsg>, after: Duration) {
         self.probe_token += 1;
         let token = self.probe_token;
-        let when = SystemTime::now() + after;
-        self.handle.shared().health.lock().next_check = Some(when);
+        self.handle.shared().health.lock().next_check = system_after(SystemTime::now(), after);
         myself.send_after(after, move || BackendMsg::Probe { token });
     }
 
@@ -308,8 +310,10 @@ impl Actor for BackendActor {
                     // Proven back by probes: clear passive state and re-discover models.
                     state.handle.reset_breaker();
                 }
+                // A backend without models is discovered on its first good probe, but after a
+                // failed discovery only the backoff timer (or a recovery) retries it.
                 if step.status.is_routable()
-                    && (step.recovered || !state.has_models)
+                    && (step.recovered || (!state.has_models && state.discovery_failures == 0))
                     && state.spec.discovery.enabled
                 {
                     state.start_discovery(&myself);
@@ -334,15 +338,21 @@ impl Actor for BackendActor {
                 state.discovery_running = false;
                 let waiters = std::mem::take(&mut state.refresh_waiters);
                 match result {
-                    Ok(models) => {
+                    Ok(listing) => {
+                        let warning = listing.warning(state.spec.discovery.max_models);
+                        let models = listing.models;
                         let n = models.len();
                         debug!(backend = %state.spec.name, models = n, "discovered models");
+                        if let Some(w) = &warning {
+                            warn!(backend = %state.spec.name, "{w}");
+                        }
                         state.discovery_failures = 0;
                         state.has_models = true;
                         {
                             let mut h = state.handle.shared().health.lock();
                             h.last_model_sync = Some(SystemTime::now());
                             h.discovery_error = None;
+                            h.discovery_warning = warning;
                             h.model_count = n;
                         }
                         if let Some(reg) = state.published.registry() {
@@ -380,15 +390,15 @@ impl Actor for BackendActor {
                     }
                     Err(e) => {
                         warn!(backend = %state.spec.name, error = %e, "model discovery failed; keeping the last good list");
-                        state.discovery_failures += 1;
+                        state.discovery_failures = state.discovery_failures.saturating_add(1);
                         state.handle.shared().health.lock().discovery_error = Some(e.clone());
                         for w in waiters {
                             let _ = w.send(Err(e.clone()));
                         }
-                        let backoff = Duration::from_secs(2)
-                            .saturating_mul(1 << state.discovery_failures.min(6))
-                            .min(state.spec.discovery.interval)
-                            .min(Duration::from_secs(120));
+                        let backoff = discovery::failure_backoff(
+                            state.discovery_failures,
+                            state.spec.discovery.interval,
+                        );
                         state.schedule_discovery(&myself, backoff);
                     }
                 }
@@ -400,6 +410,26 @@ impl Actor for BackendActor {
                     for w in std::mem::take(&mut state.refresh_waiters) {
                         let _ = w.send(Err("backend type not yet detected".into()));
                     }
+                }
+            }
+            BackendMsg::LiveRefused(error) => {
+                match state.tracker.force_down(error, fastrand::f64() * 2.0 - 1.0) {
+                    Some(step) => {
+                        state.handle.set_status(step.status);
+                        {
+                            let mut h = state.handle.shared().health.lock();
+                            h.last_error = state.tracker.last_error().map(str::to_string);
+                            h.consecutive_failures = state.tracker.consecutive_failures();
+                        }
+                        if let Some((old, new)) = step.changed {
+                            warn!(backend = %state.spec.name, from = old.as_str(), to = new.as_str(),
+                                  error = state.tracker.last_error().unwrap_or(""),
+                                  "live connection refused; backend is not routable");
+                        }
+                        state.schedule_probe(&myself, step.next_check);
+                    }
+                    // Already down (or parked): the probe loop owns it; keep the handle in step.
+                    None => state.handle.set_status(state.tracker.status()),
                 }
             }
             BackendMsg::PassiveFailure => {

@@ -19,6 +19,7 @@ use crate::health::EndpointStatus;
 use crate::kind::{BackendKind, ALL_KINDS};
 use crate::published::BackendSlot;
 use crate::spec::BackendSpec;
+use crate::wait::clamp_backend_wait;
 
 /// How a forwarded request ended, as far as the backend's health is concerned.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -73,6 +74,8 @@ pub struct HealthInfo {
     pub consecutive_failures: u32,
     pub last_model_sync: Option<SystemTime>,
     pub discovery_error: Option<String>,
+    /// Set when the last listing was cut at `max_models_per_endpoint`.
+    pub discovery_warning: Option<String>,
     pub model_count: usize,
 }
 
@@ -237,10 +240,27 @@ impl BackendHandle {
         self.0.parked_until_ms.load(Ordering::Relaxed) > self.now_ms(now)
     }
 
-    /// Park the backend (live 429 with Retry-After).
+    /// Park the backend (live 429 with Retry-After). The wait is the backend's word: clamped to
+    /// `max_retry_after`, then added with saturating arithmetic (see [`crate::wait`]).
     pub fn park_for(&self, wait: Duration) {
-        let until = self.now_ms(Instant::now()) + wait.as_millis() as u64;
+        let wait = clamp_backend_wait(wait, self.0.spec.health.max_retry_after);
+        let wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX);
+        let until = self.now_ms(Instant::now()).saturating_add(wait_ms);
         self.0.parked_until_ms.fetch_max(until, Ordering::Relaxed);
+    }
+
+    /// A live request's connection was refused. Unlike a failed probe this is definitive (the
+    /// port is closed; hysteresis is for probes): the backend leaves routing at once, and the
+    /// actor takes it down and probes it back with the usual backoff. Call it before reporting
+    /// the request's outcome, so the immediate probe that outcome asks for sees it down.
+    pub fn connection_refused(&self, error: &str) {
+        if self.status().is_routable() {
+            self.set_status(EndpointStatus::Offline);
+        }
+        let _ = self
+            .0
+            .actor
+            .cast(BackendMsg::LiveRefused(error.to_string()));
     }
 
     /// Whether new requests may be sent now: enabled, not draining or quarantined, routable
