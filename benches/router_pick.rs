@@ -34,6 +34,7 @@ fn settings() -> ServerSettings {
         request_logging: false,
         proxy_engine: "olla".into(),
         proxy_profile: "auto".into(),
+        anthropic: Default::default(),
     }
 }
 

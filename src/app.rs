@@ -25,6 +25,8 @@ pub struct App {
     pub stats: GlobalStats,
     /// `proxy.load_balancer` as configured (status output).
     pub balancer: String,
+    /// `/olla/anthropic` counters (`/internal/stats/translators`).
+    pub translators: crate::api::anthropic::TranslatorStats,
 }
 
 impl App {
@@ -36,6 +38,7 @@ impl App {
             started: std::time::Instant::now(),
             stats: GlobalStats::default(),
             balancer,
+            translators: Default::default(),
         }
     }
 }

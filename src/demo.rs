@@ -56,6 +56,7 @@ pub async fn run(port: u16, stop: impl Future<Output = ()>) -> Result<(), String
             request_logging: true,
             proxy_engine: "olla".into(),
             proxy_profile: "auto".into(),
+            anthropic: Default::default(),
         },
         tree: TreeConfig {
             specs: vec![

@@ -9,6 +9,7 @@ pub mod api;
 pub mod app;
 pub mod config;
 pub mod demo;
+pub mod dialect;
 pub mod error;
 pub mod format;
 pub mod http_util;

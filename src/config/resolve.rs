@@ -36,6 +36,65 @@ pub struct ServerSettings {
     pub request_logging: bool,
     pub proxy_engine: String,
     pub proxy_profile: String,
+    pub anthropic: AnthropicSettings,
+}
+
+/// `translators.anthropic`, resolved.
+#[derive(Clone, Debug)]
+pub struct AnthropicSettings {
+    /// The `/olla/anthropic` routes exist.
+    pub enabled: bool,
+    /// Requests go unchanged to backends that speak the Messages API natively.
+    pub passthrough: bool,
+    /// Largest request body accepted on these routes (0 in the config means 10 MiB).
+    pub max_message_size: u64,
+    /// Per endpoint name, the configured `anthropic_messages_path` (`""` = never passthrough).
+    pub messages_paths: HashMap<String, String>,
+}
+
+impl Default for AnthropicSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            passthrough: true,
+            max_message_size: DEFAULT_MESSAGE_SIZE,
+            messages_paths: HashMap::new(),
+        }
+    }
+}
+
+const DEFAULT_MESSAGE_SIZE: u64 = 10 << 20;
+const MAX_MESSAGE_SIZE: u64 = 100 << 20;
+
+fn anthropic_settings(config: &Config, errors: &mut Vec<String>) -> AnthropicSettings {
+    let a = &config.translators.anthropic;
+    if a.max_message_size > MAX_MESSAGE_SIZE {
+        errors.push(format!(
+            "translators.anthropic.max_message_size: {} is over the 100 MiB limit",
+            a.max_message_size
+        ));
+    }
+    let mut messages_paths = HashMap::new();
+    for (i, ep) in config.discovery.static_.endpoints.iter().enumerate() {
+        if let Some(p) = &ep.anthropic_messages_path {
+            if !p.is_empty() && (!p.starts_with('/') || p.parse::<Uri>().is_err()) {
+                errors.push(format!(
+                    "discovery.static.endpoints[{i}].anthropic_messages_path: {p:?} must be empty or a path starting with /"
+                ));
+            }
+            messages_paths.insert(ep.name.clone(), p.clone());
+        }
+    }
+    AnthropicSettings {
+        enabled: a.enabled,
+        passthrough: a.passthrough_enabled,
+        max_message_size: if a.max_message_size == 0 {
+            DEFAULT_MESSAGE_SIZE
+        } else {
+            a.max_message_size
+        },
+        messages_paths,
+    }
 }
 
 /// Everything the daemon runs with.
@@ -135,6 +194,7 @@ pub fn resolve(config: &Config) -> Result<Runtime, Vec<String>> {
         }
     }
 
+    let anthropic = anthropic_settings(config, &mut errors);
     let mut names = HashSet::new();
     let mut specs = Vec::new();
     for (i, ep) in config.discovery.static_.endpoints.iter().enumerate() {
@@ -178,6 +238,7 @@ pub fn resolve(config: &Config) -> Result<Runtime, Vec<String>> {
             request_logging: s.request_logging,
             proxy_engine: p.engine.clone(),
             proxy_profile: p.profile.clone(),
+            anthropic,
         },
         tree: TreeConfig {
             specs,

@@ -341,6 +341,9 @@ pub struct EndpointConfig {
     pub health: HealthConfig,
     /// Speak HTTP/2 with prior knowledge (h2c) to this backend.
     pub h2c: bool,
+    /// Ours: where this backend serves the Anthropic Messages API natively (`/olla/anthropic`
+    /// passes requests through to it); `""` = never. Default: by backend type.
+    pub anthropic_messages_path: Option<String>,
 }
 
 impl Default for EndpointConfig {
@@ -366,6 +369,7 @@ impl Default for EndpointConfig {
             circuit_breaker: BreakerConfig::default(),
             health: HealthConfig::default(),
             h2c: false,
+            anthropic_messages_path: None,
         }
     }
 }

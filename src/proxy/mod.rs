@@ -143,6 +143,17 @@ enum Attempt {
     },
 }
 
+/// A route that adapts its request per backend (a dialect translator): which of the selected
+/// candidates to try, and the upstream path and body for each. Failover, breakers, limits and
+/// headers stay the pipeline's.
+pub trait Adapt: Send + Sync {
+    /// Narrows the ordered candidates (called once, after selection).
+    fn choose(&self, candidates: Vec<Candidate>) -> Vec<Candidate>;
+    /// The upstream path and body for one candidate (the model is then rewritten to the
+    /// backend's own name as for any request).
+    fn upstream(&self, cand: &Candidate) -> (String, Bytes);
+}
+
 /// Runs the pipeline. `ctx` holds headers every response of this request carries (request id,
 /// routing headers); they are added by the caller.
 pub async fn forward(
@@ -159,6 +170,22 @@ pub async fn forward(
         .get(http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok());
     let facts = inspect_body(content_type, &body)?;
+    forward_body(app, &parts, &body, &facts, &client, &fwd, None, ctx).await
+}
+
+/// Runs the pipeline for a request whose body is already read and inspected; `adapt` (if any)
+/// chooses the candidates and shapes each upstream request.
+#[allow(clippy::too_many_arguments)]
+pub async fn forward_body(
+    app: &Arc<App>,
+    parts: &Parts,
+    body: &Bytes,
+    facts: &BodyFacts,
+    client: &ClientInfo,
+    fwd: &Forward,
+    adapt: Option<&dyn Adapt>,
+    ctx: &mut HeaderMap,
+) -> Result<Response<Body>, ProxyError> {
     if let Some(m) = &facts.model {
         set(ctx, names::X_OLLA_MODEL, m);
     }
@@ -174,16 +201,21 @@ pub async fn forward(
     if let Some(d) = &selection.decision {
         decision_headers(ctx, d);
     }
+    let candidates = match adapt {
+        Some(a) => a.choose(selection.candidates),
+        None => selection.candidates,
+    };
     let policy = app.tree.published.policy.load_full();
     let run = Run {
-        parts: &parts,
-        body: &body,
-        facts: &facts,
-        client: &client,
+        parts,
+        body,
+        facts,
+        client,
         path: &fwd.upstream_path,
+        adapt,
         retry_on: &policy.retry_on_status,
     };
-    run.walk(selection.candidates, ctx).await
+    run.walk(candidates, ctx).await
 }
 
 /// What the failed attempts of a request left: the last error, and the last retryable upstream
@@ -216,6 +248,7 @@ struct Run<'a> {
     facts: &'a BodyFacts,
     client: &'a ClientInfo,
     path: &'a str,
+    adapt: Option<&'a dyn Adapt>,
     retry_on: &'a [u16],
 }
 
@@ -299,14 +332,17 @@ impl Run<'_> {
     /// The upstream URL, headers and body of this request for one candidate.
     fn upstream_parts(&self, cand: &Candidate) -> Result<(Uri, HeaderMap, Bytes), ProxyError> {
         let spec = cand.handle.spec();
+        let adapted = self.adapt.map(|a| a.upstream(cand));
+        let (path, body) = match &adapted {
+            Some((path, body)) => (path.as_str(), body),
+            None => (self.path, self.body),
+        };
         let uri = spec
-            .join(self.path)
+            .join(path)
             .map_err(|e| ProxyError::Internal(format!("cannot build upstream URL: {e}")))?;
         let body = match (&cand.native_model, &self.facts.model) {
-            (Some(native), Some(requested)) if native != requested => {
-                rewrite_model(self.body, native)
-            }
-            _ => self.body.clone(),
+            (Some(native), Some(requested)) if native != requested => rewrite_model(body, native),
+            _ => body.clone(),
         };
         let model = cand.native_model.as_deref().or(self.facts.model.as_deref());
         let headers = headers::outbound(
