@@ -30,10 +30,12 @@ fn request() -> Vec<u8> {
         .map(|n| json!({"name": n, "description": "A tool that does things with files and commands.",
             "input_schema": {"type": "object", "properties": {"path": {"type": "string"}, "content": {"type": "string"}}, "required": ["path"]}}))
         .collect();
-    serde_json::to_vec(&json!({"model": "qwen3:32b", "max_tokens": 4096, "stream": true,
+    serde_json::to_vec(
+        &json!({"model": "qwen3:32b", "max_tokens": 4096, "stream": true,
         "system": [{"type": "text", "text": "You are a coding assistant. ".repeat(60)}],
         "messages": messages, "tools": tools, "tool_choice": {"type": "auto"},
-        "metadata": {"user_id": "u"}}))
+        "metadata": {"user_id": "u"}}),
+    )
     .unwrap_or_default()
 }
 

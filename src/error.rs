@@ -99,11 +99,7 @@ impl ProxyError {
             let rid = extra
                 .get(crate::proxy::headers::names::X_OLLA_REQUEST_ID)
                 .and_then(|v| v.to_str().ok());
-            crate::dialect::anthropic::error_body(
-                self.status().as_u16(),
-                &self.to_string(),
-                rid,
-            )
+            crate::dialect::anthropic::error_body(self.status().as_u16(), &self.to_string(), rid)
         } else {
             json!({"error": {"message": self.to_string(), "type": self.kind(), "code": self.code()}})
         };
@@ -115,7 +111,10 @@ impl ProxyError {
         }
         if anthropic {
             if let Some(id) = extra.get(crate::proxy::headers::names::X_OLLA_REQUEST_ID) {
-                h.insert(http::header::HeaderName::from_static("request-id"), id.clone());
+                h.insert(
+                    http::header::HeaderName::from_static("request-id"),
+                    id.clone(),
+                );
             }
         }
         h.insert(

@@ -8,7 +8,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
-use olla::dialect::anthropic::stream::check_well_formed;
+use olla::dialect::anthropic::stream::{check_well_formed, reassemble};
 use serde_json::{json, Value};
 
 const MSG: &str = "/olla/anthropic/v1/messages";
@@ -34,39 +34,7 @@ fn ask(model: &str, stream: bool, text: &str) -> String {
 
 /// Reassembles a streamed message as the SDKs do.
 fn assemble(events: &[(String, Value)]) -> Value {
-    let mut blocks: Vec<Value> = Vec::new();
-    let mut partial: Vec<String> = Vec::new();
-    let mut delta = Value::Null;
-    for (name, v) in events {
-        match name.as_str() {
-            "content_block_start" => {
-                blocks.push(v["content_block"].clone());
-                partial.push(String::new());
-            }
-            "content_block_delta" => {
-                let i = v["index"].as_u64().unwrap() as usize;
-                let d = &v["delta"];
-                for (kind, field) in [("text_delta", "text"), ("thinking_delta", "thinking")] {
-                    if d["type"] == kind {
-                        let t = blocks[i][field].as_str().unwrap().to_string();
-                        blocks[i][field] = json!(t + d[field].as_str().unwrap());
-                    }
-                }
-                if d["type"] == "input_json_delta" {
-                    partial[i].push_str(d["partial_json"].as_str().unwrap());
-                }
-            }
-            "content_block_stop" => {
-                let i = v["index"].as_u64().unwrap() as usize;
-                if !partial[i].is_empty() {
-                    blocks[i]["input"] = serde_json::from_str(&partial[i]).unwrap();
-                }
-            }
-            "message_delta" => delta = v.clone(),
-            _ => {}
-        }
-    }
-    json!({"content": blocks, "delta": delta})
+    reassemble(events).unwrap()
 }
 
 fn header(r: &reqwest::Response, name: &str) -> Option<String> {
@@ -84,19 +52,29 @@ async fn translated_create_and_stream_with_tools_and_thinking() {
 
     let r = post(&d, MSG, &ask("m", false, "hello")).await;
     assert_eq!(r.status(), 200);
-    assert_eq!(header(&r, "x-olla-mode"), None, "translation never claims passthrough");
+    assert_eq!(
+        header(&r, "x-olla-mode"),
+        None,
+        "translation never claims passthrough"
+    );
     assert!(header(&r, "request-id").is_some());
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["type"], "message");
     assert_eq!(v["model"], "m");
     assert_eq!(v["content"][0]["type"], "text");
-    assert!(v["content"][0]["text"].as_str().unwrap().starts_with("tok0 "));
+    assert!(v["content"][0]["text"]
+        .as_str()
+        .unwrap()
+        .starts_with("tok0 "));
     assert_eq!(v["stop_reason"], "end_turn");
     assert!(v["usage"]["output_tokens"].as_u64().unwrap() > 0);
     let sent = m.last_work().unwrap();
     assert_eq!(sent.path, "/v1/chat/completions");
     let sent: Value = serde_json::from_str(&sent.body).unwrap();
-    assert_eq!(sent["messages"][0], json!({"role": "system", "content": "be brief"}));
+    assert_eq!(
+        sent["messages"][0],
+        json!({"role": "system", "content": "be brief"})
+    );
     assert_eq!(sent["tools"][0]["function"]["name"], "get_weather");
 
     // A tool the model calls, with thinking, non-streamed.
@@ -112,17 +90,26 @@ async fn translated_create_and_stream_with_tools_and_thinking() {
     // The same streamed: well formed, the tool input assembles, usage is real.
     let r = post(&d, MSG, &ask("m", true, "mock:tool mock:think")).await;
     assert_eq!(r.status(), 200);
-    assert_eq!(header(&r, "content-type").as_deref(), Some("text/event-stream"));
+    assert_eq!(
+        header(&r, "content-type").as_deref(),
+        Some("text/event-stream")
+    );
     let bytes = r.bytes().await.unwrap();
     let events = check_well_formed(&bytes).unwrap();
     assert_eq!(events.last().unwrap().0, "message_stop");
     let msg = assemble(&events);
     assert_eq!(msg["content"][0]["thinking"], "Let me think step by step.");
-    assert!(msg["content"][1]["text"].as_str().unwrap().starts_with("tok0"));
+    assert!(msg["content"][1]["text"]
+        .as_str()
+        .unwrap()
+        .starts_with("tok0"));
     assert_eq!(msg["content"][2]["name"], "get_weather");
-    assert_eq!(msg["content"][2]["input"], json!({"city": "Paris", "days": 3}));
-    assert_eq!(msg["delta"]["delta"]["stop_reason"], "tool_use");
-    assert_eq!(msg["delta"]["usage"]["output_tokens"], 8);
+    assert_eq!(
+        msg["content"][2]["input"],
+        json!({"city": "Paris", "days": 3})
+    );
+    assert_eq!(msg["stop"]["stop_reason"], "tool_use");
+    assert_eq!(msg["usage"]["output_tokens"], 8);
     let sent: Value = serde_json::from_str(&m.last_work().unwrap().body).unwrap();
     assert_eq!(sent["stream_options"]["include_usage"], true);
     d.stop().await;
@@ -152,7 +139,10 @@ async fn native_backends_get_the_body_unchanged() {
     let r = post(&d, MSG, &ask("m", true, "hi")).await;
     assert_eq!(header(&r, "x-olla-mode").as_deref(), Some("passthrough"));
     let text = r.text().await.unwrap();
-    assert!(text.contains("msg_mock_") && text.contains("message_stop"), "{text}");
+    assert!(
+        text.contains("msg_mock_") && text.contains("message_stop"),
+        "{text}"
+    );
     d.stop().await;
 
     // Per endpoint: a path switches passthrough on for any type, "" switches it off; the
@@ -160,8 +150,20 @@ async fn native_backends_get_the_body_unchanged() {
     let generic = mock("generic", &["g"]).await;
     let d = daemon(&config(
         &[
-            endpoint("native", &native.url(), "llamacpp", 100, "anthropic_messages_path: \"\""),
-            endpoint("generic", &generic.url(), "openai", 100, "anthropic_messages_path: /v1/messages"),
+            endpoint(
+                "native",
+                &native.url(),
+                "llamacpp",
+                100,
+                "anthropic_messages_path: \"\"",
+            ),
+            endpoint(
+                "generic",
+                &generic.url(),
+                "openai",
+                100,
+                "anthropic_messages_path: /v1/messages",
+            ),
         ],
         "",
     ))
@@ -193,7 +195,11 @@ async fn native_backends_get_the_body_unchanged() {
 async fn a_translated_stream_is_incremental() {
     // 20 tokens 60 ms apart: the backend needs over a second for the whole answer.
     let m = paced_mock("slow", 20, 60).await;
-    let d = daemon(&config(&[endpoint("slow", &m.url(), "openai", 100, "")], "")).await;
+    let d = daemon(&config(
+        &[endpoint("slow", &m.url(), "openai", 100, "")],
+        "",
+    ))
+    .await;
     wait_routable(&d, &["slow"], true).await;
     let started = Instant::now();
     let mut r = post(&d, MSG, &ask("m", true, "count")).await;
@@ -201,19 +207,29 @@ async fn a_translated_stream_is_incremental() {
     let mut first_delta = None;
     let mut all = Vec::new();
     while let Some(chunk) = r.chunk().await.unwrap() {
-        if first_delta.is_none() && String::from_utf8_lossy(&chunk).contains("content_block_delta") {
+        if first_delta.is_none() && String::from_utf8_lossy(&chunk).contains("content_block_delta")
+        {
             first_delta = Some(started.elapsed());
         }
         all.extend_from_slice(&chunk);
     }
     let total = started.elapsed();
     let first = first_delta.expect("a content_block_delta arrived");
-    assert!(total >= Duration::from_millis(1000), "stream took {total:?}");
+    assert!(
+        total >= Duration::from_millis(1000),
+        "stream took {total:?}"
+    );
     // The first delta arrives while the backend still has most of its tokens to send.
-    assert!(first + Duration::from_millis(700) < total, "first {first:?}, total {total:?}");
+    assert!(
+        first + Duration::from_millis(700) < total,
+        "first {first:?}, total {total:?}"
+    );
     let events = check_well_formed(&all).unwrap();
     assert_eq!(
-        events.iter().filter(|(n, _)| n == "content_block_delta").count(),
+        events
+            .iter()
+            .filter(|(n, _)| n == "content_block_delta")
+            .count(),
         20
     );
     d.stop().await;
@@ -236,14 +252,21 @@ async fn errors_are_anthropic_shaped() {
             let v: Value = r.json().await.unwrap();
             assert_eq!(v["type"], "error", "{v}");
             assert_eq!(v["error"]["type"], kind, "{v}");
-            assert!(v["error"]["message"].as_str().is_some_and(|m| !m.is_empty()));
+            assert!(v["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty()));
             assert_eq!(v["request_id"], rid);
         }
     };
     check(400, "invalid_request_error")(post(&d, MSG, "{\"model\":").await).await;
     check(400, "invalid_request_error")(post(&d, MSG, r#"{"messages":[]}"#).await).await;
     check(400, "invalid_request_error")(
-        post(&d, MSG, r#"{"model":"m","messages":[{"role":"robot","content":"x"}]}"#).await,
+        post(
+            &d,
+            MSG,
+            r#"{"model":"m","messages":[{"role":"robot","content":"x"}]}"#,
+        )
+        .await,
     )
     .await;
     check(404, "not_found_error")(post(&d, MSG, &ask("nope", false, "x")).await).await;
@@ -366,17 +389,25 @@ async fn count_tokens_models_and_translator_stats() {
     ))
     .await;
     wait_routable(&d, &["llama", "oa"], true).await;
-    let c = json!({"model": "m", "messages": [{"role": "user", "content": "one two three four five"}]})
-        .to_string();
+    let c =
+        json!({"model": "m", "messages": [{"role": "user", "content": "one two three four five"}]})
+            .to_string();
     let r = post(&d, "/olla/anthropic/v1/messages/count_tokens", &c).await;
     assert_eq!(r.status(), 200);
-    assert_eq!(header(&r, "x-olla-token-count").as_deref(), Some("tokenizer"));
+    assert_eq!(
+        header(&r, "x-olla-token-count").as_deref(),
+        Some("tokenizer")
+    );
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["input_tokens"], 5);
     assert_eq!(llama.last_work().unwrap().path, "/tokenize");
-    let c = json!({"model": "o", "messages": [{"role": "user", "content": "abcdefgh"}]}).to_string();
+    let c =
+        json!({"model": "o", "messages": [{"role": "user", "content": "abcdefgh"}]}).to_string();
     let r = post(&d, "/olla/anthropic/v1/messages/count_tokens", &c).await;
-    assert_eq!(header(&r, "x-olla-token-count").as_deref(), Some("estimate"));
+    assert_eq!(
+        header(&r, "x-olla-token-count").as_deref(),
+        Some("estimate")
+    );
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["input_tokens"], 3);
 

@@ -315,10 +315,7 @@ impl Generation for Chat {
             }
             None => "stop",
         };
-        let _ = write!(
-            s,
-            r#"}},"logprobs":null,"finish_reason":"{finish}"}}],"#
-        );
+        let _ = write!(s, r#"}},"logprobs":null,"finish_reason":"{finish}"}}],"#);
         usage(&mut s, i.prompt_tokens, i.tokens);
         s.push('}');
         s
@@ -521,18 +518,29 @@ mod tests {
         let msg = &v["choices"][0]["message"];
         assert_eq!(msg["reasoning_content"], "Let me think step by step.");
         assert_eq!(msg["tool_calls"][0]["function"]["name"], "get_weather");
-        let args: Value =
-            serde_json::from_str(msg["tool_calls"][0]["function"]["arguments"].as_str().unwrap())
-                .unwrap();
+        let args: Value = serde_json::from_str(
+            msg["tool_calls"][0]["function"]["arguments"]
+                .as_str()
+                .unwrap(),
+        )
+        .unwrap();
         assert_eq!(args["city"], "Paris");
         assert_eq!(v["choices"][0]["finish_reason"], "tool_calls");
         let mut frames = vec![c.head().expect("head"), c.token(0), c.tail()];
         let events = sse_events(&frames.drain(..).collect::<Vec<_>>());
-        let parsed: Vec<Value> = events[..events.len() - 1].iter().map(|e| parse(e)).collect();
-        assert_eq!(parsed[1]["choices"][0]["delta"]["reasoning_content"], "Let me think");
+        let parsed: Vec<Value> = events[..events.len() - 1]
+            .iter()
+            .map(|e| parse(e))
+            .collect();
+        assert_eq!(
+            parsed[1]["choices"][0]["delta"]["reasoning_content"],
+            "Let me think"
+        );
         let args: String = parsed
             .iter()
-            .filter_map(|e| e["choices"][0]["delta"]["tool_calls"][0]["function"]["arguments"].as_str())
+            .filter_map(|e| {
+                e["choices"][0]["delta"]["tool_calls"][0]["function"]["arguments"].as_str()
+            })
             .collect();
         assert_eq!(args, TOOL_ARGS.concat());
         assert!(parsed

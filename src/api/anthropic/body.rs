@@ -73,7 +73,8 @@ impl Body for TranslatedStream {
                     }
                 }
                 Poll::Ready(Some(Err(e))) => {
-                    this.translator.fail(&format!("upstream stream broke: {e}"), &mut out);
+                    this.translator
+                        .fail(&format!("upstream stream broke: {e}"), &mut out);
                     this.failed = Some(e);
                 }
                 Poll::Ready(None) => {
@@ -136,7 +137,10 @@ mod tests {
         let events = check_well_formed(&all).unwrap();
         let pings = events.iter().filter(|(n, _)| n == "ping").count();
         assert_eq!(pings, 2, "{events:?}");
-        assert_eq!(events[0].0, "message_start", "message_start goes before any ping");
+        assert_eq!(
+            events[0].0, "message_start",
+            "message_start goes before any ping"
+        );
         assert_eq!(events.last().unwrap().0, "message_stop");
     }
 

@@ -332,7 +332,10 @@ async fn messages_inner(
     let model = request::validate(&value)
         .map_err(ProxyError::BadRequest)?
         .to_string();
-    let stream = value.get("stream").and_then(Value::as_bool).unwrap_or(false);
+    let stream = value
+        .get("stream")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
     bump(if stream {
         &stats.streaming
     } else {
@@ -393,14 +396,20 @@ async fn translate_answer(resp: Response<Body>, chat: &ChatRequest, input: u64) 
         .and_then(|v| v.to_str().ok())
         .is_some_and(|c| c.starts_with("text/event-stream"));
     if !parts.status.is_success() {
-        let bytes = read_limited(upstream, MAX_ERROR_BODY).await.unwrap_or_default();
+        let bytes = read_limited(upstream, MAX_ERROR_BODY)
+            .await
+            .unwrap_or_default();
         let msg = upstream_error_message(&bytes);
         let body = error_body(parts.status.as_u16(), &msg, request_id.as_deref());
         return with_json(parts, body.to_string());
     }
     if sse {
-        let translator =
-            StreamTranslator::new(&chat.model, message_id(), input, chat.stop_sequences.clone());
+        let translator = StreamTranslator::new(
+            &chat.model,
+            message_id(),
+            input,
+            chat.stop_sequences.clone(),
+        );
         let body = body::TranslatedStream::new(upstream, translator, body::PING_EVERY);
         parts.headers.insert(
             http::header::CONTENT_TYPE,

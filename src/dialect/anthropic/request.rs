@@ -391,7 +391,10 @@ mod tests {
                     {"role": "user", "content": "hi"}]}),
             Flavour::OpenAi,
         );
-        assert_eq!(v["messages"][0], json!({"role": "system", "content": "a\nb\n\nc"}));
+        assert_eq!(
+            v["messages"][0],
+            json!({"role": "system", "content": "a\nb\n\nc"})
+        );
         assert_eq!(v["messages"][1], json!({"role": "user", "content": "hi"}));
         assert_eq!(v["messages"].as_array().unwrap().len(), 2);
         assert_eq!(v["max_tokens"], 5);
@@ -442,14 +445,24 @@ mod tests {
         let args: Value =
             serde_json::from_str(call["function"]["arguments"].as_str().unwrap()).unwrap();
         assert_eq!(args, json!({"city": "Paris"}));
-        assert_eq!(m[2], json!({"role": "tool", "tool_call_id": "tu1", "content": "sunny"}));
+        assert_eq!(
+            m[2],
+            json!({"role": "tool", "tool_call_id": "tu1", "content": "sunny"})
+        );
         assert_eq!(m[3]["content"], "Error: boom");
         assert_eq!(m[4], json!({"role": "user", "content": "thanks"}));
         assert_eq!(v["tools"].as_array().unwrap().len(), 1);
-        assert_eq!(v["tools"][0]["function"]["parameters"], json!({"type": "object"}));
+        assert_eq!(
+            v["tools"][0]["function"]["parameters"],
+            json!({"type": "object"})
+        );
         assert_eq!(v["tool_choice"]["function"]["name"], "get_weather");
         assert_eq!(v["parallel_tool_calls"], false);
-        for (tc, want) in [("auto", json!("auto")), ("any", json!("required")), ("none", json!("none"))] {
+        for (tc, want) in [
+            ("auto", json!("auto")),
+            ("any", json!("required")),
+            ("none", json!("none")),
+        ] {
             assert_eq!(tool_choice(&json!({"type": tc})), Some(want));
         }
     }
@@ -479,11 +492,15 @@ mod tests {
         assert!(translate(&json!({"model": 3, "messages": []})).is_err());
         assert!(translate(&json!({"model": "m"})).is_err());
         assert!(translate(&json!({"model": "m", "messages": [], "max_tokens": -1})).is_err());
-        assert!(translate(&json!({"model": "m", "messages": [{"role": "bot", "content": "x"}]}))
-            .is_err());
+        assert!(
+            translate(&json!({"model": "m", "messages": [{"role": "bot", "content": "x"}]}))
+                .is_err()
+        );
         // Odd but harmless shapes are ignored, not rejected.
-        assert!(translate(&json!({"model": "m", "messages": [{"role": "user", "content": 5},
-            {"role": "user", "content": [{"type": "image"}, {"type": "mystery"}]}]}))
+        assert!(translate(
+            &json!({"model": "m", "messages": [{"role": "user", "content": 5},
+            {"role": "user", "content": [{"type": "image"}, {"type": "mystery"}]}]})
+        )
         .is_ok());
     }
 }

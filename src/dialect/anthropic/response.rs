@@ -54,7 +54,11 @@ pub fn reasoning(v: &Value) -> Option<&str> {
 
 /// Anthropic `usage` from OpenAI `usage`.
 pub fn usage(u: Option<&Value>) -> Value {
-    let get = |k: &str| u.and_then(|u| u.get(k)).and_then(Value::as_u64).unwrap_or(0);
+    let get = |k: &str| {
+        u.and_then(|u| u.get(k))
+            .and_then(Value::as_u64)
+            .unwrap_or(0)
+    };
     let mut out = Map::new();
     out.insert("input_tokens".into(), json!(get("prompt_tokens")));
     out.insert("output_tokens".into(), json!(get("completion_tokens")));
@@ -128,8 +132,14 @@ mod tests {
                 "prompt_tokens_details": {"cached_tokens": 3}}});
         let v = translate(&resp, "alias", "msg_x".into(), &[]);
         assert_eq!(v["model"], "alias");
-        assert_eq!(v["content"][0], json!({"type": "thinking", "thinking": "hmm", "signature": ""}));
-        assert_eq!(v["content"][1], json!({"type": "text", "text": "Let me check."}));
+        assert_eq!(
+            v["content"][0],
+            json!({"type": "thinking", "thinking": "hmm", "signature": ""})
+        );
+        assert_eq!(
+            v["content"][1],
+            json!({"type": "text", "text": "Let me check."})
+        );
         assert_eq!(v["content"][2]["input"], json!({"city": "Paris"}));
         assert_eq!(v["content"][2]["id"], "call_1");
         assert_eq!(v["content"][3]["input"], json!({}));

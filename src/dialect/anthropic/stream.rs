@@ -352,7 +352,10 @@ impl StreamTranslator {
         let state = self.tools.get(&idx).map(|t| t.state);
         match state {
             Some(ToolState::Live) => {
-                self.delta(json!({"type": "input_json_delta", "partial_json": frag}), out);
+                self.delta(
+                    json!({"type": "input_json_delta", "partial_json": frag}),
+                    out,
+                );
             }
             Some(ToolState::Held) => {
                 self.held += frag.len();
@@ -460,7 +463,10 @@ impl StreamTranslator {
             let block = json!({"type": "tool_use", "id": id, "name": name, "input": {}});
             self.open_block(Open::Tool(u64::MAX), block, out);
             if !args.is_empty() {
-                self.delta(json!({"type": "input_json_delta", "partial_json": args}), out);
+                self.delta(
+                    json!({"type": "input_json_delta", "partial_json": args}),
+                    out,
+                );
             }
             self.close_block(out);
         }
@@ -556,6 +562,60 @@ pub fn check_well_formed(bytes: &[u8]) -> Result<Vec<(String, Value)>, String> {
     Ok(events)
 }
 
+/// Reassembles the message a well-formed event sequence describes, as the SDKs do:
+/// `{"content": [blocks, tool inputs parsed], "stop": message_delta.delta, "usage": ...}`.
+/// Used by tests and benchmarks.
+pub fn reassemble(events: &[(String, Value)]) -> Result<Value, String> {
+    let mut blocks: Vec<Value> = Vec::new();
+    let mut partial: Vec<String> = Vec::new();
+    let mut stop = Value::Null;
+    let mut usage = Value::Null;
+    let index = |v: &Value, n: usize| {
+        v["index"]
+            .as_u64()
+            .and_then(|i| usize::try_from(i).ok())
+            .filter(|&i| i < n)
+            .ok_or_else(|| format!("bad block index in {v}"))
+    };
+    for (name, v) in events {
+        match name.as_str() {
+            "content_block_start" => {
+                blocks.push(v["content_block"].clone());
+                partial.push(String::new());
+            }
+            "content_block_delta" => {
+                let i = index(v, blocks.len())?;
+                let d = &v["delta"];
+                let (field, piece) = match d["type"].as_str() {
+                    Some("text_delta") => ("text", &d["text"]),
+                    Some("thinking_delta") => ("thinking", &d["thinking"]),
+                    _ => ("", &d["partial_json"]),
+                };
+                let piece = piece.as_str().unwrap_or("");
+                if field.is_empty() {
+                    partial[i].push_str(piece);
+                } else {
+                    let t = blocks[i][field].as_str().unwrap_or("").to_string() + piece;
+                    blocks[i][field] = Value::String(t);
+                }
+            }
+            "content_block_stop" => {
+                let i = index(v, blocks.len())?;
+                if !partial[i].is_empty() {
+                    blocks[i]["input"] =
+                        serde_json::from_str(&partial[i]).map_err(|e| format!("tool input: {e}"))?;
+                }
+            }
+            "message_delta" => {
+                stop = v["delta"].clone();
+                usage = v["usage"].clone();
+            }
+            _ => {}
+        }
+    }
+    Ok(json!({"content": blocks, "stop": stop, "usage": usage}))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -576,47 +636,8 @@ mod tests {
         out
     }
 
-    /// Reassembles the message the events describe, as the SDKs do.
     fn assemble(events: &[(String, Value)]) -> Value {
-        let mut blocks: Vec<Value> = Vec::new();
-        let mut partial: Vec<String> = Vec::new();
-        let mut stop = Value::Null;
-        let mut usage = Value::Null;
-        for (name, v) in events {
-            match name.as_str() {
-                "content_block_start" => {
-                    blocks.push(v["content_block"].clone());
-                    partial.push(String::new());
-                }
-                "content_block_delta" => {
-                    let i = v["index"].as_u64().unwrap() as usize;
-                    let d = &v["delta"];
-                    match d["type"].as_str().unwrap() {
-                        "text_delta" => {
-                            let t = blocks[i]["text"].as_str().unwrap().to_string();
-                            blocks[i]["text"] = json!(t + d["text"].as_str().unwrap());
-                        }
-                        "thinking_delta" => {
-                            let t = blocks[i]["thinking"].as_str().unwrap().to_string();
-                            blocks[i]["thinking"] = json!(t + d["thinking"].as_str().unwrap());
-                        }
-                        _ => partial[i].push_str(d["partial_json"].as_str().unwrap()),
-                    }
-                }
-                "content_block_stop" => {
-                    let i = v["index"].as_u64().unwrap() as usize;
-                    if blocks[i]["type"] == "tool_use" && !partial[i].is_empty() {
-                        blocks[i]["input"] = serde_json::from_str(&partial[i]).unwrap();
-                    }
-                }
-                "message_delta" => {
-                    stop = v["delta"].clone();
-                    usage = v["usage"].clone();
-                }
-                _ => {}
-            }
-        }
-        json!({"content": blocks, "stop": stop, "usage": usage})
+        reassemble(events).unwrap()
     }
 
     #[test]
@@ -707,10 +728,16 @@ mod tests {
         let events = check_well_formed(&out).unwrap();
         assert_eq!(events.last().unwrap().0, "error");
         // An upstream error event (as the proxy body writes it) and an error chunk.
-        let out = run(b"event: error\ndata: {\"error\":{\"message\":\"idle\"}}\n\n", 4);
+        let out = run(
+            b"event: error\ndata: {\"error\":{\"message\":\"idle\"}}\n\n",
+            4,
+        );
         let events = check_well_formed(&out).unwrap();
         assert_eq!(events[0].1["error"]["message"], "idle");
-        let out = run(b"data: {\"error\":{\"message\":\"oom\"}}\n\ndata: [DONE]\n\n", 100);
+        let out = run(
+            b"data: {\"error\":{\"message\":\"oom\"}}\n\ndata: [DONE]\n\n",
+            100,
+        );
         let events = check_well_formed(&out).unwrap();
         assert_eq!(events.len(), 1);
         assert_eq!(events[0].1["error"]["message"], "oom");
@@ -761,7 +788,9 @@ mod properties {
             let c = json!({"choices": [{"index": 0, "delta": delta, "finish_reason": null}]});
             out.push_str(&format!("data: {c}\n\n"));
         }
-        out.push_str("data: {\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}]}\n\n");
+        out.push_str(
+            "data: {\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}]}\n\n",
+        );
         if usage {
             out.push_str("data: {\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":4}}\n\n");
         }
@@ -838,9 +867,11 @@ mod properties {
             at in any::<prop::sample::Index>(),
             cuts in prop::collection::vec(any::<prop::sample::Index>(), 0..20),
         ) {
-            let mut input = upstream(&parts, false);
-            let pos = at.index(input.len() + 1);
-            input.splice(pos..pos, noise.iter().copied());
+            let clean = upstream(&parts, false);
+            let pos = at.index(clean.len() + 1);
+            let mut input = clean[..pos].to_vec();
+            input.extend_from_slice(&noise);
+            input.extend_from_slice(&clean[pos..]);
             let out = feed(&input, &cuts);
             let events = check_well_formed(&out).map_err(TestCaseError::fail)?;
             let last = events.last().map(|e| e.0.clone());
