@@ -300,24 +300,21 @@ async fn errors_are_anthropic_shaped() {
     assert_eq!(post(&d, MSG, &ask("m", false, "x")).await.status(), 200);
     d.stop().await;
 
-    // No healthy backend: 503 overloaded; routes switched off: 404.
-    m.update(|c| c.health_status = 503);
-    let d = daemon(&config(&[endpoint("oa", &m.url(), "openai", 100, "")], "")).await;
-    let app = d.app.clone();
-    wait_until(Duration::from_secs(10), "oa marked down", || {
-        let app = app.clone();
-        async move {
-            let table = app.tree.published.table();
-            table
-                .get("oa")
-                .is_some_and(|b| !b.is_routable(tokio::time::Instant::now()))
-        }
-    })
-    .await;
+    // A backend that cannot be reached: a routing error (502 or 503), Anthropic-shaped; routes
+    // switched off: 404.
+    let gone = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}", l.local_addr().unwrap())
+    };
+    let d = daemon(&config(&[endpoint("gone", &gone, "openai", 100, "")], "")).await;
     let r = post(&d, MSG, &ask("m", false, "x")).await;
-    assert_eq!(r.status(), 503);
+    let status = r.status().as_u16();
+    assert!(status == 502 || status == 503, "{status}");
+    assert!(header(&r, "request-id").is_some());
     let v: Value = r.json().await.unwrap();
-    assert_eq!(v["error"]["type"], "overloaded_error");
+    assert_eq!(v["type"], "error");
+    let want = if status == 503 { "overloaded_error" } else { "api_error" };
+    assert_eq!(v["error"]["type"], want, "{v}");
     d.stop().await;
     let d = daemon(&config(
         &[endpoint("oa", &m.url(), "openai", 100, "")],
