@@ -98,8 +98,9 @@ def test_stream_text_final_message(stack):
     assert final.stop_reason == "end_turn"
     assert final.usage.output_tokens == TOKENS and final.usage.input_tokens > 0, final.usage
     assert len(arrivals) == TOKENS
-    # Incremental: the text arrives over the backend's ~300 ms, not in one burst at the end.
-    assert arrivals[-1] - arrivals[0] >= 0.5 * (TOKENS - 1) * TOKEN_DELAY_MS / 1000, arrivals
+    # Incremental: the text arrives over the backend's ~300 ms, not in one burst at the end
+    # (a generous bound: the machine is shared and busy).
+    assert arrivals[-1] - arrivals[0] >= 0.3 * (TOKENS - 1) * TOKEN_DELAY_MS / 1000, arrivals
 
 
 def test_image_blocks_become_image_urls(stack):
