@@ -313,7 +313,11 @@ async fn errors_are_anthropic_shaped() {
     assert!(header(&r, "request-id").is_some());
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["type"], "error");
-    let want = if status == 503 { "overloaded_error" } else { "api_error" };
+    let want = if status == 503 {
+        "overloaded_error"
+    } else {
+        "api_error"
+    };
     assert_eq!(v["error"]["type"], want, "{v}");
     d.stop().await;
     let d = daemon(&config(

@@ -526,8 +526,8 @@ mod tests {
         .unwrap();
         assert_eq!(args["city"], "Paris");
         assert_eq!(v["choices"][0]["finish_reason"], "tool_calls");
-        let mut frames = vec![c.head().expect("head"), c.token(0), c.tail()];
-        let events = sse_events(&frames.drain(..).collect::<Vec<_>>());
+        let frames = vec![c.head().expect("head"), c.token(0), c.tail()];
+        let events = sse_events(&frames);
         let parsed: Vec<Value> = events[..events.len() - 1]
             .iter()
             .map(|e| parse(e))

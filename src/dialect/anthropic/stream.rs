@@ -602,8 +602,8 @@ pub fn reassemble(events: &[(String, Value)]) -> Result<Value, String> {
             "content_block_stop" => {
                 let i = index(v, blocks.len())?;
                 if !partial[i].is_empty() {
-                    blocks[i]["input"] =
-                        serde_json::from_str(&partial[i]).map_err(|e| format!("tool input: {e}"))?;
+                    blocks[i]["input"] = serde_json::from_str(&partial[i])
+                        .map_err(|e| format!("tool input: {e}"))?;
                 }
             }
             "message_delta" => {
