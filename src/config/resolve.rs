@@ -617,6 +617,30 @@ mod tests {
     }
 
     #[test]
+    fn anthropic_translator_keys() {
+        let rt = resolve_text(&format!(
+            "translators: {{anthropic: {{passthrough_enabled: false, max_message_size: 0}}}}\n{TWO}      - {{name: a, url: 'http://h:1', type: openai, anthropic_messages_path: /x/v1/messages}}\n      - {{name: b, url: 'http://h:2', type: llamacpp, anthropic_messages_path: ''}}\n"
+        ))
+        .unwrap();
+        let a = &rt.server.anthropic;
+        assert!(a.enabled && !a.passthrough);
+        assert_eq!(a.max_message_size, 10 << 20);
+        assert_eq!(a.messages_paths["a"], "/x/v1/messages");
+        assert_eq!(a.messages_paths["b"], "");
+        let errs = resolve_text(&format!(
+            "translators: {{anthropic: {{max_message_size: 104857601}}}}\n{TWO}      - {{name: a, url: 'http://h:1', type: openai, anthropic_messages_path: 'v1/messages'}}\n"
+        ))
+        .unwrap_err()
+        .join("\n");
+        assert!(errs.contains("max_message_size"), "{errs}");
+        assert!(errs.contains("anthropic_messages_path"), "{errs}");
+        let env =
+            |k: &str| (k == "OLLA_TRANSLATORS_ANTHROPIC_ENABLED").then(|| "false".to_string());
+        let cfg = parse("translators: {anthropic: {enabled: true}}\n", &env).expect("parses");
+        assert!(!resolve(&cfg).unwrap().server.anthropic.enabled);
+    }
+
+    #[test]
     fn credentials_in_url_are_rejected() {
         let yaml = format!("{TWO}      - {{name: a, url: 'http://u:p@h:1', type: ollama}}\n");
         assert!(resolve_text(&yaml)
