@@ -39,6 +39,7 @@ fn settings() -> ServerSettings {
         proxy_engine: "olla".into(),
         proxy_profile: "auto".into(),
         trusted_proxies: Vec::new(),
+        anthropic: Default::default(),
     }
 }
 

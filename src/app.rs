@@ -30,6 +30,8 @@ pub struct App {
     pub balancer: String,
     /// The admin endpoint's settings and the effective config.
     pub control: Control,
+    /// `/olla/anthropic` counters (`/internal/stats/translators`).
+    pub translators: crate::api::anthropic::TranslatorStats,
 }
 
 impl App {
@@ -42,6 +44,7 @@ impl App {
             stats: GlobalStats::default(),
             balancer,
             control: Control::default(),
+            translators: Default::default(),
         }
     }
 

@@ -61,6 +61,7 @@ pub async fn run(port: u16, stop: impl Future<Output = ()>) -> Result<(), String
             proxy_engine: "olla".into(),
             proxy_profile: "auto".into(),
             trusted_proxies: Vec::new(),
+            anthropic: Default::default(),
         },
         tree: TreeConfig {
             specs: vec![

@@ -101,21 +101,13 @@ impl ProxyError {
         }
     }
 
-    /// Anthropic-style error `type`.
-    fn anthropic_kind(&self) -> &'static str {
-        match self.status().as_u16() {
-            400 | 405 | 413 | 431 => "invalid_request_error",
-            404 => "not_found_error",
-            429 => "rate_limit_error",
-            503 | 529 => "overloaded_error",
-            _ => "api_error",
-        }
-    }
-
     /// The JSON error response, carrying `extra` headers (routing headers, request id).
     pub fn to_response(&self, extra: &HeaderMap, anthropic: bool) -> Response<Body> {
         let body = if anthropic {
-            json!({"type": "error", "error": {"type": self.anthropic_kind(), "message": self.to_string()}})
+            let rid = extra
+                .get(crate::proxy::headers::names::X_OLLA_REQUEST_ID)
+                .and_then(|v| v.to_str().ok());
+            crate::dialect::anthropic::error_body(self.status().as_u16(), &self.to_string(), rid)
         } else {
             json!({"error": {"message": self.to_string(), "type": self.kind(), "code": self.code()}})
         };
@@ -124,6 +116,14 @@ impl ProxyError {
         let h = resp.headers_mut();
         for (k, v) in extra {
             h.append(k, v.clone());
+        }
+        if anthropic {
+            if let Some(id) = extra.get(crate::proxy::headers::names::X_OLLA_REQUEST_ID) {
+                h.insert(
+                    http::header::HeaderName::from_static("request-id"),
+                    id.clone(),
+                );
+            }
         }
         h.insert(
             http::header::CONTENT_TYPE,

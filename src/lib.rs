@@ -11,6 +11,7 @@ pub mod app;
 pub mod config;
 pub mod ctl;
 pub mod demo;
+pub mod dialect;
 pub mod error;
 pub mod format;
 pub mod http_util;

@@ -19,6 +19,7 @@
 //! GET  /_mock/stats    MockStats
 //! POST /_mock/reset    zero the stats and forget the last request
 //! GET  /_mock/last     last RecordedRequest, or 404
+//! GET  /_mock/last_work last RecordedRequest that was not a health check or model list, or 404
 //! ```
 
 mod anthropic;
@@ -154,6 +155,12 @@ impl MockServer {
         self.shared.counters.last()
     }
 
+    /// The last request that was not a health check or a model list (what a test sent through
+    /// the proxy, unaffected by the proxy's own probes).
+    pub fn last_work(&self) -> Option<RecordedRequest> {
+        self.shared.counters.last_work()
+    }
+
     /// Zeroes the counters and forgets the last request.
     pub fn reset_stats(&self) {
         self.shared.counters.reset();
@@ -257,12 +264,17 @@ async fn backend(shared: &Shared, req: Request<Incoming>) -> Response<MockBody> 
     let route = routes::classify(&parts.method, parts.uri.path());
     let head = parts.method == Method::HEAD;
     let path = parts.uri.path().to_owned();
-    shared.counters.record(Recorded {
+    let rec = Recorded {
         method: parts.method,
         uri: parts.uri,
         headers: parts.headers,
         body: body.clone(),
-    });
+    };
+    if route.is_work() {
+        shared.counters.record_work(rec);
+    } else {
+        shared.counters.record(rec);
+    }
     let mut resp = if too_large {
         let msg = r#"{"error":{"message":"request body too large or unreadable","type":"invalid_request_error","code":null}}"#;
         routes::respond(
@@ -308,6 +320,10 @@ async fn control(shared: &Shared, req: Request<Incoming>) -> Response<MockBody> 
             to_json(&shared.counters.snapshot())
         }
         (Method::GET, "/_mock/last") => match shared.counters.last() {
+            Some(r) => to_json(&r),
+            None => control_error(StatusCode::NOT_FOUND, "no request recorded"),
+        },
+        (Method::GET, "/_mock/last_work") => match shared.counters.last_work() {
             Some(r) => to_json(&r),
             None => control_error(StatusCode::NOT_FOUND, "no request recorded"),
         },

@@ -137,14 +137,71 @@ fn usage(s: &mut String, prompt: usize, completion: usize) {
     );
 }
 
+/// What a chat request asks the mock to add to its answer, by keywords in the request body
+/// (so SDK tests can ask through any client):
+/// - `mock:think` (or `reasoning_effort`, or `"enable_thinking":true`): a `reasoning_content`
+///   part before the text;
+/// - `mock:tool` with a `tools` list: a call of the first tool, its arguments
+///   ([`TOOL_ARGS`]) streamed in three pieces, finishing with `tool_calls`.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub(crate) struct ChatExtras {
+    pub think: bool,
+    pub tool: Option<String>,
+}
+
+/// The arguments of the mock's tool call.
+pub(crate) const TOOL_ARGS: [&str; 3] = [r#"{"city": "#, r#""Paris", "#, r#""days": 3}"#];
+/// The mock's reasoning text, as streamed.
+pub(crate) const REASONING: [&str; 2] = ["Let me think", " step by step."];
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+impl ChatExtras {
+    pub fn from_body(body: &[u8]) -> Self {
+        let think = contains(body, b"mock:think")
+            || contains(body, b"\"reasoning_effort\"")
+            || contains(body, b"\"enable_thinking\":true");
+        let tool = if contains(body, b"mock:tool") {
+            serde_json::from_slice::<serde_json::Value>(body)
+                .ok()
+                .and_then(|v| {
+                    v.pointer("/tools/0/function/name")
+                        .and_then(|n| n.as_str())
+                        .map(str::to_owned)
+                })
+        } else {
+            None
+        };
+        Self { think, tool }
+    }
+}
+
 /// `POST /v1/chat/completions`.
 pub(crate) struct Chat {
     info: GenInfo,
+    extras: ChatExtras,
     /// `data: {"id":..,"object":"chat.completion.chunk",...,"choices":[`
     chunk_prefix: String,
 }
 
 impl Chat {
+    pub fn with_extras(info: GenInfo, extras: ChatExtras) -> Self {
+        let mut c = Self::new(info);
+        c.extras = extras;
+        c
+    }
+
+    fn delta_chunk(&self, s: &mut String, delta: &str, finish: &str) {
+        s.push_str(&self.chunk_prefix);
+        let _ = write!(
+            s,
+            r#"{{"index":0,"delta":{delta},"logprobs":null,"finish_reason":{finish}}}]}}"#
+        );
+        s.push_str("\n\n");
+    }
+
     pub fn new(info: GenInfo) -> Self {
         let chunk_prefix = format!(
             r#"data: {{"id":"chatcmpl-mock-{id}","object":"chat.completion.chunk","created":{created},"model":{model},"system_fingerprint":{fp},"choices":["#,
@@ -153,7 +210,11 @@ impl Chat {
             model = info.model_json,
             fp = info.name_json,
         );
-        Self { info, chunk_prefix }
+        Self {
+            info,
+            extras: ChatExtras::default(),
+            chunk_prefix,
+        }
     }
 }
 
@@ -164,6 +225,12 @@ impl Encoder for Chat {
             r#"{"index":0,"delta":{"role":"assistant","content":""},"logprobs":null,"finish_reason":null}]}"#,
         );
         s.push_str("\n\n");
+        if self.extras.think {
+            for part in REASONING {
+                let delta = format!(r#"{{"reasoning_content":{}}}"#, json_str(part));
+                self.delta_chunk(&mut s, &delta, "null");
+            }
+        }
         Some(Bytes::from(s))
     }
 
@@ -180,11 +247,34 @@ impl Encoder for Chat {
     }
 
     fn tail(&self) -> Bytes {
-        stream_tail(
+        let Some(tool) = &self.extras.tool else {
+            return stream_tail(
+                &self.chunk_prefix,
+                r#"{"index":0,"delta":{},"logprobs":null,"finish_reason":"stop"}"#,
+                &self.info,
+            );
+        };
+        let mut s = String::with_capacity(self.chunk_prefix.len() * 6 + 400);
+        let first = format!(
+            r#"{{"tool_calls":[{{"index":0,"id":"call_mock_{id}","type":"function","function":{{"name":{name},"arguments":""}}}}]}}"#,
+            id = self.info.id,
+            name = json_str(tool),
+        );
+        self.delta_chunk(&mut s, &first, "null");
+        for part in TOOL_ARGS {
+            let delta = format!(
+                r#"{{"tool_calls":[{{"index":0,"function":{{"arguments":{}}}}}]}}"#,
+                json_str(part)
+            );
+            self.delta_chunk(&mut s, &delta, "null");
+        }
+        let rest = stream_tail(
             &self.chunk_prefix,
-            r#"{"index":0,"delta":{},"logprobs":null,"finish_reason":"stop"}"#,
+            r#"{"index":0,"delta":{},"logprobs":null,"finish_reason":"tool_calls"}"#,
             &self.info,
-        )
+        );
+        s.push_str(&String::from_utf8_lossy(&rest));
+        Bytes::from(s)
     }
 }
 
@@ -198,13 +288,34 @@ impl Generation for Chat {
         let mut s = String::with_capacity(320 + i.tokens * 6);
         let _ = write!(
             s,
-            r#"{{"id":"chatcmpl-mock-{id}","object":"chat.completion","created":{created},"model":{model},"system_fingerprint":{fp},"choices":[{{"index":0,"message":{{"role":"assistant","content":"{text}"}},"logprobs":null,"finish_reason":"stop"}}],"#,
+            r#"{{"id":"chatcmpl-mock-{id}","object":"chat.completion","created":{created},"model":{model},"system_fingerprint":{fp},"choices":[{{"index":0,"message":{{"role":"assistant","content":"{text}""#,
             id = i.id,
             created = i.created,
             model = i.model_json,
             fp = i.name_json,
             text = completion_text(i.tokens),
         );
+        if self.extras.think {
+            let _ = write!(
+                s,
+                r#","reasoning_content":{}"#,
+                json_str(&REASONING.concat())
+            );
+        }
+        let finish = match &self.extras.tool {
+            Some(tool) => {
+                let _ = write!(
+                    s,
+                    r#","tool_calls":[{{"id":"call_mock_{id}","type":"function","function":{{"name":{name},"arguments":{args}}}}}]"#,
+                    id = i.id,
+                    name = json_str(tool),
+                    args = json_str(&TOOL_ARGS.concat()),
+                );
+                "tool_calls"
+            }
+            None => "stop",
+        };
+        let _ = write!(s, r#"}},"logprobs":null,"finish_reason":"{finish}"}}],"#);
         usage(&mut s, i.prompt_tokens, i.tokens);
         s.push('}');
         s
@@ -387,6 +498,56 @@ mod tests {
         // Without include_usage there is no usage chunk.
         let c = Chat::new(info(1, false));
         assert_eq!(sse_events(&[c.tail()]).len(), 2);
+    }
+
+    #[test]
+    fn chat_extras_reasoning_and_tool_call() {
+        let body = br#"{"messages":[{"role":"user","content":"mock:tool mock:think"}],
+            "tools":[{"type":"function","function":{"name":"get_weather","parameters":{}}}]}"#;
+        let extras = ChatExtras::from_body(body);
+        assert_eq!(
+            extras,
+            ChatExtras {
+                think: true,
+                tool: Some("get_weather".into())
+            }
+        );
+        assert_eq!(ChatExtras::from_body(b"{}"), ChatExtras::default());
+        let c = Chat::with_extras(info(1, true), extras);
+        let v = parse(&c.whole());
+        let msg = &v["choices"][0]["message"];
+        assert_eq!(msg["reasoning_content"], "Let me think step by step.");
+        assert_eq!(msg["tool_calls"][0]["function"]["name"], "get_weather");
+        let args: Value = serde_json::from_str(
+            msg["tool_calls"][0]["function"]["arguments"]
+                .as_str()
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(args["city"], "Paris");
+        assert_eq!(v["choices"][0]["finish_reason"], "tool_calls");
+        let frames = vec![c.head().expect("head"), c.token(0), c.tail()];
+        let events = sse_events(&frames);
+        let parsed: Vec<Value> = events[..events.len() - 1]
+            .iter()
+            .map(|e| parse(e))
+            .collect();
+        assert_eq!(
+            parsed[1]["choices"][0]["delta"]["reasoning_content"],
+            "Let me think"
+        );
+        let args: String = parsed
+            .iter()
+            .filter_map(|e| {
+                e["choices"][0]["delta"]["tool_calls"][0]["function"]["arguments"].as_str()
+            })
+            .collect();
+        assert_eq!(args, TOOL_ARGS.concat());
+        assert!(parsed
+            .iter()
+            .any(|e| e["choices"][0]["finish_reason"] == "tool_calls"));
+        assert!(parsed.iter().any(|e| e["usage"]["completion_tokens"] == 1));
+        assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! model-list routes). Dialect modules only format bytes; this module decides which bytes,
 //! when, and with which status. Request accounting and the listener live in `lib.rs`.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -70,6 +71,8 @@ pub(crate) enum Route {
     Model,
     Gen(Gen),
     CountTokens,
+    /// `POST /tokenize` (llama.cpp): one token per whitespace-separated word of `content`.
+    Tokenize,
     OllamaShow,
     OllamaPs,
     Props,
@@ -113,6 +116,20 @@ pub(crate) enum Gen {
 impl Route {
     pub fn is_generation(self) -> bool {
         matches!(self, Route::Gen(_))
+    }
+
+    /// Not a health check or model list (a request a client sent, not a proxy probe).
+    pub fn is_work(self) -> bool {
+        !matches!(
+            self,
+            Route::Health(_)
+                | Route::Models(_)
+                | Route::Model
+                | Route::Props
+                | Route::Slots
+                | Route::VllmVersion
+                | Route::OllamaPs
+        )
     }
 }
 
@@ -162,6 +179,7 @@ pub(crate) fn classify(method: &Method, path: &str) -> Route {
         "/version" => return only(get, Route::VllmVersion),
         "/v1/messages" => return only(post, Route::Gen(Gen::Messages)),
         "/v1/messages/count_tokens" => return only(post, Route::CountTokens),
+        "/tokenize" => return only(post, Route::Tokenize),
         _ => {}
     }
     for prefix in OPENAI_PREFIXES {
@@ -344,6 +362,7 @@ pub(crate) async fn handle(
         Route::Model => single_model(path, live),
         Route::Gen(g) => generation(g, live, body).await,
         Route::CountTokens => count_tokens(live, body),
+        Route::Tokenize => tokenize(body),
         Route::OllamaShow => show(live, body),
         Route::OllamaPs => json(StatusCode::OK, live.ps.clone()),
         Route::Props => json(
@@ -496,7 +515,12 @@ async fn generation(g: Gen, live: &Live, body: &Bytes) -> Response<MockBody> {
             &cfg.fault,
             ollama::legacy_embedding_body(inputs.first().copied().unwrap_or(0)).into(),
         ),
-        (Gen::Chat, _) => generated(openai::Chat::new(info), tokens, stream, cfg),
+        (Gen::Chat, _) => generated(
+            openai::Chat::with_extras(info, openai::ChatExtras::from_body(body)),
+            tokens,
+            stream,
+            cfg,
+        ),
         (Gen::Completion, _) => generated(openai::Completion::new(info), tokens, stream, cfg),
         (Gen::OllamaChat, _) => generated(
             ollama::Gen::new(ollama::Kind::Chat, info),
@@ -532,6 +556,24 @@ fn count_tokens(live: &Live, body: &Bytes) -> Response<MockBody> {
     json(
         StatusCode::OK,
         anthropic::count_tokens_body(prompt_tokens(body)),
+    )
+}
+
+/// `POST /tokenize`: `{"tokens":[0,1,...]}`, one per word of `content`.
+fn tokenize(body: &Bytes) -> Response<MockBody> {
+    #[derive(serde::Deserialize)]
+    struct Req<'a> {
+        #[serde(borrow, default)]
+        content: Cow<'a, str>,
+    }
+    let words = match serde_json::from_slice::<Req>(body) {
+        Ok(r) => r.content.split_whitespace().count(),
+        Err(e) => return bad_request(Style::OpenAi, &format!("invalid request body: {e}")),
+    };
+    let ids: Vec<String> = (0..words).map(|i| i.to_string()).collect();
+    json(
+        StatusCode::OK,
+        format!(r#"{{"tokens":[{}]}}"#, ids.join(",")),
     )
 }
 

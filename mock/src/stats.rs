@@ -49,6 +49,7 @@ pub struct RecordedRequest {
 }
 
 /// A request as received, kept cheaply until someone asks for it.
+#[derive(Clone)]
 pub(crate) struct Recorded {
     pub method: Method,
     pub uri: Uri,
@@ -88,6 +89,8 @@ pub(crate) struct Counters {
     generating: AtomicU64,
     by_path: Mutex<BTreeMap<String, u64>>,
     last: Mutex<Option<Recorded>>,
+    /// The last request that was not a health check or a model list.
+    last_work: Mutex<Option<Recorded>>,
 }
 
 impl Counters {
@@ -121,6 +124,17 @@ impl Counters {
         self.last.lock().as_ref().map(Recorded::to_public)
     }
 
+    /// Records a request that is not a health check or model list (also kept as `last`).
+    pub fn record_work(&self, rec: Recorded) {
+        let old = self.last_work.lock().replace(rec.clone());
+        drop(old);
+        self.record(rec);
+    }
+
+    pub fn last_work(&self) -> Option<RecordedRequest> {
+        self.last_work.lock().as_ref().map(Recorded::to_public)
+    }
+
     pub fn generating(&self) -> u64 {
         self.generating.load(Ordering::Relaxed)
     }
@@ -143,6 +157,8 @@ impl Counters {
         self.cancelled.store(0, Ordering::Relaxed);
         self.by_path.lock().clear();
         let old = self.last.lock().take();
+        drop(old);
+        let old = self.last_work.lock().take();
         drop(old);
     }
 }

@@ -2,6 +2,7 @@
 //! internal routes, the model routes, the universal proxy (`/olla/proxy/...`) or a provider
 //! prefix (`/olla/<provider>/...`). Errors become JSON with the request's routing headers.
 
+pub mod anthropic;
 pub mod internal;
 pub mod models;
 pub mod provider;
@@ -96,6 +97,7 @@ async fn route(
         "/internal/status" => return Ok(internal::status(app, &req)),
         "/internal/status/endpoints" => return Ok(internal::endpoints(app, &req)),
         "/internal/status/models" => return Ok(models::status_models(app, &req)),
+        "/internal/stats/translators" => return Ok(anthropic::stats(app)),
         "/olla/models" | "/olla/models/" => {
             get_only(&req)?;
             return models::list(app, req.uri().query());
@@ -115,6 +117,11 @@ async fn route(
         if rest.is_empty() || rest.starts_with('/') {
             let fwd = Forward::new(KindFilter::Any, rest, query.as_deref(), false)?;
             return proxy::forward(app, req, client, fwd, ctx).await;
+        }
+    }
+    if let Some(tail) = path.strip_prefix("/olla/anthropic") {
+        if app.settings.anthropic.enabled && (tail.is_empty() || tail.starts_with('/')) {
+            return anthropic::handle(app, req, client, tail, ctx).await;
         }
     }
     if let Some(rest) = path.strip_prefix("/olla/") {

@@ -86,29 +86,38 @@ fn openai_entry(id: &str, created: u64) -> Value {
 }
 
 /// OpenAI-format list of the models reachable through `filter`.
-pub fn openai_list(app: &App, filter: KindFilter) -> Response<Body> {
+/// The model ids a route lists (its type's native names under a provider prefix), then the
+/// aliases that resolve.
+pub fn list_ids(app: &App, filter: KindFilter) -> Vec<String> {
     let catalog = app.tree.published.catalog.load();
     let routable = routable_names(app);
-    let created = now_unix();
-    let mut data: Vec<Value> = visible(&catalog, filter, &routable, false)
+    let mut ids: Vec<String> = visible(&catalog, filter, &routable, false)
         .into_iter()
         .map(|m| {
             let id = match filter {
                 KindFilter::Only(k) => native_name(m, k).unwrap_or(&m.id),
                 _ => &m.id,
             };
-            openai_entry(id, created)
+            id.to_string()
         })
         .collect();
     for alias in catalog.aliases.keys() {
         if !catalog.resolve(alias).is_empty() {
-            data.push(openai_entry(alias, created));
+            ids.push(alias.clone());
         }
     }
+    ids
+}
+
+pub fn openai_list(app: &App, filter: KindFilter) -> Response<Body> {
+    let created = now_unix();
+    let data: Vec<Value> = list_ids(app, filter)
+        .iter()
+        .map(|id| openai_entry(id, created))
+        .collect();
     json_response(StatusCode::OK, &json!({"object": "list", "data": data}))
 }
 
-/// The Ollama `/api/tags` list aggregated over every Ollama backend.
 pub fn ollama_tags(app: &App) -> Response<Body> {
     let catalog = app.tree.published.catalog.load();
     let routable = routable_names(app);

@@ -167,6 +167,18 @@ const ENV_OVERRIDES: &[(&str, &[&str])] = &[
         &["proxy", "response_timeout"],
     ),
     ("OLLA_PROXY_READ_TIMEOUT", &["proxy", "read_timeout"]),
+    (
+        "OLLA_TRANSLATORS_ANTHROPIC_ENABLED",
+        &["translators", "anthropic", "enabled"],
+    ),
+    (
+        "OLLA_TRANSLATORS_ANTHROPIC_PASSTHROUGH_ENABLED",
+        &["translators", "anthropic", "passthrough_enabled"],
+    ),
+    (
+        "OLLA_TRANSLATORS_ANTHROPIC_MAX_MESSAGE_SIZE",
+        &["translators", "anthropic", "max_message_size"],
+    ),
     ("OLLA_LOGGING_LEVEL", &["logging", "level"]),
     ("OLLA_LOG_LEVEL", &["logging", "level"]),
     ("OLLA_LOGGING_FORMAT", &["logging", "format"]),

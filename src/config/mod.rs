@@ -11,7 +11,7 @@ pub mod resolve;
 pub mod schema;
 
 pub use load::{load_file, locate, parse, Source};
-pub use resolve::{resolve, Runtime, ServerSettings};
+pub use resolve::{resolve, AnthropicSettings, Runtime, ServerSettings};
 pub use schema::Config;
 
 /// Loads the config from its source (defaults when there is no file) and resolves it.

@@ -52,6 +52,65 @@ pub struct ServerSettings {
     /// Peers whose `X-Forwarded-For` / `X-Real-IP` / `Forwarded` are believed
     /// (`rate_limits.trust_proxy_headers` and `trusted_proxy_cidrs`); empty = none.
     pub trusted_proxies: Vec<IpNet>,
+    pub anthropic: AnthropicSettings,
+}
+
+/// `translators.anthropic`, resolved.
+#[derive(Clone, Debug)]
+pub struct AnthropicSettings {
+    /// The `/olla/anthropic` routes exist.
+    pub enabled: bool,
+    /// Requests go unchanged to backends that speak the Messages API natively.
+    pub passthrough: bool,
+    /// Largest request body accepted on these routes (0 in the config means 10 MiB).
+    pub max_message_size: u64,
+    /// Per endpoint name, the configured `anthropic_messages_path` (`""` = never passthrough).
+    pub messages_paths: HashMap<String, String>,
+}
+
+impl Default for AnthropicSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            passthrough: true,
+            max_message_size: DEFAULT_MESSAGE_SIZE,
+            messages_paths: HashMap::new(),
+        }
+    }
+}
+
+const DEFAULT_MESSAGE_SIZE: u64 = 10 << 20;
+const MAX_MESSAGE_SIZE: u64 = 100 << 20;
+
+fn anthropic_settings(config: &Config, errors: &mut Vec<String>) -> AnthropicSettings {
+    let a = &config.translators.anthropic;
+    if a.max_message_size > MAX_MESSAGE_SIZE {
+        errors.push(format!(
+            "translators.anthropic.max_message_size: {} is over the 100 MiB limit",
+            a.max_message_size
+        ));
+    }
+    let mut messages_paths = HashMap::new();
+    for (i, ep) in config.discovery.static_.endpoints.iter().enumerate() {
+        if let Some(p) = &ep.anthropic_messages_path {
+            if !p.is_empty() && (!p.starts_with('/') || p.parse::<Uri>().is_err()) {
+                errors.push(format!(
+                    "discovery.static.endpoints[{i}].anthropic_messages_path: {p:?} must be empty or a path starting with /"
+                ));
+            }
+            messages_paths.insert(ep.name.clone(), p.clone());
+        }
+    }
+    AnthropicSettings {
+        enabled: a.enabled,
+        passthrough: a.passthrough_enabled,
+        max_message_size: if a.max_message_size == 0 {
+            DEFAULT_MESSAGE_SIZE
+        } else {
+            a.max_message_size
+        },
+        messages_paths,
+    }
 }
 
 /// Everything the daemon runs with.
@@ -155,6 +214,7 @@ pub fn resolve(config: &Config) -> Result<Runtime, Vec<String>> {
         }
     }
 
+    let anthropic = anthropic_settings(config, &mut errors);
     let mut names = HashSet::new();
     let mut specs = Vec::new();
     for (i, ep) in config.discovery.static_.endpoints.iter().enumerate() {
@@ -209,6 +269,7 @@ pub fn resolve(config: &Config) -> Result<Runtime, Vec<String>> {
             proxy_engine: p.engine.clone(),
             proxy_profile: p.profile.clone(),
             trusted_proxies,
+            anthropic,
         },
         tree: TreeConfig {
             specs,
@@ -645,6 +706,30 @@ mod tests {
         assert!(all.contains("scheme \"ftp\""), "{all}");
         assert!(all.contains("did you mean \"ollama\""), "{all}");
         assert!(all.contains("endpoints[2] (c).url"), "{all}");
+    }
+
+    #[test]
+    fn anthropic_translator_keys() {
+        let rt = resolve_text(&format!(
+            "translators: {{anthropic: {{passthrough_enabled: false, max_message_size: 0}}}}\n{TWO}      - {{name: a, url: 'http://h:1', type: openai, anthropic_messages_path: /x/v1/messages}}\n      - {{name: b, url: 'http://h:2', type: llamacpp, anthropic_messages_path: ''}}\n"
+        ))
+        .unwrap();
+        let a = &rt.server.anthropic;
+        assert!(a.enabled && !a.passthrough);
+        assert_eq!(a.max_message_size, 10 << 20);
+        assert_eq!(a.messages_paths["a"], "/x/v1/messages");
+        assert_eq!(a.messages_paths["b"], "");
+        let errs = resolve_text(&format!(
+            "translators: {{anthropic: {{max_message_size: 104857601}}}}\n{TWO}      - {{name: a, url: 'http://h:1', type: openai, anthropic_messages_path: 'v1/messages'}}\n"
+        ))
+        .unwrap_err()
+        .join("\n");
+        assert!(errs.contains("max_message_size"), "{errs}");
+        assert!(errs.contains("anthropic_messages_path"), "{errs}");
+        let env =
+            |k: &str| (k == "OLLA_TRANSLATORS_ANTHROPIC_ENABLED").then(|| "false".to_string());
+        let cfg = parse("translators: {anthropic: {enabled: true}}\n", &env).expect("parses");
+        assert!(!resolve(&cfg).unwrap().server.anthropic.enabled);
     }
 
     #[test]

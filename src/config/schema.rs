@@ -387,6 +387,9 @@ pub struct EndpointConfig {
     pub allowed_paths: Vec<String>,
     /// Overrides `proxy.max_retry_after` for this endpoint.
     pub max_retry_after: Option<Dur>,
+    /// Ours: where this backend serves the Anthropic Messages API natively (`/olla/anthropic`
+    /// passes requests through to it); `""` = never. Default: by backend type.
+    pub anthropic_messages_path: Option<String>,
 }
 
 impl Default for EndpointConfig {
@@ -414,6 +417,7 @@ impl Default for EndpointConfig {
             h2c: false,
             allowed_paths: Vec::new(),
             max_retry_after: None,
+            anthropic_messages_path: None,
         }
     }
 }

@@ -36,7 +36,8 @@ use crate::error::ProxyError;
 use crate::http_util::Body;
 use body::{GuardedBody, Upstream};
 use headers::{names, ClientInfo};
-use inspect::{inspect_body, BodyFacts};
+use inspect::inspect_body;
+pub use inspect::BodyFacts;
 use select::{Candidate, Decision, KindFilter};
 
 /// What a route asks the pipeline to do.
@@ -80,7 +81,7 @@ impl Forward {
 const INSPECT_INLINE_MAX: usize = 1 << 20;
 
 /// Inspects the body; a large one off the serving thread.
-async fn inspect(content_type: Option<&str>, body: &Bytes) -> Result<BodyFacts, ProxyError> {
+pub async fn inspect(content_type: Option<&str>, body: &Bytes) -> Result<BodyFacts, ProxyError> {
     if body.len() <= INSPECT_INLINE_MAX {
         return inspect_body(content_type, body);
     }
@@ -185,6 +186,17 @@ enum Attempt {
     },
 }
 
+/// A route that adapts its request per backend (a dialect translator): which of the selected
+/// candidates to try, and the upstream path and body for each. Failover, breakers, limits and
+/// headers stay the pipeline's.
+pub trait Adapt: Send + Sync {
+    /// Narrows the ordered candidates (called once, after selection).
+    fn choose(&self, candidates: Vec<Candidate>) -> Vec<Candidate>;
+    /// The upstream path and body for one candidate (the model is then rewritten to the
+    /// backend's own name as for any request).
+    fn upstream(&self, cand: &Candidate) -> (String, Bytes);
+}
+
 /// Runs the pipeline. `ctx` holds headers every response of this request carries (request id,
 /// routing headers); they are added by the caller.
 pub async fn forward(
@@ -207,6 +219,22 @@ pub async fn forward(
         .get(http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok());
     let facts = inspect(content_type, &body).await?;
+    forward_body(app, &parts, &body, &facts, &client, &fwd, None, ctx).await
+}
+
+/// Runs the pipeline for a request whose body is already read and inspected; `adapt` (if any)
+/// chooses the candidates and shapes each upstream request.
+#[allow(clippy::too_many_arguments)]
+pub async fn forward_body(
+    app: &Arc<App>,
+    parts: &Parts,
+    body: &Bytes,
+    facts: &BodyFacts,
+    client: &ClientInfo,
+    fwd: &Forward,
+    adapt: Option<&dyn Adapt>,
+    ctx: &mut HeaderMap,
+) -> Result<Response<Body>, ProxyError> {
     if let Some(v) = facts.model.as_deref().and_then(headers::echo_value) {
         ctx.insert(names::X_OLLA_MODEL, v);
     }
@@ -222,19 +250,23 @@ pub async fn forward(
     if let Some(d) = &selection.decision {
         decision_headers(ctx, d);
     }
-    let mut candidates = selection.candidates;
+    let mut candidates = match adapt {
+        Some(a) => a.choose(selection.candidates),
+        None => selection.candidates,
+    };
     let offered = candidates.len();
     candidates.retain(|c| path_allowed(c, &fwd.path_key));
     if offered > 0 && candidates.is_empty() {
-        return Err(ProxyError::PathNotAllowed(fwd.path_key));
+        return Err(ProxyError::PathNotAllowed(fwd.path_key.clone()));
     }
     let policy = app.tree.published.policy.load_full();
     let run = Run {
-        parts: &parts,
-        body: &body,
-        facts: &facts,
-        client: &client,
+        parts,
+        body,
+        facts,
+        client,
         path: &fwd.upstream_path,
+        adapt,
         retry_on: &policy.retry_on_status,
     };
     run.walk(candidates, ctx).await
@@ -270,6 +302,7 @@ struct Run<'a> {
     facts: &'a BodyFacts,
     client: &'a ClientInfo,
     path: &'a str,
+    adapt: Option<&'a dyn Adapt>,
     retry_on: &'a [u16],
 }
 
@@ -353,19 +386,30 @@ impl Run<'_> {
     /// The upstream URL, headers and body of this request for one candidate.
     fn upstream_parts(&self, cand: &Candidate) -> Result<(Uri, HeaderMap, Bytes), ProxyError> {
         let spec = cand.handle.spec();
+        let adapted = self.adapt.map(|a| a.upstream(cand));
+        let (path, body) = match &adapted {
+            Some((path, body)) => (path.as_str(), body),
+            None => (self.path, self.body),
+        };
         let uri = spec
-            .join(self.path)
+            .join(path)
             .map_err(|e| ProxyError::Internal(format!("cannot build upstream URL: {e}")))?;
-        let body = match (
-            &cand.native_model,
-            &self.facts.model,
-            &self.facts.model_span,
-        ) {
-            (Some(native), Some(requested), Some(span)) if native != requested => {
-                inspect::splice_model(self.body, span, native)
-                    .ok_or_else(|| ProxyError::Internal("cannot rewrite the model".into()))?
+        let body = match (&cand.native_model, &self.facts.model) {
+            (Some(native), Some(requested)) if native != requested => {
+                // The span was found in the client's body; an adapted body is inspected anew.
+                let span = match &adapted {
+                    None => self.facts.model_span.clone(),
+                    Some(_) => inspect::inspect_body(Some("application/json"), body)
+                        .ok()
+                        .and_then(|f| f.model_span),
+                };
+                match span {
+                    Some(span) => inspect::splice_model(body, &span, native)
+                        .ok_or_else(|| ProxyError::Internal("cannot rewrite the model".into()))?,
+                    None => body.clone(),
+                }
             }
-            _ => self.body.clone(),
+            _ => body.clone(),
         };
         let model = cand.native_model.as_deref().or(self.facts.model.as_deref());
         let headers = headers::outbound(
