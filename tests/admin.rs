@@ -419,7 +419,13 @@ async fn delete_with_a_timeout_removes_a_backend_despite_a_long_stream() {
         d.app.tree.backend_actor("s").await.is_none(),
         "actor stopped"
     );
-    drop(stream);
+    // The stream still running at the timeout is cut, not left to run its 20 s.
+    let ended = tokio::time::timeout(Duration::from_secs(5), finish_stream(stream)).await;
+    assert_eq!(
+        ended,
+        Ok(false),
+        "the stream ends incomplete soon after the removal"
+    );
     let (status, v) = admin(&d, "DELETE", "/admin/backends/s?timeout=nope", None).await;
     assert_eq!(status, 400, "{v}");
     d.stop().await;

@@ -9,7 +9,7 @@
 //! writes only the quarantine mark. Request tasks only read.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -125,6 +125,10 @@ impl BackendRouting {
 pub struct BackendSlot {
     pub routing: ArcSwap<BackendRouting>,
     pub(crate) in_flight: AtomicUsize,
+    /// Bumped by [`BackendSlot::cut_streams`]; a stream that sees it change is cut.
+    cut_generation: AtomicU64,
+    /// Wakes the streams waiting on [`BackendSlot::cut_requested`].
+    cut: tokio::sync::Notify,
 }
 
 impl BackendSlot {
@@ -132,7 +136,33 @@ impl BackendSlot {
         Self {
             routing: ArcSwap::from_pointee(BackendRouting::from_spec(spec)),
             in_flight: AtomicUsize::new(0),
+            cut_generation: AtomicU64::new(0),
+            cut: tokio::sync::Notify::new(),
         }
+    }
+
+    /// Asks every stream still running on this backend to end now (its slot and upstream
+    /// connection are released): a removal whose drain timeout ran out.
+    pub fn cut_streams(&self) {
+        self.cut_generation.fetch_add(1, Ordering::AcqRel);
+        self.cut.notify_waiters();
+    }
+
+    /// The number of [`BackendSlot::cut_streams`] calls so far.
+    pub fn cut_generation(&self) -> u64 {
+        self.cut_generation.load(Ordering::Acquire)
+    }
+
+    /// Resolves at the next [`BackendSlot::cut_streams`] after `seen` (at once if one happened
+    /// since `seen` was read).
+    pub async fn cut_requested(&self, seen: u64) {
+        let notified = self.cut.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        if self.cut_generation() != seen {
+            return;
+        }
+        notified.await
     }
 
     /// The current routing state.

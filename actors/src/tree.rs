@@ -185,6 +185,11 @@ impl Tree {
             return Ok(None);
         }
         let left = self.wait_idle(name, timeout).await;
+        if left > 0 {
+            if let Some(slot) = self.published.slot_of(name) {
+                slot.cut_streams();
+            }
+        }
         self.remove_backend(name).await?;
         Ok(Some(left))
     }

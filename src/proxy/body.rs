@@ -36,6 +36,7 @@ use bytes::{Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use olla_actors::backend::h1::H1Body;
+use olla_actors::published::BackendSlot;
 use olla_actors::{InFlightGuard, Outcome};
 use parking_lot::Mutex;
 use tokio::task::AbortHandle;
@@ -60,6 +61,8 @@ pub enum StreamError {
     Upstream(String),
     #[error("client read nothing for {0:?}")]
     ClientStalled(Duration),
+    #[error("backend removed while the stream ran")]
+    BackendRemoved,
 }
 
 /// The upstream response body: read directly (plain HTTP/1.1) or through hyper's client.
@@ -208,7 +211,9 @@ impl Drop for GuardedBody {
 
 /// Sleeps until the stream's next deadline and cuts it if the deadline has passed by then;
 /// ends when the stream no longer holds a backend slot.
-async fn watchdog(stream: Weak<Mutex<Stream>>) {
+/// A removal that outlives its drain timeout cuts the stream too ([`BackendSlot::cut_streams`]).
+async fn watchdog(stream: Weak<Mutex<Stream>>, slot: Option<Arc<BackendSlot>>) {
+    let seen = slot.as_ref().map(|s| s.cut_generation()).unwrap_or(0);
     loop {
         let at = {
             let Some(s) = stream.upgrade() else { return };
@@ -218,10 +223,23 @@ async fn watchdog(stream: Weak<Mutex<Stream>>) {
                 _ => return,
             }
         };
-        tokio::time::sleep_until(at).await;
+        let removed = async {
+            match &slot {
+                Some(slot) => slot.cut_requested(seen).await,
+                None => std::future::pending().await,
+            }
+        };
+        let removed = tokio::select! {
+            _ = tokio::time::sleep_until(at) => false,
+            _ = removed => true,
+        };
         let Some(s) = stream.upgrade() else { return };
         let mut s = s.lock();
         if !s.holds_slot() {
+            return;
+        }
+        if removed {
+            s.cut_with(StreamError::BackendRemoved);
             return;
         }
         if s.deadline().is_some_and(|d| d <= Instant::now()) {
@@ -255,6 +273,11 @@ impl Stream {
             _ if self.upstream_pending => StreamError::Idle(self.idle),
             _ => StreamError::ClientStalled(self.idle),
         };
+        self.cut_with(err);
+    }
+
+    /// Ends the stream now with `err`: see [`Stream::cut`].
+    fn cut_with(&mut self, err: StreamError) {
         tracing::warn!(error = %err, "stream cut: backend slot and upstream connection released");
         self.fail(err);
         self.inner = Upstream::Closed;
@@ -274,7 +297,7 @@ impl Stream {
         if let Some(mut g) = self.guard.take() {
             let outcome = match err {
                 StreamError::Total(_) => Outcome::Success,
-                StreamError::ClientStalled(_) => Outcome::Cancelled,
+                StreamError::ClientStalled(_) | StreamError::BackendRemoved => Outcome::Cancelled,
                 _ => Outcome::Fault,
             };
             g.report(outcome, Some(self.first_byte));
@@ -432,7 +455,8 @@ impl Body for GuardedBody {
             // Streaming past its first frame: keep the limits even if hyper stops polling.
             if let Ok(rt) = tokio::runtime::Handle::try_current() {
                 let weak = Arc::downgrade(&this.stream);
-                this.watchdog = Some(rt.spawn(watchdog(weak)).abort_handle());
+                let slot = stream.guard.as_ref().map(|g| g.handle().slot().clone());
+                this.watchdog = Some(rt.spawn(watchdog(weak, slot)).abort_handle());
             }
         }
         polled
