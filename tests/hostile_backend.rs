@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use common::*;
 use serde_json::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::time::Instant;
 
 /// What a scripted backend answers: status line tail, extra headers, body.
@@ -90,36 +90,11 @@ async fn serve(
     hits: Arc<Mutex<HashMap<String, usize>>>,
 ) {
     let mut buf = Vec::new();
-    let mut chunk = vec![0u8; 64 * 1024];
     loop {
-        let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
-            match s.read(&mut chunk).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => {
-                    buf.extend_from_slice(&chunk[..n]);
-                    continue;
-                }
-            }
+        let Some(req) = read_raw_request(&mut s, &mut buf).await else {
+            return;
         };
-        let head = String::from_utf8_lossy(&buf[..end]).to_string();
-        let mut words = head.split_whitespace();
-        let method = words.next().unwrap_or("GET").to_string();
-        let path = words.next().unwrap_or("/").to_string();
-        let len: usize = head
-            .lines()
-            .find_map(|l| {
-                let (k, v) = l.split_once(':')?;
-                k.eq_ignore_ascii_case("content-length")
-                    .then(|| v.trim().parse().ok())?
-            })
-            .unwrap_or(0);
-        while buf.len() < end + 4 + len {
-            match s.read(&mut chunk).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            }
-        }
-        buf.drain(..end + 4 + len);
+        let (method, path) = (req.method, req.target);
         let nth = {
             let mut h = hits.lock().unwrap();
             let n = h.entry(path.clone()).or_default();

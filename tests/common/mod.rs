@@ -8,7 +8,8 @@ use std::time::Duration;
 pub use olla::Daemon;
 #[allow(unused_imports)]
 pub use olla_mock::{Fault, MockConfig, MockServer};
-use tokio::net::TcpListener;
+use tokio::io::AsyncReadExt;
+use tokio::net::{TcpListener, TcpStream};
 
 /// Starts a mock backend serving `models`.
 pub async fn mock(name: &str, models: &[&str]) -> MockServer {
@@ -227,4 +228,77 @@ impl SteadyLoad {
         }
         self.failures.load(std::sync::atomic::Ordering::Relaxed)
     }
+}
+
+/// One HTTP/1.1 request as a scripted raw-socket fake backend read it.
+#[derive(Clone, Debug)]
+pub struct RawRequest {
+    pub method: String,
+    pub target: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl RawRequest {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Largest request head a fake backend reads.
+const RAW_MAX_HEAD: usize = 64 * 1024;
+/// Largest request body a fake backend keeps.
+const RAW_MAX_BODY: usize = 8 << 20;
+
+/// Reads the next request off `s` (bytes already read past it stay in `buf`, for keep-alive);
+/// `None` at end of stream, on an error, or for a head over 64 KiB.
+pub async fn read_raw_request(s: &mut TcpStream, buf: &mut Vec<u8>) -> Option<RawRequest> {
+    let head_end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i;
+        }
+        if buf.len() > RAW_MAX_HEAD {
+            return None;
+        }
+        let mut chunk = [0u8; 8192];
+        let n = s.read(&mut chunk).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+    let mut lines = head.split("\r\n");
+    let mut first = lines.next()?.split(' ');
+    let method = first.next()?.to_string();
+    let target = first.next()?.to_string();
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .collect();
+    let len: usize = headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0)
+        .min(RAW_MAX_BODY);
+    buf.drain(..head_end + 4);
+    while buf.len() < len {
+        let mut chunk = vec![0u8; 64 * 1024];
+        let n = s.read(&mut chunk).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    let body: Vec<u8> = buf.drain(..len).collect();
+    Some(RawRequest {
+        method,
+        target,
+        headers,
+        body,
+    })
 }
