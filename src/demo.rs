@@ -85,30 +85,97 @@ pub async fn run(port: u16, stop: impl Future<Output = ()>) -> Result<(), String
         .map_err(|e| format!("cannot listen on 127.0.0.1:{port}: {e} (try --port 0)"))?;
     let daemon = Daemon::start(runtime, listener).await?;
     let base = daemon.url();
-    println!(
-        "\nolla demo is running on {base}\n\
-         backends: local-gpu ({}, ollama, priority 100) and cloud-spillover ({}, openai-compatible, priority 50)\n\n\
-         try:\n\
-         curl -s {base}/internal/status/endpoints\n\
-         curl -s {base}/olla/models\n\
-         curl -s {base}/olla/proxy/v1/models\n\
-         curl -sN {base}/olla/proxy/v1/chat/completions -H 'content-type: application/json' \\\n\
-           -d '{{\"model\":\"llama3.2:3b\",\"stream\":true,\"messages\":[{{\"role\":\"user\",\"content\":\"hi\"}}]}}'\n\
-         curl -s {base}/olla/ollama/api/tags\n\n\
-         python (pip install openai):\n\
-         from openai import OpenAI\n\
-         c = OpenAI(base_url=\"{base}/olla/proxy/v1\", api_key=\"unused\")\n\
-         for ch in c.chat.completions.create(model=\"llama3.2:3b\", stream=True, messages=[{{\"role\":\"user\",\"content\":\"hi\"}}]):\n\
-             print(ch.choices[0].delta.content or \"\", end=\"\", flush=True) if ch.choices else None\n\n\
-         Ctrl-C to stop.\n",
-        gpu.url(),
-        cloud.url()
-    );
+    println!("{}", instructions(&base, &gpu.url(), &cloud.url()));
     let exit = daemon.run_until(stop).await;
     gpu.stop().await;
     cloud.stop().await;
     match exit {
         crate::Exit::Stopped => Ok(()),
         crate::Exit::TreeFailed => Err("the supervision tree failed".into()),
+    }
+}
+
+/// The lines the demo prints: commands and a Python snippet a newcomer pastes as they are.
+/// Built line by line so the snippet keeps its indentation.
+pub fn instructions(base: &str, gpu: &str, cloud: &str) -> String {
+    let chat =
+        r#"{"model":"llama3.2:3b","stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
+    [
+        String::new(),
+        format!("olla demo is running on {base}"),
+        format!(
+            "backends: local-gpu ({gpu}, ollama, priority 100) and cloud-spillover ({cloud}, openai-compatible, priority 50)"
+        ),
+        String::new(),
+        "try:".into(),
+        format!("curl -s {base}/internal/status/endpoints"),
+        format!("curl -s {base}/olla/models"),
+        format!("curl -s {base}/olla/proxy/v1/models"),
+        format!(
+            "curl -sN {base}/olla/proxy/v1/chat/completions -H 'content-type: application/json' -d '{chat}'"
+        ),
+        format!("curl -s {base}/olla/ollama/api/tags"),
+        String::new(),
+        "python (pip install openai):".into(),
+        python_snippet(base),
+        String::new(),
+        "Ctrl-C to stop.".into(),
+    ]
+    .join("\n")
+}
+
+/// The streaming OpenAI SDK example, indented as Python needs.
+fn python_snippet(base: &str) -> String {
+    [
+        "from openai import OpenAI".to_string(),
+        format!("c = OpenAI(base_url=\"{base}/olla/proxy/v1\", api_key=\"unused\")"),
+        r#"for ch in c.chat.completions.create(model="llama3.2:3b", stream=True, messages=[{"role": "user", "content": "hi"}]):"#.to_string(),
+        r#"    if ch.choices:"#.to_string(),
+        r#"        print(ch.choices[0].delta.content or "", end="", flush=True)"#.to_string(),
+        "print()".to_string(),
+    ]
+    .join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_printed_python_snippet_compiles() {
+        let code = python_snippet("http://127.0.0.1:40114");
+        let out = std::process::Command::new("python3")
+            .args([
+                "-c",
+                "import sys; compile(sys.stdin.read(), 'demo', 'exec')",
+            ])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .and_then(|mut child| {
+                use std::io::Write;
+                child
+                    .stdin
+                    .take()
+                    .expect("stdin is piped")
+                    .write_all(code.as_bytes())?;
+                child.wait_with_output()
+            })
+            .expect("python3 runs");
+        assert!(
+            out.status.success(),
+            "{}\n{code}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    #[test]
+    fn the_instructions_name_the_base_and_both_backends() {
+        let text = instructions("http://h:1", "http://g:2", "http://c:3");
+        assert!(text.contains("curl -s http://h:1/olla/models"));
+        assert!(text.contains("local-gpu (http://g:2"));
+        assert!(text.contains("cloud-spillover (http://c:3"));
+        assert!(text.contains("\n    if ch.choices:\n        print("));
     }
 }
