@@ -295,12 +295,30 @@ impl StreamTranslator {
             return;
         }
         self.block(kind, out);
-        let delta = if kind == Open::Text {
-            json!({"type": "text_delta", "text": text})
+        let (delta_type, field) = if kind == Open::Text {
+            ("text_delta", "text")
         } else {
-            json!({"type": "thinking_delta", "thinking": text})
+            ("thinking_delta", "thinking")
         };
-        self.delta(delta, out);
+        self.content_delta(delta_type, field, text, out);
+    }
+
+    /// `content_block_delta` for text or thinking, written straight into `out`: the event of
+    /// nearly every chunk, so it skips building a JSON tree. The bytes equal
+    /// [`StreamTranslator::delta`]'s for the same delta.
+    fn content_delta(&mut self, delta_type: &str, field: &str, text: &str, out: &mut Vec<u8>) {
+        use std::io::Write as _;
+        if let Some((_, index)) = self.open {
+            self.deltas += 1;
+            out.extend_from_slice(
+                b"event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":",
+            );
+            // Writing into a Vec cannot fail.
+            let _ = write!(out, "{index}");
+            let _ = write!(out, ",\"delta\":{{\"type\":\"{delta_type}\",\"{field}\":");
+            let _ = serde_json::to_writer(&mut *out, text);
+            out.extend_from_slice(b"}}\n\n");
+        }
     }
 
     fn tool_delta(&mut self, pos: u64, call: &Value, out: &mut Vec<u8>) {
@@ -619,6 +637,25 @@ pub fn reassemble(events: &[(String, Value)]) -> Result<Value, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn written_content_deltas_equal_the_tree_built_ones() {
+        for (kind, delta_type, field) in [
+            (Open::Text, "text_delta", "text"),
+            (Open::Thinking, "thinking_delta", "thinking"),
+        ] {
+            let text = "h\u{e9}llo \"q\" \\ \n\u{1}";
+            let mut fast = StreamTranslator::new("m", "id".into(), 1, Vec::new());
+            fast.open = Some((kind, 3));
+            let mut a = Vec::new();
+            fast.content_delta(delta_type, field, text, &mut a);
+            let mut tree = StreamTranslator::new("m", "id".into(), 1, Vec::new());
+            tree.open = Some((kind, 3));
+            let mut b = Vec::new();
+            tree.delta(json!({"type": delta_type, field: text}), &mut b);
+            assert_eq!(String::from_utf8(a).unwrap(), String::from_utf8(b).unwrap());
+        }
+    }
 
     fn chunk(delta: Value, finish: Option<&str>) -> String {
         let c = json!({"id": "c", "object": "chat.completion.chunk",
