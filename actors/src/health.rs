@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use crate::spec::HealthSettings;
 use crate::wait::clamp_backend_wait;
-pub use crate::wait::parse_retry_after;
 
 /// Published status of a backend, serialised as Olla does.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

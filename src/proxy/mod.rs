@@ -27,7 +27,7 @@ use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Uri};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use olla_actors::discovery::error_chain;
-use olla_actors::wait::{clamp_backend_wait, parse_retry_after};
+use olla_actors::wait::parse_retry_after;
 use olla_actors::{BackendHandle, InFlightGuard, Outcome, SlotAttempt};
 use tokio::time::Instant;
 
@@ -533,7 +533,6 @@ impl Run<'_> {
                 .get(http::header::RETRY_AFTER)
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| parse_retry_after(v, SystemTime::now()))
-                .map(|w| clamp_backend_wait(w, spec.health.max_retry_after))
                 .unwrap_or(Duration::from_secs(1));
             guard.report(Outcome::RateLimited(wait), Some(first_byte));
         } else if status.is_server_error() {

@@ -14,11 +14,12 @@ use crate::backend::client::ShardedClient;
 use crate::backend::handle::BackendHandle;
 use crate::breaker::BreakerTransition;
 use crate::discovery::{self, ModelListing};
-use crate::health::{parse_retry_after, EndpointStatus, HealthTracker, ProbeResult};
+use crate::health::{EndpointStatus, HealthTracker, ProbeResult};
 use crate::kind::BackendKind;
 use crate::published::Published;
 use crate::registry::RegistryMsg;
 use crate::spec::BackendSpec;
+use crate::wait::parse_retry_after;
 use crate::wait::system_after;
 
 pub enum BackendMsg {
