@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
-# Load benchmark of the olla proxy: the same wrk load against one olla-mock backend directly,
-# through olla (round-robin over two mocks) and through haproxy (roundrobin over the same two
-# mocks), in non-stream (JSON) and SSE stream modes; then an SSE inter-event gap check with
-# slow streams (20 tokens, 20 ms apart), direct vs olla (vs haproxy, for reference).
+# Load benchmark of the olla proxy, side by side with its peers: the same wrk load against one
+# olla-mock backend directly (the limit), through olla (round-robin over two mocks), through
+# haproxy and through nginx (round-robin over the same two mocks), in non-stream (JSON) and SSE
+# stream modes, with CPU time per request; then an SSE inter-event gap check with slow streams
+# (20 tokens, 20 ms apart); then N concurrent slow SSE streams held open through each proxy
+# (100 tokens, 50 ms apart): peak RSS, memory per stream, failed streams and time to first
+# token added over direct (median and p99).
 #
-#   bash benches/load.sh                      # DURATION=10s ROUNDS=3
-#   DURATION=5s ROUNDS=1 bash benches/load.sh # quick look
-#   STRICT=1 bash benches/load.sh             # exit 1 if a bar fails
+#   SERVER_CPUS=1 bash benches/load.sh                      # the fair (pinned) comparison
+#   SERVER_CPUS=1 STREAMS=9000 bash benches/load.sh         # memory at 9k streams
+#   DURATION=5s ROUNDS=1 STREAMS=0 bash benches/load.sh     # quick look, no stream phase
+#   STRICT=1 bash benches/load.sh                           # exit 1 if a bar fails
 #
 # Knobs (environment):
 #   DURATION=10s     wrk duration of each measurement (wrk syntax: 10s, 1m)
@@ -17,6 +21,9 @@
 #   WRK_CPU=0        CPU wrk is pinned to (taskset)
 #   SERVER_CPUS=     CPU list for mocks, olla and haproxy (taskset); empty = not pinned (default)
 #   SSE_STREAMS=10   streams per target in the SSE gap check
+#   STREAMS=3000     concurrent streams held per proxy in the memory phase (0 = skip); each
+#                    proxied stream holds two sockets, so keep 2*STREAMS under `ulimit -n`
+#   PEERS="haproxy nginx"  peer proxies measured beside olla
 #   SKIP_BUILD=0     1 = use the existing target/release binaries
 #   KEEP_LOGS=0      1 = keep the work directory (configs, logs, raw wrk output)
 #
@@ -34,6 +41,8 @@ CONNS=${CONNS:-32}
 WRK_CPU=${WRK_CPU:-0}
 SERVER_CPUS=${SERVER_CPUS:-}
 SSE_STREAMS=${SSE_STREAMS:-10}
+STREAMS=${STREAMS:-3000}
+read -r -a PEER_LIST <<<"${PEERS:-haproxy nginx}"
 SKIP_BUILD=${SKIP_BUILD:-0}
 KEEP_LOGS=${KEEP_LOGS:-0}
 # HEALTH=off: circuit breaker disabled and probes hourly, to measure what health costs.
@@ -109,7 +118,7 @@ dur_secs() {
 have() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ] || [ -x "/usr/bin/$1" ]; }
 need=()
 have wrk || need+=(wrk)
-have haproxy || need+=(haproxy)
+for peer in "${PEER_LIST[@]}"; do have "$peer" || need+=("$peer"); done
 if [ "${#need[@]}" -gt 0 ]; then
     SUDO=()
     [ "$(id -u)" = 0 ] || SUDO=(sudo)
@@ -125,6 +134,7 @@ if [ "${#need[@]}" -gt 0 ]; then
     fi
 fi
 HAPROXY=$(command -v haproxy || echo /usr/sbin/haproxy)
+NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 WRK=$(command -v wrk || echo /usr/bin/wrk)
 for t in python3 curl taskset timeout; do have "$t" || die "missing tool: $t"; done
 
@@ -135,7 +145,10 @@ if [ "$SKIP_BUILD" != 1 ]; then
     log "cargo build --release (may wait on the cargo lock)"
     (cd "$ROOT" && cargo build --release --bin olla --bin olla-mock -p olla -p olla-mock)
 fi
-for b in olla olla-mock; do
+if [ "$SKIP_BUILD" != 1 ] || [ ! -x "$TARGET_DIR/release/olla-hold" ]; then
+    (cd "$ROOT" && cargo build --release --bin olla-hold -p olla-mock)
+fi
+for b in olla olla-mock olla-hold; do
     [ -x "$TARGET_DIR/release/$b" ] || die "missing $TARGET_DIR/release/$b"
     cp "$TARGET_DIR/release/$b" "$WORK/$b"
 done
@@ -174,7 +187,7 @@ start_mock() { # start_mock NAME -> sets MOCK_PORT
 MOCK_PIDS=()
 start_mock a; PORT_A=$MOCK_PORT
 start_mock b; PORT_B=$MOCK_PORT
-read -r OLLA_PORT HAP_PORT HAP_STATS_PORT < <(free_ports 3)
+read -r OLLA_PORT HAP_PORT HAP_STATS_PORT NGX_PORT < <(free_ports 4)
 
 cat >"$WORK/olla.yaml" <<EOF
 server: {host: 127.0.0.1, port: $OLLA_PORT}
@@ -193,7 +206,7 @@ OLLA_PID=$!; PIDS+=($!)
 
 cat >"$WORK/haproxy.cfg" <<EOF
 global
-    maxconn 4096
+    maxconn 9500
     nbthread 2
 defaults
     mode http
@@ -219,8 +232,53 @@ EOF
 "${PIN[@]}" "$HAPROXY" -db -f "$WORK/haproxy.cfg" >"$WORK/haproxy.log" 2>&1 &
 HAP_PID=$!; PIDS+=($!)
 
+# nginx: one worker (the servers share one core when pinned), upstream keep-alive, no
+# response buffering (so SSE streams through), no access log (olla and haproxy keep none here).
+mkdir -p "$WORK/nginx-tmp"
+cat >"$WORK/nginx.conf" <<EOF
+worker_processes 1;
+worker_rlimit_nofile 20000;
+daemon off;
+pid $WORK/nginx.pid;
+error_log $WORK/nginx-error.log warn;
+events { worker_connections 19000; }
+http {
+    access_log off;
+    client_body_temp_path $WORK/nginx-tmp/body;
+    proxy_temp_path $WORK/nginx-tmp/proxy;
+    fastcgi_temp_path $WORK/nginx-tmp/fastcgi;
+    uwsgi_temp_path $WORK/nginx-tmp/uwsgi;
+    scgi_temp_path $WORK/nginx-tmp/scgi;
+    keepalive_requests 100000;
+    upstream llm {
+        server 127.0.0.1:$PORT_A;
+        server 127.0.0.1:$PORT_B;
+        keepalive 64;
+    }
+    server {
+        listen 127.0.0.1:$NGX_PORT;
+        location / {
+            proxy_pass http://llm;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_buffering off;
+            proxy_read_timeout 300s;
+        }
+    }
+}
+EOF
+NGX_PID=
+NGX_PIDS=""
+if [[ " ${PEER_LIST[*]} " == *" nginx "* ]]; then
+    "$NGINX" -t -q -p "$WORK" -c "$WORK/nginx.conf" -e "$WORK/nginx-error.log" 2>"$WORK/nginx-t.log" ||
+        die "nginx rejects $WORK/nginx.conf: $(cat "$WORK/nginx-t.log")"
+    "${PIN[@]}" "$NGINX" -p "$WORK" -c "$WORK/nginx.conf" -e "$WORK/nginx-error.log" >"$WORK/nginx.log" 2>&1 &
+    NGX_PID=$!; PIDS+=($!)
+fi
+
 OLLA=http://127.0.0.1:$OLLA_PORT
 HAP=http://127.0.0.1:$HAP_PORT
+NGX=http://127.0.0.1:$NGX_PORT
 DIRECT=http://127.0.0.1:$PORT_A
 
 olla_routable() {
@@ -234,8 +292,17 @@ haproxy_ready() {
         [ "$(curl -sf --max-time 2 "http://127.0.0.1:$HAP_STATS_PORT/stats;csv" |
             awk -F, '$1=="llm" && ($2=="a" || $2=="b") && $18=="UP"' | wc -l)" = 2 ]
 }
+nginx_ready() {
+    kill -0 "$NGX_PID" || die "nginx exited: $(tail -5 "$WORK/nginx-error.log")"
+    curl -sf --max-time 2 "$NGX/health" >/dev/null
+}
 wait_until 30 "olla to route to both mocks and list model $MODEL" olla_routable
 wait_until 30 "haproxy to answer with both servers UP" haproxy_ready
+if [ -n "$NGX_PID" ]; then
+    wait_until 30 "nginx to answer" nginx_ready
+    # The master and its worker: both are charged to nginx.
+    NGX_PIDS="$NGX_PID $(pgrep -P "$NGX_PID" | tr '\n' ' ')"
+fi
 
 # Both proxies must actually spread requests over both mocks.
 spread() { # spread URL -> distinct X-Mock-Name values over 6 requests
@@ -251,6 +318,10 @@ SPREAD_HAP=$(spread "$HAP/v1/chat/completions")
 log "backends hit: olla -> [$SPREAD_OLLA], haproxy -> [$SPREAD_HAP]"
 [ "$SPREAD_OLLA" = "a b " ] || die "olla did not use both mocks: [$SPREAD_OLLA]"
 [ "$SPREAD_HAP" = "a b " ] || die "haproxy did not use both mocks: [$SPREAD_HAP]"
+if [ -n "$NGX_PID" ]; then
+    SPREAD_NGX=$(spread "$NGX/v1/chat/completions")
+    [ "$SPREAD_NGX" = "a b " ] || die "nginx did not use both mocks: [$SPREAD_NGX]"
+fi
 
 # ---------------------------------------------------------------------------------------------
 # 4. Throughput: wrk, interleaved rounds
@@ -268,17 +339,21 @@ declare -A URL=(
     [direct]="$DIRECT/v1/chat/completions"
     [olla]="$OLLA/olla/proxy/v1/chat/completions"
     [haproxy]="$HAP/v1/chat/completions"
+    [nginx]="$NGX/v1/chat/completions"
 )
-# Processes whose CPU is charged to each target (the proxy, then the mocks).
+# Processes whose CPU is charged to each target: the proxy's, then the mocks'.
+declare -A PROXY_PROCS=([direct]="" [olla]="$OLLA_PID" [haproxy]="$HAP_PID" [nginx]="$NGX_PIDS")
 declare -A PROC=(
     [direct]="${MOCK_PIDS[0]}"
     [olla]="$OLLA_PID ${MOCK_PIDS[*]}"
     [haproxy]="$HAP_PID ${MOCK_PIDS[*]}"
+    [nginx]="$NGX_PIDS ${MOCK_PIDS[*]}"
 )
-TARGETS=(direct olla haproxy)
+TARGETS=(direct olla "${PEER_LIST[@]}")
+PROXIES=(olla "${PEER_LIST[@]}")
 MODES=(json sse)
 CLK_TCK=$(getconf CLK_TCK)
-declare -A RPS P50 P99 ERRS CPU_WRK CPU_PROXY CPU_MOCKS
+declare -A RPS P50 P99 ERRS CPU_WRK CPU_PROXY CPU_MOCKS US
 
 cpu_ticks() { # cpu_ticks PID... -> utime+stime of each, space separated
     local pid
@@ -323,10 +398,11 @@ run_wrk() {
     # CPU use in % of one core over the run: wrk; the proxy; the mocks.
     wrk_cpu=$(awk -v w="$wall" '{printf "%.0f", ($1 + $2) / w * 100}' "$out.time")
     CPU_WRK[$k]+="$wrk_cpu "
-    local i proxy=0 mocks=0 d
+    local i proxy=0 mocks=0 d nproxy
+    nproxy=$(wc -w <<<"${PROXY_PROCS[$target]}")
     for i in "${!pids[@]}"; do
         d=$(( after[i] - before[i] ))
-        if [ "$target" != direct ] && [ "$i" = 0 ]; then proxy=$d; else mocks=$((mocks + d)); fi
+        if [ "$i" -lt "$nproxy" ]; then proxy=$((proxy + d)); else mocks=$((mocks + d)); fi
     done
     CPU_PROXY[$k]+="$(awk -v t="$proxy" -v h="$CLK_TCK" -v w="$wall" 'BEGIN {printf "%.0f", t / h / w * 100}') "
     CPU_MOCKS[$k]+="$(awk -v t="$mocks" -v h="$CLK_TCK" -v w="$wall" 'BEGIN {printf "%.0f", t / h / w * 100}') "
@@ -371,10 +447,36 @@ log "SSE gap check: $SSE_STREAMS streams per target, 20 tokens 20 ms apart"
 set +e
 python3 "$ROOT/benches/sse_gaps.py" -n "$SSE_STREAMS" --model "$MODEL" --max-diff-ms "$GAP_BAR_MS" --check olla \
     "direct=$DIRECT/v1/chat/completions" "olla=$OLLA/olla/proxy/v1/chat/completions" \
-    "haproxy=$HAP/v1/chat/completions" >"$WORK/sse-gaps.txt" 2>&1
+    "haproxy=$HAP/v1/chat/completions" ${NGX_PID:+"nginx=$NGX/v1/chat/completions"} >"$WORK/sse-gaps.txt" 2>&1
 gap_rc=$?
 set -e
 [ "$gap_rc" -le 1 ] || die "sse_gaps.py failed: $(cat "$WORK/sse-gaps.txt")"
+
+# ---------------------------------------------------------------------------------------------
+# 5b. Memory per stream: STREAMS concurrent slow streams held open through each target
+# ---------------------------------------------------------------------------------------------
+declare -A HOLD
+if [ "$STREAMS" -gt 0 ]; then
+    for port in "$PORT_A" "$PORT_B"; do
+        curl -sf --max-time 5 -H 'Content-Type: application/json' -d '{"tokens":100,"token_delay_ms":50}' \
+            "http://127.0.0.1:$port/_mock/config" | grep -q '"token_delay_ms":50' ||
+            die "cannot reconfigure the mock on port $port"
+    done
+    declare -A HOLD_ADDR=([direct]="127.0.0.1:$PORT_A" [olla]="127.0.0.1:$OLLA_PORT"
+        [haproxy]="127.0.0.1:$HAP_PORT" [nginx]="127.0.0.1:$NGX_PORT")
+    declare -A HOLD_PATH=([direct]=/v1/chat/completions [olla]=/olla/proxy/v1/chat/completions
+        [haproxy]=/v1/chat/completions [nginx]=/v1/chat/completions)
+    for target in "${TARGETS[@]}"; do
+        log "holding $STREAMS streams via $target (100 tokens, 50 ms apart)"
+        pid_args=()
+        for pid in ${PROXY_PROCS[$target]}; do pid_args+=(--pid "$pid"); done
+        [ "$target" = direct ] && pid_args=(--pid "${MOCK_PIDS[0]}")
+        HOLD[$target]=$(taskset -c "$WRK_CPU" "$BIN/olla-hold" --addr "${HOLD_ADDR[$target]}" \
+            --path "${HOLD_PATH[$target]}" --model "$MODEL" -n "$STREAMS" --ramp-ms 3000 --timeout 120 \
+            "${pid_args[@]}" 2>>"$WORK/hold.log") || die "olla-hold failed via $target: $(tail -3 "$WORK/hold.log")"
+        log "  ${HOLD[$target]}"
+    done
+fi
 
 # ---------------------------------------------------------------------------------------------
 # 6. Report
@@ -396,26 +498,30 @@ for mode in "${MODES[@]}"; do
         cpu="$(median ${CPU_WRK[$k]})/$pcpu/$mcpu"
         # CPU time per request in microseconds: (cpu% / 100) core-seconds per second / rps.
         us="$([ "$pcpu" = - ] && echo - || awk -v c="$pcpu" -v r="$rps" 'BEGIN {printf "%.0f", c * 1e4 / r}')"
+        US[$k]=$us
         us="$us/$(awk -v c="$mcpu" -v r="$rps" 'BEGIN {printf "%.0f", c * 1e4 / r}')"
         report "$(printf '%-5s %-8s %10.0f %9.3f %9.3f %7s   %-20s %s' "$mode" "$target" \
             "$rps" "$(median ${P50[$k]})" "$(median ${P99[$k]})" "${ERRS[$k]:-0}" "$cpu" "$us")"
     done
 done
 report ""
-report "per-round rps (direct | olla | haproxy):"
+report "per-round rps (${TARGETS[*]}):"
 for mode in "${MODES[@]}"; do
-    report "  $mode: ${RPS[$mode,direct]}| ${RPS[$mode,olla]}| ${RPS[$mode,haproxy]}"
+    line="  $mode:"
+    for target in "${TARGETS[@]}"; do line+=" ${RPS[$mode,$target]}|"; done
+    report "${line%|}"
 done
 report ""
-report "$(printf '%-5s %-16s %6s %6s %6s' mode ratio rps p50 p99)"
+report "$(printf '%-5s %-16s %6s %6s %6s %10s' mode ratio rps p50 p99 cpu_us/req)"
 fails=0
 verdicts=()
 for mode in "${MODES[@]}"; do
-    for ref in haproxy direct; do
-        report "$(printf '%-5s %-16s %6s %6s %6s' "$mode" "olla/$ref" \
+    for ref in "${PEER_LIST[@]}" direct; do
+        report "$(printf '%-5s %-16s %6s %6s %6s %10s' "$mode" "olla/$ref" \
             "$(ratio "$(median ${RPS[$mode,olla]})" "$(median ${RPS[$mode,$ref]})")" \
             "$(ratio "$(median ${P50[$mode,olla]})" "$(median ${P50[$mode,$ref]})")" \
-            "$(ratio "$(median ${P99[$mode,olla]})" "$(median ${P99[$mode,$ref]})")")"
+            "$(ratio "$(median ${P99[$mode,olla]})" "$(median ${P99[$mode,$ref]})")" \
+            "$([ "$ref" = direct ] && echo - || ratio "${US[$mode,olla]}" "${US[$mode,$ref]}")")"
     done
     r=$(ratio "$(median ${RPS[$mode,olla]})" "$(median ${RPS[$mode,haproxy]})")
     if awk -v r="$r" -v bar="$RPS_BAR" 'BEGIN { exit !(r + 0 >= bar) }'; then
@@ -424,7 +530,8 @@ for mode in "${MODES[@]}"; do
         verdicts+=("$(printf 'FAIL  %-4s olla rps = %sx haproxy (bar >= %sx)' "$mode" "$r" "$RPS_BAR")")
         fails=$((fails + 1))
     fi
-    errs=$(( ${ERRS[$mode,direct]:-0} + ${ERRS[$mode,olla]:-0} + ${ERRS[$mode,haproxy]:-0} ))
+    errs=0
+    for target in "${TARGETS[@]}"; do errs=$(( errs + ${ERRS[$mode,$target]:-0} )); done
     if [ "$errs" != 0 ]; then
         verdicts+=("FAIL  $mode: $errs non-2xx responses or socket errors (see the errors column)")
         fails=$((fails + 1))
@@ -439,10 +546,32 @@ else
     verdicts+=("FAIL  sse  gaps through olla differ from direct by more than ${GAP_BAR_MS} ms")
     fails=$((fails + 1))
 fi
+if [ "$STREAMS" -gt 0 ]; then
+    report ""
+    report "$STREAMS concurrent SSE streams held per target (100 tokens, 50 ms apart; ramp 3 s):"
+    report "$(printf '  %-8s %6s %7s %9s %9s %10s %9s %9s %9s %9s' target ok failed idle_MB peak_MB KB/stream ttft_p50 ttft_p99 added_p50 added_p99)"
+    hold_field() { python3 -c 'import json,sys; print(json.loads(sys.argv[1])[sys.argv[2]])' "$1" "$2"; }
+    d50=$(hold_field "${HOLD[direct]}" ttft_p50_ms); d99=$(hold_field "${HOLD[direct]}" ttft_p99_ms)
+    for target in "${TARGETS[@]}"; do
+        h=${HOLD[$target]}
+        idle=$(hold_field "$h" idle_rss_kib); peak=$(hold_field "$h" peak_rss_kib)
+        t50=$(hold_field "$h" ttft_p50_ms); t99=$(hold_field "$h" ttft_p99_ms)
+        failed=$(hold_field "$h" failed)
+        report "$(awk -v t="$target" -v ok="$(hold_field "$h" ok)" -v f="$failed" -v i="$idle" -v p="$peak" \
+            -v n="$STREAMS" -v a="$t50" -v b="$t99" -v c="$d50" -v d="$d99" 'BEGIN {
+            printf "  %-8s %6d %7d %9.1f %9.1f %10.1f %9.2f %9.2f %9.2f %9.2f", t, ok, f, i / 1024, p / 1024,
+                (p - i) / n, a, b, a - c, b - d }')"
+        if [ "$failed" != 0 ]; then
+            verdicts+=("FAIL  streams: $failed of $STREAMS streams failed via $target")
+            fails=$((fails + 1))
+        fi
+    done
+    report "  (direct = the mock's own memory; KB/stream = (peak - idle) / streams)"
+fi
 report ""
 for v in "${verdicts[@]}"; do report "$v"; done
 for mode in "${MODES[@]}"; do
-    for target in olla haproxy; do
+    for target in "${PROXIES[@]}"; do
         f=$WORK/top-$mode-$target.txt
         [ -s "$f" ] || continue
         report ""
