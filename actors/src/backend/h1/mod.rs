@@ -50,8 +50,28 @@ const MAX_HEADERS: usize = 128;
 const MAX_IDLE_PER_SHARD: usize = 256;
 /// Request bodies up to this size are copied next to the head (one write).
 const INLINE_BODY: usize = 16 * 1024;
-/// Read buffer growth step.
-const READ_CHUNK: usize = 16 * 1024;
+/// First read buffer of an exchange (the response head, then the start of the body). Small on
+/// purpose: a slow stream keeps this block for its whole life, so its size is memory per open
+/// stream. A larger head grows it by doubling, up to `MAX_HEAD`.
+const HEAD_BUF: usize = 2 * 1024;
+/// Body reads start with this much room and adapt between these bounds: a read that fills the
+/// room doubles the next one (bursts, big bodies), a read under a quarter of it halves it
+/// (slow token streams), so an idle stream holds little and a burst still moves in few reads.
+const BODY_READ_MIN: usize = 2 * 1024;
+const BODY_READ_MAX: usize = 64 * 1024;
+/// Below this much spare room the buffer is grown before a read.
+const MIN_SPARE: usize = 512;
+
+/// The next body read size after a read of `n` bytes into room for `size`.
+fn next_read_size(size: usize, n: usize) -> usize {
+    if n >= size {
+        (size * 2).min(BODY_READ_MAX)
+    } else if n < size / 4 {
+        (size / 2).max(BODY_READ_MIN)
+    } else {
+        size
+    }
+}
 
 /// Why an upstream exchange failed.
 #[derive(Debug, thiserror::Error)]
@@ -196,6 +216,7 @@ impl H1Pool {
             stream: Some(stream),
             buf,
             out: BytesMut::new(),
+            read_size: BODY_READ_MIN,
             state,
             reusable,
             pending_error: None,
@@ -345,7 +366,7 @@ async fn exchange(
             return Err(Exchange::NothingReceived(e.into()));
         }
     }
-    let mut buf = BytesMut::with_capacity(READ_CHUNK);
+    let mut buf = BytesMut::with_capacity(HEAD_BUF);
     let mut received_any = false;
     loop {
         match parse_head(&buf, head_request).map_err(Exchange::Failed)? {
@@ -372,8 +393,8 @@ async fn exchange(
             }
             None => {}
         }
-        if buf.capacity() - buf.len() < 1024 {
-            buf.reserve(READ_CHUNK);
+        if buf.capacity() - buf.len() < MIN_SPARE {
+            buf.reserve(buf.capacity().max(HEAD_BUF));
         }
         match stream.read_buf(&mut buf).await {
             Ok(0) if received_any => return Err(Exchange::Failed(H1Error::ClosedBeforeHead)),
@@ -461,6 +482,8 @@ pub struct H1Body {
     buf: BytesMut,
     /// Decoded chunked data not yet handed over.
     out: BytesMut,
+    /// Room to make before the next read (adaptive, see `next_read_size`).
+    read_size: usize,
     state: BodyState,
     reusable: bool,
     /// An error met after data was gathered; returned on the next poll.
@@ -551,10 +574,11 @@ impl Body for H1Body {
             let Some(stream) = this.stream.as_mut() else {
                 return this.fail(H1Error::ClosedMidBody);
             };
-            if this.buf.capacity() - this.buf.len() < 1024 {
-                this.buf.reserve(READ_CHUNK);
+            if this.buf.capacity() - this.buf.len() < MIN_SPARE {
+                this.buf.reserve(this.read_size);
             }
             let before = this.buf.len();
+            let room = this.buf.capacity() - before;
             let mut read_buf = ReadBuf::uninit(this.buf.spare_capacity_mut());
             match Pin::new(stream).poll_read(cx, &mut read_buf) {
                 Poll::Ready(Ok(())) => {
@@ -569,6 +593,7 @@ impl Body for H1Body {
                     }
                     // SAFETY: `poll_read` initialised the first `n` bytes of the spare capacity.
                     unsafe { this.buf.set_len(before + n) };
+                    this.read_size = next_read_size(this.read_size.max(room.min(BODY_READ_MAX)), n);
                 }
                 Poll::Ready(Err(e)) => return this.fail(e.into()),
                 Poll::Pending => {
@@ -612,6 +637,27 @@ impl std::fmt::Debug for H1Body {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn body_read_size_doubles_on_full_reads_and_halves_on_small_ones() {
+        assert_eq!(
+            next_read_size(BODY_READ_MIN, BODY_READ_MIN),
+            2 * BODY_READ_MIN
+        );
+        assert_eq!(next_read_size(BODY_READ_MAX, BODY_READ_MAX), BODY_READ_MAX);
+        assert_eq!(next_read_size(16 * 1024, 100), 8 * 1024);
+        assert_eq!(next_read_size(BODY_READ_MIN, 10), BODY_READ_MIN);
+        assert_eq!(next_read_size(8 * 1024, 4 * 1024), 8 * 1024);
+        let mut size = BODY_READ_MIN;
+        for _ in 0..10 {
+            size = next_read_size(size, size);
+        }
+        assert_eq!(size, BODY_READ_MAX, "a burst grows the reads to the cap");
+        for _ in 0..10 {
+            size = next_read_size(size, 120);
+        }
+        assert_eq!(size, BODY_READ_MIN, "a slow stream shrinks them back");
+    }
 
     fn pool(url: &str) -> Option<H1Pool> {
         H1Pool::for_url(
