@@ -129,13 +129,28 @@ pub async fn read_body(
             .map_err(|_| ProxyError::RequestTimeout(deadline))?
     };
     match collected {
-        Ok(c) => Ok(c.to_bytes()),
+        Ok(c) => Ok(own_small_body(c.to_bytes())),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => {
             Err(ProxyError::BodyTooLarge(limit))
         }
         Err(e) => Err(ProxyError::BadRequest(format!(
             "could not read request body: {e}"
         ))),
+    }
+}
+
+/// Bodies up to this size are copied out of the connection's read buffer.
+const OWN_BODY_MAX: usize = 16 * 1024;
+
+/// A small body arrives as a slice of hyper's per-connection read buffer (8 KiB or more); kept
+/// for the whole exchange (failover may resend it), that slice pins the block and makes hyper
+/// allocate a second one for its next read, about 24 KiB per open stream. Copying the few
+/// bytes into their own allocation releases the block to hyper for reuse.
+fn own_small_body(body: Bytes) -> Bytes {
+    if body.len() <= OWN_BODY_MAX {
+        Bytes::copy_from_slice(&body)
+    } else {
+        body
     }
 }
 
