@@ -79,6 +79,7 @@ pub async fn run(port: u16, stop: impl Future<Output = ()>) -> Result<(), String
             supervision: Default::default(),
         },
         admin: crate::config::admin::AdminSettings::disabled(),
+        dashboard: crate::dashboard::DashboardSettings::default(),
     };
     let listener = TcpListener::bind(("127.0.0.1", port))
         .await

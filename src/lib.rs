@@ -10,6 +10,7 @@ pub mod api;
 pub mod app;
 pub mod config;
 pub mod ctl;
+pub mod dashboard;
 pub mod demo;
 pub mod dialect;
 pub mod error;
@@ -196,7 +197,11 @@ impl Daemon {
         };
         let control = admin::Control::new(runtime.admin.clone());
         let tree = Tree::start(runtime.tree).await?;
-        let app = Arc::new(App::new(runtime.server, tree, balancer).with_control(control));
+        let app = Arc::new(
+            App::new(runtime.server, tree, balancer)
+                .with_control(control)
+                .with_dashboard(runtime.dashboard),
+        );
         let served = match listener {
             Some(l) => {
                 let addr = l.local_addr().map_err(|e| e.to_string())?;

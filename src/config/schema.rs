@@ -559,8 +559,11 @@ pub struct InspectorConfig {
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DashboardConfig {
+    /// Serve the web dashboard at `/internal/ui/` (and `/admin/ui/` on the admin listener).
     pub enabled: bool,
     pub access_policy: AccessPolicy,
+    /// Inert in Olla too: accepted so Olla configs load; the `/internal/*` JSON is not gated.
+    pub gate_internal_api: bool,
 }
 
 impl Default for DashboardConfig {
@@ -568,15 +571,27 @@ impl Default for DashboardConfig {
         Self {
             enabled: true,
             access_policy: AccessPolicy::default(),
+            gate_internal_api: false,
         }
     }
 }
 
-#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+/// Who may load the dashboard: the TCP peer (never forwarding headers) must be inside one of
+/// `allowed_cidrs`, and the `Host` header an IP literal or one of `allowed_hosts`.
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AccessPolicy {
     pub allowed_cidrs: Vec<String>,
     pub allowed_hosts: Vec<String>,
+}
+
+impl Default for AccessPolicy {
+    fn default() -> Self {
+        Self {
+            allowed_cidrs: vec!["127.0.0.0/8".into(), "::1/128".into()],
+            allowed_hosts: vec!["localhost".into()],
+        }
+    }
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
