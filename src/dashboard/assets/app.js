@@ -267,6 +267,7 @@
     set(7, r.latencyText);
     set(8, r.loaded === null ? "–" : (r.loaded.length ? r.loaded.join(", ") : "none"));
     set(9, r.error || "–");
+    cells[9].className = r.error ? "err" : "";
   }
 
   function renderEndpoints() {
@@ -278,7 +279,6 @@
       if (!tr) {
         tr = el("tr", { "data-endpoint": r.name });
         for (var c = 0; c < 10; c++) tr.appendChild(el(c === 0 ? "th" : "td", c === 0 ? { scope: "row" } : null));
-        tr.children[9].className = "err";
         if (ADMIN) tr.appendChild(el("td", null, actionButtons(r.name)));
         state.rows.set(r.name, tr);
       }
@@ -343,12 +343,13 @@
         var st = status[name] || "unknown";
         avail.appendChild(el("span", { cls: "badge s-" + st.replace(/[^a-z0-9_]/g, "_"), title: st, text: name }));
       });
-      var names = [x.name].concat(x.aliases || []);
+      var aliases = (x.aliases || []).filter(function (a) { return a !== x.name; });
+      var names = [x.name].concat(aliases);
       var loaded = [];
       names.forEach(function (n) { (loadedBy[n] || []).forEach(function (e) { if (loaded.indexOf(e) < 0) loaded.push(e); }); });
       return el("tr", null,
         el("th", { scope: "row", text: dash(x.name) }),
-        el("td", { text: (x.aliases && x.aliases.length) ? x.aliases.join(", ") : "–" }),
+        el("td", { text: aliases.length ? aliases.join(", ") : "–" }),
         avail,
         el("td", { text: anyLoaded ? (loaded.length ? loaded.join(", ") : "none") : "–" }));
     }));
