@@ -15,6 +15,7 @@ pub mod demo;
 pub mod dialect;
 pub mod error;
 pub mod format;
+pub mod healthcheck;
 pub mod http_util;
 pub mod proxy;
 pub mod server;
