@@ -125,9 +125,10 @@
     [a, b].forEach(function (series, i) {
       if (!series || series.length < 2) return;
       var pts = [];
+      var offset = HISTORY - series.length;  // the newest sample sits at the right edge
       series.forEach(function (v, j) {
         if (v === null) return;
-        var x = (j / (HISTORY - 1)) * 100;
+        var x = ((offset + j) / (HISTORY - 1)) * 100;
         var y = 29 - (max > 0 ? (v / max) * 27 : 0);
         pts.push(x.toFixed(1) + "," + y.toFixed(1));
       });
