@@ -247,3 +247,71 @@ def test_admin_ui_drain_button_drains_the_backend(olla, olla_mock, browser):
     # The wrong token's 401 is an expected failed load.
     errors = [e for e in console_errors(browser, allowed) if "401" not in e.get("message", "")]
     assert not errors, errors
+
+
+def test_admin_ui_on_a_listener_without_a_token_asks_for_none(olla, olla_mock, browser):
+    a = olla_mock("open-a")
+    admin_port = free_port()
+    o = olla([mock_backend(a, "openai")],
+             {"admin": {"enabled": True, "listen": f"127.0.0.1:{admin_port}"}})
+    browser.get(f"http://127.0.0.1:{admin_port}/admin/ui/")
+    wait_until(lambda: row_status(browser, "open-a") == "healthy", timeout=15, desc="admin page filled")
+    assert not browser.find_element(By.ID, "admin-login").is_displayed()
+    browser.find_element(By.CSS_SELECTOR, 'button[data-action="probe"][data-endpoint="open-a"]').click()
+    wait_until(lambda: "probe open-a: done." in browser.find_element(By.ID, "toast").text, timeout=10,
+               desc="probe reported done")
+    allowed = ("/internal/stats/recent",) if recent_route_missing(o) else ()
+    assert not console_errors(browser, allowed)
+
+
+# The page's side of the recent-requests contract, with the route's documented shape served by
+# a fetch stub injected before the page's own script (the live route is covered above).
+RECENT_STUB = """
+(() => {
+  const real = window.fetch;
+  window.fetch = (url, opts) => {
+    if (String(url).startsWith('/internal/stats/recent')) {
+      const now = Date.now();
+      const body = {capacity: 512, totals: {requests: 3, errors_4xx: 0, errors_5xx: 1, in_flight: 0},
+        requests: [
+          {time: new Date(now - 1000).toISOString(), request_id: 'stub-poll', method: 'GET',
+           path: '/internal/status', route: 'internal', model: null, endpoint: null, status: 200,
+           stream: false, ttfb_ms: null, duration_ms: 0.3, bytes_out: 10, tokens_in: null,
+           tokens_out: null, failovers: 0, client: '127.0.0.1', key: null},
+          {time: new Date(now - 2000).toISOString(), request_id: 'stub-chat', method: 'POST',
+           path: '/olla/proxy/v1/chat/completions', route: 'openai', model: 'llama3.2:3b',
+           endpoint: 'dash-a', status: 200, stream: true, ttfb_ms: 12.5, duration_ms: 840.0,
+           bytes_out: 1234, tokens_in: 5, tokens_out: 20, failovers: 0, client: '127.0.0.1', key: null},
+          {time: new Date(now - 3000).toISOString(), request_id: 'stub-fail', method: 'POST',
+           path: '/olla/proxy/v1/chat/completions', route: 'openai', model: 'nope', endpoint: null,
+           status: 502, stream: false, ttfb_ms: null, duration_ms: 3.0, bytes_out: 90,
+           tokens_in: null, tokens_out: null, failovers: 1, client: '127.0.0.1', key: 'alice'}]};
+      return Promise.resolve(new Response(JSON.stringify(body),
+        {status: 200, headers: {'Content-Type': 'application/json'}}));
+    }
+    return real(url, opts);
+  };
+})();
+"""
+
+
+def test_recent_requests_render_the_routes_documented_shape(olla, olla_mock, browser):
+    _, _, o, _ = start_pair(olla, olla_mock)
+    browser.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument", {"source": RECENT_STUB})
+    browser.get(o.url("/internal/ui/"))
+
+    def rows():
+        found = browser.find_elements(By.CSS_SELECTOR, "#req-body tr")
+        return found if len(found) == 2 else None
+
+    got = wait_until(rows, timeout=10, desc="two proxied requests listed (the status poll hidden)")
+    chat = [td.text for td in got[0].find_elements(By.TAG_NAME, "td")]
+    assert got[0].get_attribute("data-request-id") == "stub-chat"
+    assert chat[1:] == ["llama3.2:3b", "dash-a", "200", "12.5 ms", "840 ms", "5 / 20"], chat
+    fail = [td.text for td in got[1].find_elements(By.TAG_NAME, "td")]
+    assert fail[1:] == ["nope", "–", "502", "–", "3.0 ms", "–"], fail
+    wait_until(lambda: browser.find_element(By.ID, "ov-ttfb").text == "12.5 ms / 12.5 ms", timeout=10,
+               desc="TTFB percentiles from the list")
+    assert browser.find_element(By.ID, "ov-dur").text == "3.0 ms / 840 ms"
+    assert browser.find_element(By.ID, "req-note").text == ""
+    assert not console_errors(browser)

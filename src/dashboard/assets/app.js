@@ -20,6 +20,8 @@
     samples: [],        // {t, requests, failures}
     series: { rate: [], errors: [], ttfb50: [], ttfb99: [], dur50: [], dur99: [] },
     recentMissingSince: 0,
+    recentLimit: 100,   // raised to the ring's capacity once the route reports it
+    openAdmin: false,   // the admin listener has no token configured
     lastModels: null,
     rows: new Map(),
   };
@@ -76,14 +78,15 @@
     opts = opts || {};
     var headers = { "Accept": "application/json" };
     if (opts.body !== undefined) headers["Content-Type"] = "application/json";
-    if (ADMIN && token()) headers["Authorization"] = "Bearer " + token();
+    var sent = ADMIN && token();
+    if (sent) headers["Authorization"] = "Bearer " + token();
     return fetch(path, {
       method: opts.method || "GET",
       headers: headers,
       body: opts.body === undefined ? undefined : JSON.stringify(opts.body),
       credentials: "omit",
     }).then(function (r) {
-      if (ADMIN && r.status === 401) needToken("The admin API refused the token.");
+      if (ADMIN && r.status === 401) needToken(sent ? "The admin API refused the token." : "");
       return r.text().then(function (text) {
         var body = null;
         try { body = text ? JSON.parse(text) : null; } catch (e) { body = null; }
@@ -94,7 +97,10 @@
 
   // --- admin token --------------------------------------------------------------------------
 
+  function authReady() { return !ADMIN || state.openAdmin || !!token(); }
+
   function needToken(why) {
+    state.openAdmin = false;
     try { sessionStorage.removeItem(TOKEN_KEY); } catch (e) { /* storage unavailable */ }
     $("admin-login").hidden = false;
     $("admin-bar").hidden = true;
@@ -425,7 +431,7 @@
   }
 
   function pollFast() {
-    if (state.paused || (ADMIN && !token())) return Promise.resolve();
+    if (state.paused || !authReady()) return Promise.resolve();
     var jobs = [
       api("/internal/status").then(function (r) { if (r.status === 200) renderStatus(r.body); }, fail("status")),
       api("/internal/status/endpoints").then(function (r) {
@@ -445,8 +451,10 @@
     }
     // A missing recent-requests route is asked again only every 30 s.
     if (!state.recentMissingSince || Date.now() - state.recentMissingSince > 30000) {
-      jobs.push(api("/internal/stats/recent?limit=200").then(function (r) {
+      jobs.push(api("/internal/stats/recent?limit=" + state.recentLimit).then(function (r) {
         state.recentMissingSince = r.status === 404 ? Date.now() : 0;
+        var cap = r.status === 200 && r.body ? num(r.body.capacity) : null;
+        if (cap !== null && cap >= 1) state.recentLimit = Math.min(Math.floor(cap), 10000);
         renderRecent(r);
       }, fail("recent")));
     } else {
@@ -460,7 +468,7 @@
   }
 
   function pollSlow() {
-    if (state.paused || (ADMIN && !token())) return Promise.resolve();
+    if (state.paused || !authReady()) return Promise.resolve();
     return Promise.all([
       api("/internal/status/models?detailed=true&group=family").then(function (r) {
         if (r.status === 200) { state.lastModels = r.body; renderModels(r.body); }
@@ -531,7 +539,15 @@
         .then(function (r) { return report("set priority/weight of " + name, r); }, fail("admin"));
     });
     $("ep-body").addEventListener("click", onAction);
-    if (token()) tokenReady(); else needToken("");
+    if (token()) {
+      tokenReady();
+    } else {
+      // An admin listener without a token (loopback only) answers without one.
+      api("/admin/backends").then(function (r) {
+        if (r.status === 200) { state.openAdmin = true; tokenReady(); $("forget-token").hidden = true; }
+        else needToken("");
+      }, function () { needToken(""); });
+    }
   }
 
   function setup() {
