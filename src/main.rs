@@ -98,9 +98,12 @@ fn run_tool(cli: &Cli) -> Option<ExitCode> {
         Some(Command::Man) => clap_mangen::Man::new(Cli::command()).render(&mut out),
         Some(Command::Config {
             cmd: ConfigCommand::Schema,
-        }) => serde_json::to_writer_pretty(&mut out, &olla::config::json_schema())
-            .map_err(std::io::Error::other)
-            .and_then(|()| std::io::Write::write_all(&mut out, b"\n")),
+        }) => {
+            let mut text = serde_json::to_string_pretty(&olla::config::json_schema())
+                .unwrap_or_else(|_| "{}".into());
+            text.push('\n');
+            std::io::Write::write_all(&mut out, text.as_bytes())
+        }
         Some(Command::Config {
             cmd: ConfigCommand::Example,
         }) => std::io::Write::write_all(&mut out, olla::config::EXAMPLE.as_bytes()),
