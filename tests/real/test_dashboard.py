@@ -238,6 +238,10 @@ def test_admin_ui_drain_button_drains_the_backend(olla, olla_mock, browser):
     browser.find_element(By.CSS_SELECTOR, 'button[data-action="enable"][data-endpoint="dash-a"]').click()
     wait_until(lambda: admin_get(admin, "/admin/backends/dash-a")["draining"] is False, timeout=10,
                desc="dash-a enabled again")
+    # Reload re-reads the config file (unchanged: nothing to apply, but the call succeeds).
+    browser.find_element(By.ID, "reload-config").click()
+    wait_until(lambda: browser.find_element(By.ID, "toast").text == "reload: done.", timeout=10,
+               desc="reload reported done")
     shot(browser, "admin")
     # The token stays in this tab only: a reload does not ask again.
     browser.refresh()
