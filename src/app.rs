@@ -34,6 +34,8 @@ pub struct App {
     pub translators: crate::api::anthropic::TranslatorStats,
     /// `dashboard.*`: the web UI and its access policy.
     pub dashboard: crate::dashboard::DashboardSettings,
+    /// The last reading of the supervision tree (`/internal/status/supervision`).
+    pub supervision: crate::dashboard::SupervisionCache,
 }
 
 impl App {
@@ -48,6 +50,7 @@ impl App {
             control: Control::default(),
             translators: Default::default(),
             dashboard: Default::default(),
+            supervision: Default::default(),
         }
     }
 

@@ -100,7 +100,10 @@ async fn route(
         "/internal/stats/translators" => return Ok(anthropic::stats(app)),
         "/internal/status/supervision" => {
             get_only(&req)?;
-            let tree = crate::admin::supervision_tree(app).await;
+            let tree = app
+                .supervision
+                .get(|| crate::admin::supervision_tree(app))
+                .await;
             return Ok(internal::cached_json(&req, &tree));
         }
         "/olla/models" | "/olla/models/" => {

@@ -93,6 +93,37 @@ pub fn resolve(cfg: &DashboardConfig) -> Result<DashboardSettings, Vec<String>> 
     })
 }
 
+/// How long one reading of the supervision tree is served to every caller.
+const SUPERVISION_FRESH: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// `/internal/status/supervision` asks the tree's actors for their state (mailbox round
+/// trips): at most one reading is in flight and each is reused for a second, so a client
+/// polling in a loop costs the actors nothing more.
+#[derive(Default)]
+pub struct SupervisionCache {
+    last: tokio::sync::Mutex<Option<(tokio::time::Instant, serde_json::Value)>>,
+}
+
+impl SupervisionCache {
+    /// The cached tree, or a fresh reading from `read` when the cached one is a second old.
+    pub async fn get<F, Fut>(&self, read: F) -> serde_json::Value
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = serde_json::Value>,
+    {
+        let mut last = self.last.lock().await;
+        let now = tokio::time::Instant::now();
+        if let Some((at, v)) = last.as_ref() {
+            if now.duration_since(*at) < SUPERVISION_FRESH {
+                return v.clone();
+            }
+        }
+        let v = read().await;
+        *last = Some((now, v.clone()));
+        v
+    }
+}
+
 /// Why the access policy turned a request away.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Denied {
@@ -334,6 +365,23 @@ mod tests {
         );
         let long = "h".repeat(10_000);
         assert!(denial_text(&Denied::Host, ip, &long).len() < 500);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn supervision_readings_are_reused_for_a_second() {
+        let cache = SupervisionCache::default();
+        let reads = std::sync::atomic::AtomicU32::new(0);
+        let read = || async {
+            let n = reads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            serde_json::json!({ "n": n })
+        };
+        assert_eq!(cache.get(read).await["n"], 0);
+        assert_eq!(cache.get(read).await["n"], 0);
+        tokio::time::advance(std::time::Duration::from_millis(999)).await;
+        assert_eq!(cache.get(read).await["n"], 0);
+        tokio::time::advance(std::time::Duration::from_millis(2)).await;
+        assert_eq!(cache.get(read).await["n"], 1);
+        assert_eq!(reads.load(std::sync::atomic::Ordering::SeqCst), 2);
     }
 
     #[test]
