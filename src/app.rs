@@ -32,6 +32,10 @@ pub struct App {
     pub control: Control,
     /// `/olla/anthropic` counters (`/internal/stats/translators`).
     pub translators: crate::api::anthropic::TranslatorStats,
+    /// `dashboard.*`: the web UI and its access policy.
+    pub dashboard: crate::dashboard::DashboardSettings,
+    /// The last reading of the supervision tree (`/internal/status/supervision`).
+    pub supervision: crate::dashboard::SupervisionCache,
 }
 
 impl App {
@@ -45,7 +49,15 @@ impl App {
             balancer,
             control: Control::default(),
             translators: Default::default(),
+            dashboard: Default::default(),
+            supervision: Default::default(),
         }
+    }
+
+    /// The same app with the dashboard's settings.
+    pub fn with_dashboard(mut self, dashboard: crate::dashboard::DashboardSettings) -> Self {
+        self.dashboard = dashboard;
+        self
     }
 
     /// The same app with the admin endpoint's settings.

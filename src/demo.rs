@@ -1,6 +1,6 @@
 //! `olla demo`: runs the daemon in front of two in-process mock backends (an Ollama-dialect one
 //! at priority 100 and an OpenAI-compatible one at priority 50, sharing one model), so a fresh
-//! machine has something to serve, and prints the requests to try.
+//! machine has something to serve, and prints the requests to try and the dashboard's address.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -79,6 +79,7 @@ pub async fn run(port: u16, stop: impl Future<Output = ()>) -> Result<(), String
             supervision: Default::default(),
         },
         admin: crate::config::admin::AdminSettings::disabled(),
+        dashboard: crate::dashboard::DashboardSettings::default(),
     };
     let listener = TcpListener::bind(("127.0.0.1", port))
         .await
@@ -103,6 +104,7 @@ pub fn instructions(base: &str, gpu: &str, cloud: &str) -> String {
     [
         String::new(),
         format!("olla demo is running on {base}"),
+        format!("dashboard: {base}/internal/ui/"),
         format!(
             "backends: local-gpu ({gpu}, ollama, priority 100) and cloud-spillover ({cloud}, openai-compatible, priority 50)"
         ),
@@ -174,6 +176,7 @@ mod tests {
     fn the_instructions_name_the_base_and_both_backends() {
         let text = instructions("http://h:1", "http://g:2", "http://c:3");
         assert!(text.contains("curl -s http://h:1/olla/models"));
+        assert!(text.contains("dashboard: http://h:1/internal/ui/"));
         assert!(text.contains("local-gpu (http://g:2"));
         assert!(text.contains("cloud-spillover (http://c:3"));
         assert!(text.contains("\n    if ch.choices:\n        print("));

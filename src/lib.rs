@@ -10,10 +10,12 @@ pub mod api;
 pub mod app;
 pub mod config;
 pub mod ctl;
+pub mod dashboard;
 pub mod demo;
 pub mod dialect;
 pub mod error;
 pub mod format;
+pub mod healthcheck;
 pub mod http_util;
 pub mod proxy;
 pub mod server;
@@ -196,7 +198,11 @@ impl Daemon {
         };
         let control = admin::Control::new(runtime.admin.clone());
         let tree = Tree::start(runtime.tree).await?;
-        let app = Arc::new(App::new(runtime.server, tree, balancer).with_control(control));
+        let app = Arc::new(
+            App::new(runtime.server, tree, balancer)
+                .with_control(control)
+                .with_dashboard(runtime.dashboard),
+        );
         let served = match listener {
             Some(l) => {
                 let addr = l.local_addr().map_err(|e| e.to_string())?;

@@ -1,11 +1,12 @@
 //! The `olla` command line: run the daemon (default), check a config (`--validate-config`),
 //! start a self-contained demo with two in-process mock backends (`demo`), or send run-time
-//! commands to a running daemon's admin endpoint (`ctl`).
+//! commands to a running daemon's admin endpoint (`ctl`); also the packaging helpers: shell
+//! completions, the man page, the config's JSON Schema and example, and a health check.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use olla::config::{self, Source};
 use olla::ctl::{CtlCommand, CtlOptions};
 use olla::{Daemon, Exit};
@@ -75,6 +76,97 @@ enum Command {
         #[command(subcommand)]
         cmd: CtlCommand,
     },
+    /// Config file tools: its JSON Schema and the annotated example.
+    Config {
+        #[command(subcommand)]
+        cmd: ConfigCommand,
+    },
+    /// Print shell completions (e.g. `olla completions bash > /etc/bash_completion.d/olla`).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff; e.g. `olla man > olla.1`).
+    Man,
+    /// Exit 0 when a running olla answers GET /internal/health with 200 (container health checks).
+    Healthcheck {
+        /// Health URL (default: from the config's server.host and server.port).
+        #[arg(long)]
+        url: Option<String>,
+        /// Give up after this long.
+        #[arg(long, default_value = "3s", value_parser = parse_timeout)]
+        timeout: std::time::Duration,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum ConfigCommand {
+    /// Print the JSON Schema of the config file (for editors and CI).
+    Schema,
+    /// Print the annotated example config.
+    Example,
+}
+
+fn parse_timeout(s: &str) -> Result<std::time::Duration, String> {
+    olla::config::duration::parse_duration(s)
+}
+
+/// The commands that print something and exit, without the daemon's runtime.
+fn run_tool(cli: &Cli) -> Option<ExitCode> {
+    let mut out = std::io::stdout().lock();
+    let written = match &cli.command {
+        Some(Command::Completions { shell }) => {
+            clap_complete::generate(*shell, &mut Cli::command(), "olla", &mut out);
+            Ok(())
+        }
+        Some(Command::Man) => clap_mangen::Man::new(Cli::command()).render(&mut out),
+        Some(Command::Config {
+            cmd: ConfigCommand::Schema,
+        }) => {
+            let mut text = serde_json::to_string_pretty(&olla::config::json_schema())
+                .unwrap_or_else(|_| "{}".into());
+            text.push('\n');
+            std::io::Write::write_all(&mut out, text.as_bytes())
+        }
+        Some(Command::Config {
+            cmd: ConfigCommand::Example,
+        }) => std::io::Write::write_all(&mut out, olla::config::EXAMPLE.as_bytes()),
+        _ => return None,
+    };
+    Some(match written {
+        Ok(()) => ExitCode::SUCCESS,
+        // `olla man | head`: the reader left; nothing to report.
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("olla: cannot write: {e}");
+            ExitCode::FAILURE
+        }
+    })
+}
+
+/// `olla healthcheck`: the URL from `--url`, else from the config.
+async fn healthcheck(
+    config_path: Option<&std::path::Path>,
+    url: Option<String>,
+    timeout: std::time::Duration,
+) -> ExitCode {
+    let url = match url {
+        Some(u) => u,
+        None => match config::load(config_path) {
+            Ok((_, cfg, _)) => olla::healthcheck::url_for(&cfg.server.host, cfg.server.port),
+            Err(errors) => {
+                eprintln!("olla healthcheck: invalid config: {}", errors.join("; "));
+                return ExitCode::FAILURE;
+            }
+        },
+    };
+    match olla::healthcheck::check(&url, timeout).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("olla healthcheck: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn init_logging(level: &str, format: &str, output: &str) {
@@ -172,6 +264,9 @@ async fn ctl(config_path: Option<&std::path::Path>, opts: CtlOptions, cmd: CtlCo
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(code) = run_tool(&cli) {
+        return code;
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -188,6 +283,9 @@ fn main() -> ExitCode {
 async fn async_main(cli: Cli) -> ExitCode {
     if let Some(Command::Ctl { opts, cmd }) = cli.command {
         return ctl(cli.config.as_deref(), opts, cmd).await;
+    }
+    if let Some(Command::Healthcheck { url, timeout }) = cli.command {
+        return healthcheck(cli.config.as_deref(), url, timeout).await;
     }
     if let Some(Command::Demo { port }) = cli.command {
         init_logging("info", "text", "stderr");

@@ -539,7 +539,8 @@ fn actor_json(a: &ActorInfo) -> Value {
     })
 }
 
-async fn actors(app: &App) -> Value {
+/// The supervision tree as `/admin/actors` and `/internal/status/supervision` show it.
+pub(crate) async fn actors(app: &App) -> Value {
     let children = app.tree.actors().await;
     let root = ActorInfo {
         name: "root".into(),

@@ -7,6 +7,7 @@
 //! on anything here.
 
 mod commands;
+pub(crate) use commands::actors as supervision_tree;
 pub mod reload;
 
 use std::convert::Infallible;
@@ -161,12 +162,29 @@ fn authorize(expected: Option<&str>, header: Option<&HeaderValue>) -> Result<(),
 async fn handle(app: Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
     let method = req.method().clone();
     let path = req.uri().path().to_string();
+    // The dashboard's static files carry no data: the token guards the API the page calls.
+    if app.dashboard.enabled
+        && (path == crate::dashboard::ADMIN_UI_PATH || path.starts_with("/admin/ui/"))
+    {
+        return crate::dashboard::serve(
+            &app.dashboard,
+            &req,
+            peer,
+            crate::dashboard::ADMIN_UI_PATH,
+            false,
+        );
+    }
     let token = app
         .control
         .settings
         .as_ref()
         .and_then(|s| s.token.as_deref());
-    let result = match authorize(token, req.headers().get(http::header::AUTHORIZATION)) {
+    let authorized = authorize(token, req.headers().get(http::header::AUTHORIZATION));
+    if authorized.is_ok() && is_status_read(&method, &path) {
+        // The admin dashboard reads the proxy port's status routes through here (same origin).
+        return crate::api::handle(app, req, peer).await;
+    }
+    let result = match authorized {
         Ok(()) => commands::dispatch(&app, req).await,
         Err(e) => Err(e),
     };
@@ -184,6 +202,14 @@ async fn handle(app: Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> Resp
             e.response()
         }
     }
+}
+
+/// A read of the proxy port's status JSON (`/internal/status*`, `/internal/stats/*`).
+fn is_status_read(method: &Method, path: &str) -> bool {
+    (method == Method::GET || method == Method::HEAD)
+        && (path == "/internal/status"
+            || path.starts_with("/internal/status/")
+            || path.starts_with("/internal/stats/"))
 }
 
 /// Binds the admin listener.

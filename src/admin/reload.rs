@@ -151,5 +151,11 @@ fn restart_needed(old: &crate::config::Config, new: &crate::config::Config) -> V
     ) {
         out.push("supervision");
     }
+    if !same(
+        serde_json::to_value(&old.dashboard),
+        serde_json::to_value(&new.dashboard),
+    ) {
+        out.push("dashboard");
+    }
     out
 }

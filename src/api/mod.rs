@@ -98,6 +98,14 @@ async fn route(
         "/internal/status/endpoints" => return Ok(internal::endpoints(app, &req)),
         "/internal/status/models" => return Ok(models::status_models(app, &req)),
         "/internal/stats/translators" => return Ok(anthropic::stats(app)),
+        "/internal/status/supervision" => {
+            get_only(&req)?;
+            let tree = app
+                .supervision
+                .get(|| crate::admin::supervision_tree(app))
+                .await;
+            return Ok(internal::cached_json(&req, &tree));
+        }
         "/olla/models" | "/olla/models/" => {
             get_only(&req)?;
             return models::list(app, req.uri().query());
@@ -106,6 +114,17 @@ async fn route(
             return Ok(models::openai_list(app, KindFilter::Any));
         }
         _ => {}
+    }
+    if app.dashboard.enabled
+        && (path == crate::dashboard::UI_PATH || path.starts_with("/internal/ui/"))
+    {
+        return Ok(crate::dashboard::serve(
+            &app.dashboard,
+            &req,
+            peer,
+            crate::dashboard::UI_PATH,
+            true,
+        ));
     }
     if let Some(id) = path.strip_prefix("/olla/models/") {
         get_only(&req)?;

@@ -139,6 +139,26 @@ impl<'de> Deserialize<'de> for Dur {
     }
 }
 
+/// A Go-style duration string, or the number 0 (what [`parse_duration`] accepts).
+pub const DURATION_PATTERN: &str =
+    r"^\s*(0|(([0-9]+\.?[0-9]*|\.[0-9]+)(ns|us|µs|ms|s|m|h|d))+)\s*$";
+
+impl schemars::JsonSchema for Dur {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Duration".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "A Go-style duration: \"30s\", \"500ms\", \"1h30m\", \"1.5s\", or 0.",
+            "anyOf": [
+                {"type": "string", "pattern": DURATION_PATTERN},
+                {"type": "integer", "const": 0}
+            ]
+        })
+    }
+}
+
 impl Serialize for Dur {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&format_duration(self.0))

@@ -67,7 +67,10 @@ pub const INERT: &[(&str, &str)] = &[
         "translators",
         "translator settings are not read; the Anthropic routes use built-in settings",
     ),
-    ("dashboard", "no dashboard is served"),
+    (
+        "dashboard.gate_internal_api",
+        "ignored (inert in Olla too): the /internal/* JSON routes are not gated",
+    ),
 ];
 
 /// A key the config sets that olla does not act on.
@@ -195,12 +198,16 @@ mod tests {
     #[test]
     fn lists_only_the_inert_keys_a_config_sets() {
         let v = yaml(
-            "server:\n  port: 1\n  rate_limits: {burst_size: 5}\nproxy:\n  sticky_sessions: {enabled: true}\ndashboard: {enabled: false}\n",
+            "server:\n  port: 1\n  rate_limits: {burst_size: 5}\nproxy:\n  sticky_sessions: {enabled: true}\ndashboard: {enabled: false, gate_internal_api: true}\n",
         );
         let paths: Vec<_> = present(&v).into_iter().map(|k| k.path).collect();
         assert_eq!(
             paths,
-            vec!["server.rate_limits", "proxy.sticky_sessions", "dashboard"]
+            vec![
+                "server.rate_limits",
+                "proxy.sticky_sessions",
+                "dashboard.gate_internal_api"
+            ]
         );
         assert!(present(&yaml("server: {port: 1}\n")).is_empty());
         let v = yaml("discovery:\n  static:\n    endpoints:\n      - {name: a}\n      - {name: b, preserve_path: true}\n");

@@ -119,6 +119,7 @@ pub struct Runtime {
     pub server: ServerSettings,
     pub tree: TreeConfig,
     pub admin: AdminSettings,
+    pub dashboard: crate::dashboard::DashboardSettings,
 }
 
 const DEFAULT_CONNECT: Duration = Duration::from_secs(5);
@@ -239,10 +240,12 @@ pub fn resolve(config: &Config) -> Result<Runtime, Vec<String>> {
 
     let admin = resolve_admin(&config.admin).map_err(|mut e| errors.append(&mut e));
     let trusted_proxies = trusted_proxies(&s.rate_limits, &mut errors);
+    let dashboard =
+        crate::dashboard::resolve(&config.dashboard).map_err(|mut e| errors.append(&mut e));
     if !errors.is_empty() {
         return Err(errors);
     }
-    let Ok(admin) = admin else {
+    let (Ok(admin), Ok(dashboard)) = (admin, dashboard) else {
         return Err(errors);
     };
     let model_aliases: HashMap<String, Vec<String>> = config
@@ -304,6 +307,7 @@ pub fn resolve(config: &Config) -> Result<Runtime, Vec<String>> {
             },
         },
         admin,
+        dashboard,
     })
 }
 

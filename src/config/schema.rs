@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use super::duration::Dur;
 
-#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub server: ServerConfig,
@@ -29,7 +29,7 @@ pub struct Config {
 }
 
 /// The admin listener: a separate port for run-time commands, never the proxy port.
-#[derive(Clone, Debug, Deserialize, Serialize)]
+#[derive(Clone, Debug, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct AdminConfig {
     pub enabled: bool,
@@ -55,7 +55,7 @@ impl Default for AdminConfig {
     }
 }
 
-#[derive(Clone, Debug, Deserialize, Serialize)]
+#[derive(Clone, Debug, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerConfig {
     pub host: String,
@@ -95,7 +95,7 @@ impl Default for ServerConfig {
     }
 }
 
-#[derive(Clone, Debug, Deserialize, Serialize)]
+#[derive(Clone, Debug, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct RequestLimits {
     pub max_body_size: u64,
@@ -111,7 +111,7 @@ impl Default for RequestLimits {
     }
 }
 
-#[derive(Clone, Debug, Deserialize, Serialize)]
+#[derive(Clone, Debug, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct RateLimits {
     pub global_requests_per_minute: i64,
@@ -137,7 +137,7 @@ impl Default for RateLimits {
     }
 }
 
-#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct CorsConfig {
     pub enabled: bool,
@@ -149,7 +149,7 @@ pub struct CorsConfig {
     pub max_age: i64,
 }
 
-#[derive(Clone, Debug, Deserialize, Serialize)]
+#[derive(Clone, Debug, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct ProxyConfig {
     /// `olla` | `sherpa`: one engine here; accepted for compatibility.
@@ -219,7 +219,7 @@ impl Default for ProxyConfig {
     }
 }
 
-#[derive(Clone, Debug, Deserialize, Serialize)]
+#[derive(Clone, Debug, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct RetryConfig {
     pub enabled: bool,
@@ -238,14 +238,14 @@ impl Default for RetryConfig {
     }
 }
 
-#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct IncludeExclude {
     pub include: Vec<String>,
     pub exclude: Vec<String>,
 }
 
-#[derive(Clone, Debug, Deserialize, Serialize)]
+#[derive(Clone, Debug, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct StickyConfig {
     pub enabled: bool,
@@ -271,7 +271,7 @@ impl Default for StickyConfig {
     }
 }
 
-#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct TimeoutsConfig {
     pub connect: Option<Dur>,
@@ -280,7 +280,7 @@ pub struct TimeoutsConfig {
     pub total: Option<Dur>,
 }
 
-#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct BreakerConfig {
     pub enabled: Option<bool>,
@@ -291,7 +291,7 @@ pub struct BreakerConfig {
     pub half_open_max_requests: Option<u32>,
 }
 
-#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct HealthConfig {
     /// Consecutive failed probes to mark a backend down (K).
@@ -301,7 +301,7 @@ pub struct HealthConfig {
     pub max_backoff: Option<Dur>,
 }
 
-#[derive(Clone, Debug, Deserialize, Serialize)]
+#[derive(Clone, Debug, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct DiscoveryConfig {
     #[serde(rename = "type")]
@@ -326,7 +326,7 @@ impl Default for DiscoveryConfig {
     }
 }
 
-#[derive(Clone, Debug, Deserialize, Serialize)]
+#[derive(Clone, Debug, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct ModelDiscoveryConfig {
     pub enabled: bool,
@@ -350,13 +350,13 @@ impl Default for ModelDiscoveryConfig {
     }
 }
 
-#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct StaticDiscovery {
     pub endpoints: Vec<EndpointConfig>,
 }
 
-#[derive(Clone, Debug, Deserialize, Serialize)]
+#[derive(Clone, Debug, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct EndpointConfig {
     pub name: String,
@@ -424,7 +424,7 @@ impl Default for EndpointConfig {
 
 /// Outbound auth to a backend: `bearer{token}`, `api_key{key,header}`, `basic{username,password}`;
 /// each secret may come from a `*_file` instead.
-#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthConfig {
     #[serde(rename = "type")]
@@ -442,7 +442,7 @@ pub struct AuthConfig {
     pub password_file: Option<String>,
 }
 
-#[derive(Clone, Debug, Deserialize, Serialize)]
+#[derive(Clone, Debug, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct ModelRegistryConfig {
     #[serde(rename = "type")]
@@ -463,7 +463,7 @@ impl Default for ModelRegistryConfig {
     }
 }
 
-#[derive(Clone, Debug, Deserialize, Serialize)]
+#[derive(Clone, Debug, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct RoutingStrategyConfig {
     #[serde(rename = "type")]
@@ -480,7 +480,7 @@ impl Default for RoutingStrategyConfig {
     }
 }
 
-#[derive(Clone, Debug, Deserialize, Serialize)]
+#[derive(Clone, Debug, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct RoutingOptions {
     pub fallback_behavior: String,
@@ -504,7 +504,7 @@ impl Default for RoutingOptions {
     }
 }
 
-#[derive(Clone, Debug, Deserialize, Serialize)]
+#[derive(Clone, Debug, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct UnificationConfig {
     pub enabled: bool,
@@ -522,13 +522,13 @@ impl Default for UnificationConfig {
     }
 }
 
-#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct TranslatorsConfig {
     pub anthropic: AnthropicTranslatorConfig,
 }
 
-#[derive(Clone, Debug, Deserialize, Serialize)]
+#[derive(Clone, Debug, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct AnthropicTranslatorConfig {
     pub enabled: bool,
@@ -548,7 +548,7 @@ impl Default for AnthropicTranslatorConfig {
     }
 }
 
-#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct InspectorConfig {
     pub enabled: bool,
@@ -556,11 +556,14 @@ pub struct InspectorConfig {
     pub session_header: Option<String>,
 }
 
-#[derive(Clone, Debug, Deserialize, Serialize)]
+#[derive(Clone, Debug, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct DashboardConfig {
+    /// Serve the web dashboard at `/internal/ui/` (and `/admin/ui/` on the admin listener).
     pub enabled: bool,
     pub access_policy: AccessPolicy,
+    /// Inert in Olla too: accepted so Olla configs load; the `/internal/*` JSON is not gated.
+    pub gate_internal_api: bool,
 }
 
 impl Default for DashboardConfig {
@@ -568,18 +571,30 @@ impl Default for DashboardConfig {
         Self {
             enabled: true,
             access_policy: AccessPolicy::default(),
+            gate_internal_api: false,
         }
     }
 }
 
-#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+/// Who may load the dashboard: the TCP peer (never forwarding headers) must be inside one of
+/// `allowed_cidrs`, and the `Host` header an IP literal or one of `allowed_hosts`.
+#[derive(Clone, Debug, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct AccessPolicy {
     pub allowed_cidrs: Vec<String>,
     pub allowed_hosts: Vec<String>,
 }
 
-#[derive(Clone, Debug, Deserialize, Serialize)]
+impl Default for AccessPolicy {
+    fn default() -> Self {
+        Self {
+            allowed_cidrs: vec!["127.0.0.0/8".into(), "::1/128".into()],
+            allowed_hosts: vec!["localhost".into()],
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct LoggingConfig {
     pub level: String,
@@ -599,7 +614,7 @@ impl Default for LoggingConfig {
     }
 }
 
-#[derive(Clone, Debug, Deserialize, Serialize)]
+#[derive(Clone, Debug, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct SupervisionConfig {
     pub backend_max_restarts: u32,

