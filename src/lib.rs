@@ -14,6 +14,7 @@ pub mod demo;
 pub mod dialect;
 pub mod error;
 pub mod format;
+pub mod gate;
 pub mod http_util;
 pub mod proxy;
 pub mod server;
