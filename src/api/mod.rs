@@ -40,6 +40,9 @@ pub async fn handle(app: Arc<App>, mut req: Request<Incoming>, peer: SocketAddr)
                 req.extensions_mut().insert(Caller(key.clone()));
             }
             let result = route(&app, req, peer, &path, &mut ctx).await;
+            if let Err(ProxyError::BodyTooLarge(_)) = &result {
+                app.gate.stats.size_limits.fetch_add(1, Ordering::Relaxed);
+            }
             (pass, result)
         }
         Admission::Reject(e, pass) => (pass, Err(e)),
@@ -53,9 +56,6 @@ pub async fn handle(app: Arc<App>, mut req: Request<Incoming>, peer: SocketAddr)
     let mut resp = match result {
         Ok(r) => r,
         Err(e) => {
-            if matches!(e, ProxyError::BodyTooLarge(_)) {
-                app.gate.stats.size_limits.fetch_add(1, Ordering::Relaxed);
-            }
             if e.status().is_server_error() {
                 app.stats.failures.fetch_add(1, Ordering::Relaxed);
             }
