@@ -31,14 +31,23 @@ async fn preflight_is_answered_before_keys_and_rate_limits() {
             .request(reqwest::Method::OPTIONS, &url)
             .header("origin", "https://app.example.com")
             .header("access-control-request-method", "POST")
-            .header("access-control-request-headers", "content-type, authorization")
+            .header(
+                "access-control-request-headers",
+                "content-type, authorization",
+            )
             .send()
             .await
             .unwrap();
         assert_eq!(r.status(), 204);
-        assert_eq!(h(&r, "access-control-allow-origin"), Some("https://app.example.com"));
+        assert_eq!(
+            h(&r, "access-control-allow-origin"),
+            Some("https://app.example.com")
+        );
         assert_eq!(h(&r, "access-control-allow-methods"), Some("POST"));
-        assert_eq!(h(&r, "access-control-allow-headers"), Some("content-type, authorization"));
+        assert_eq!(
+            h(&r, "access-control-allow-headers"),
+            Some("content-type, authorization")
+        );
         assert_eq!(h(&r, "access-control-allow-credentials"), Some("true"));
         assert_eq!(h(&r, "access-control-max-age"), Some("300"));
         assert_eq!(
@@ -79,14 +88,22 @@ async fn actual_requests_carry_cors_headers_only_for_allowed_origins() {
     };
     let r = send("http://dev.local.test").await.unwrap();
     assert_eq!(r.status(), 200);
-    assert_eq!(h(&r, "access-control-allow-origin"), Some("http://dev.local.test"));
+    assert_eq!(
+        h(&r, "access-control-allow-origin"),
+        Some("http://dev.local.test")
+    );
     assert_eq!(h(&r, "access-control-allow-credentials"), Some("true"));
-    assert!(h(&r, "access-control-expose-headers").unwrap().contains("X-Olla-Request-Id"));
+    assert!(h(&r, "access-control-expose-headers")
+        .unwrap()
+        .contains("X-Olla-Request-Id"));
     assert!(r.headers().get_all("vary").iter().any(|v| v == "Origin"));
     // Over the rate limit: the 429 still carries CORS headers, so a browser can read it.
     let r = send("https://app.example.com").await.unwrap();
     assert_eq!(r.status(), 429);
-    assert_eq!(h(&r, "access-control-allow-origin"), Some("https://app.example.com"));
+    assert_eq!(
+        h(&r, "access-control-allow-origin"),
+        Some("https://app.example.com")
+    );
     // A disallowed origin is served, without CORS headers.
     let d2 = daemon(&config(
         &[endpoint("a", &be.url(), "openai-compatible", 100, "")],
@@ -113,9 +130,15 @@ async fn actual_requests_carry_cors_headers_only_for_allowed_origins() {
 #[test]
 fn bad_cors_settings_are_startup_errors() {
     for (yaml, want) in [
-        ("server: {cors: {enabled: true, allowed_origins: []}}\n", "allowed_origins"),
+        (
+            "server: {cors: {enabled: true, allowed_origins: []}}\n",
+            "allowed_origins",
+        ),
         ("server: {cors: {enabled: true, max_age: -5}}\n", "max_age"),
-        ("server: {cors: {enabled: true, allow_credentials: true}}\n", "allow_credentials"),
+        (
+            "server: {cors: {enabled: true, allow_credentials: true}}\n",
+            "allow_credentials",
+        ),
     ] {
         let cfg = olla::config::parse(yaml, &|_| None).unwrap();
         let e = olla::config::resolve(&cfg).unwrap_err();

@@ -61,7 +61,12 @@ async fn start(yaml: &str, path: Option<&Path>) -> Daemon {
     d
 }
 
-async fn chat_as(d: &Daemon, path: &str, model: &str, auth: Option<(&str, &str)>) -> reqwest::Response {
+async fn chat_as(
+    d: &Daemon,
+    path: &str,
+    model: &str,
+    auth: Option<(&str, &str)>,
+) -> reqwest::Response {
     let mut r = client()
         .post(format!("http://{}{path}", d.addr))
         .header("content-type", "application/json")
@@ -78,10 +83,15 @@ async fn status_of(d: &Daemon, model: &str, auth: Option<(&str, &str)>) -> u16 {
 
 async fn admin(d: &Daemon, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
     let mut r = client()
-        .request(method.parse().unwrap(), format!("{}{path}", d.admin_url().unwrap()))
+        .request(
+            method.parse().unwrap(),
+            format!("{}{path}", d.admin_url().unwrap()),
+        )
         .header("authorization", format!("Bearer {TOKEN}"));
     if let Some(b) = body {
-        r = r.header("content-type", "application/json").body(b.to_string());
+        r = r
+            .header("content-type", "application/json")
+            .body(b.to_string());
     }
     let r = r.send().await.unwrap();
     let status = r.status().as_u16();
@@ -95,7 +105,10 @@ fn no_credentials_reached(be: &MockServer) {
             !["authorization", "x-api-key", "api-key"].contains(&name.as_str()),
             "{name} reached the backend"
         );
-        assert!(!value.contains("sk-"), "a key reached the backend in {name}");
+        assert!(
+            !value.contains("sk-"),
+            "a key reached the backend in {name}"
+        );
     }
 }
 
@@ -139,13 +152,26 @@ async fn keys_are_accepted_in_three_headers_refused_otherwise_and_never_forwarde
     assert_eq!(v["type"], "error");
     assert_eq!(v["error"]["type"], "authentication_error");
     // Model lists need a key too; health and status do not.
-    let r = client().get(format!("http://{}/olla/models", d.addr)).send().await.unwrap();
+    let r = client()
+        .get(format!("http://{}/olla/models", d.addr))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 401);
     for p in ["/internal/health", "/internal/status"] {
-        let r = client().get(format!("http://{}{p}", d.addr)).send().await.unwrap();
+        let r = client()
+            .get(format!("http://{}{p}", d.addr))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 200, "{p}");
     }
-    assert!(d.app.gate.stats.status_json()["auth_failures"].as_u64().unwrap() >= 6);
+    assert!(
+        d.app.gate.stats.status_json()["auth_failures"]
+            .as_u64()
+            .unwrap()
+            >= 6
+    );
     d.stop().await;
     be.stop().await;
     let _ = std::fs::remove_file(key_file);
@@ -161,19 +187,32 @@ async fn models_and_request_budgets_are_enforced_per_key() {
     let r = chat_as(&d, CHAT, "other", limited).await;
     assert_eq!(r.status(), 403);
     let v: Value = r.json().await.unwrap();
-    assert!(v["error"]["message"].as_str().unwrap().contains("other"), "{v}");
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("other"),
+        "{v}"
+    );
     assert_eq!(chats(&be), 0, "a forbidden model never reaches a backend");
     let r = chat_as(&d, "/olla/anthropic/v1/messages", "other", limited).await;
     assert_eq!(r.status(), 403);
-    assert_eq!(r.json::<Value>().await.unwrap()["error"]["type"], "permission_error");
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["error"]["type"],
+        "permission_error"
+    );
     // The 403s above spent the key's two requests for this minute.
     let r = chat_as(&d, CHAT, "m", limited).await;
     assert_eq!(r.status(), 429);
-    let retry: u64 = r.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    let retry: u64 = r.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
     assert!((1..=31).contains(&retry), "{retry}");
     assert!(r.text().await.unwrap().contains("requests per minute"));
     // Other keys are not affected.
-    assert_eq!(status_of(&d, "other", Some(("x-api-key", "sk-alice-0001"))).await, 200);
+    assert_eq!(
+        status_of(&d, "other", Some(("x-api-key", "sk-alice-0001"))).await,
+        200
+    );
     d.stop().await;
     be.stop().await;
     let _ = std::fs::remove_file(key_file);
@@ -193,11 +232,18 @@ async fn a_key_over_its_token_budget_gets_429_until_the_window_refills() {
     assert_eq!(r.status(), 429);
     assert!(r.headers().contains_key("retry-after"));
     assert!(r.text().await.unwrap().contains("tokens per minute"));
-    wait_until(Duration::from_secs(5), "the token budget refills", || async {
-        status_of(&d, "m", auth).await == 200
-    })
+    wait_until(
+        Duration::from_secs(5),
+        "the token budget refills",
+        || async { status_of(&d, "m", auth).await == 200 },
+    )
     .await;
-    assert!(d.app.gate.stats.status_json()["key_token_limits"].as_u64().unwrap() >= 1);
+    assert!(
+        d.app.gate.stats.status_json()["key_token_limits"]
+            .as_u64()
+            .unwrap()
+            >= 1
+    );
     d.stop().await;
     be.stop().await;
     let _ = std::fs::remove_file(key_file);
@@ -223,9 +269,11 @@ async fn usage_reported_by_the_backend_is_charged_to_the_key() {
     let r = chat_as(&d, CHAT, "m", auth).await;
     assert_eq!(r.status(), 200);
     let _ = r.text().await.unwrap();
-    wait_until(Duration::from_secs(5), "usage charged: the key is over budget", || async {
-        status_of(&d, "m", auth).await == 429
-    })
+    wait_until(
+        Duration::from_secs(5),
+        "usage charged: the key is over budget",
+        || async { status_of(&d, "m", auth).await == 429 },
+    )
     .await;
     d.stop().await;
     be.stop().await;
@@ -242,18 +290,39 @@ async fn keys_are_added_and_revoked_over_admin_and_by_reload_without_restart() {
     wait_routable(&d, &["a"], true).await;
     let bob = Some(("authorization", "Bearer sk-bob-secret-77"));
     assert_eq!(status_of(&d, "m", bob).await, 401);
-    let (status, v) = admin(&d, "POST", "/admin/keys", Some(json!({"name": "bob", "key": "sk-bob-secret-77", "models": ["m"]}))).await;
+    let (status, v) = admin(
+        &d,
+        "POST",
+        "/admin/keys",
+        Some(json!({"name": "bob", "key": "sk-bob-secret-77", "models": ["m"]})),
+    )
+    .await;
     assert_eq!(status, 201, "{v}");
     assert_eq!(v["name"], "bob");
     assert_eq!(status_of(&d, "m", bob).await, 200);
-    let (status, v) = admin(&d, "POST", "/admin/keys", Some(json!({"name": "bob", "key": "sk-another-88"}))).await;
+    let (status, v) = admin(
+        &d,
+        "POST",
+        "/admin/keys",
+        Some(json!({"name": "bob", "key": "sk-another-88"})),
+    )
+    .await;
     assert_eq!(status, 409, "{v}");
-    let (status, v) = admin(&d, "POST", "/admin/keys", Some(json!({"name": "x", "key": "sk-x-0000001", "colour": 1}))).await;
+    let (status, v) = admin(
+        &d,
+        "POST",
+        "/admin/keys",
+        Some(json!({"name": "x", "key": "sk-x-0000001", "colour": 1})),
+    )
+    .await;
     assert_eq!(status, 400, "{v}");
     let (status, v) = admin(&d, "GET", "/admin/keys", None).await;
     assert_eq!(status, 200);
     let text = v.to_string();
-    assert!(text.contains("\"bob\"") && text.contains("\"alice\""), "{text}");
+    assert!(
+        text.contains("\"bob\"") && text.contains("\"alice\""),
+        "{text}"
+    );
     for secret in ["sk-bob", "sk-alice", "sk-hashed", &sha256_hex(HASHED)] {
         assert!(!text.contains(secret), "GET /admin/keys shows {secret}");
     }
@@ -265,18 +334,31 @@ async fn keys_are_added_and_revoked_over_admin_and_by_reload_without_restart() {
     // A reload loads the file's keys: alice revoked, carol added.
     let alice = Some(("x-api-key", "sk-alice-0001"));
     assert_eq!(status_of(&d, "m", alice).await, 200);
-    let newer = yaml.replace("{name: alice, key: sk-alice-0001}", "{name: carol, key: sk-carol-0010}");
+    let newer = yaml.replace(
+        "{name: alice, key: sk-alice-0001}",
+        "{name: carol, key: sk-carol-0010}",
+    );
     std::fs::write(&path, &newer).unwrap();
     let (status, v) = admin(&d, "POST", "/admin/reload", None).await;
     assert_eq!(status, 200, "{v}");
     assert_eq!(status_of(&d, "m", alice).await, 401);
-    assert_eq!(status_of(&d, "m", Some(("x-api-key", "sk-carol-0010"))).await, 200);
+    assert_eq!(
+        status_of(&d, "m", Some(("x-api-key", "sk-carol-0010"))).await,
+        200
+    );
     // A broken key entry fails the reload and keeps the running keys.
-    std::fs::write(&path, newer.replace("key: sk-carol-0010", "key_hash: nothex")).unwrap();
+    std::fs::write(
+        &path,
+        newer.replace("key: sk-carol-0010", "key_hash: nothex"),
+    )
+    .unwrap();
     let (status, v) = admin(&d, "POST", "/admin/reload", None).await;
     assert_eq!(status, 400, "{v}");
     assert!(v.to_string().contains("key_hash"), "{v}");
-    assert_eq!(status_of(&d, "m", Some(("x-api-key", "sk-carol-0010"))).await, 200);
+    assert_eq!(
+        status_of(&d, "m", Some(("x-api-key", "sk-carol-0010"))).await,
+        200
+    );
     d.stop().await;
     be.stop().await;
     let _ = std::fs::remove_file(key_file);
@@ -291,10 +373,18 @@ async fn internal_routes_can_be_restricted_by_network_or_key() {
         "server:\n  host: 127.0.0.1\n  port: 0\n  internal_access: {allowed_cidrs: [10.0.0.0/8]}\n",
     ))
     .await;
-    let r = client().get(format!("http://{}/internal/status", d.addr)).send().await.unwrap();
+    let r = client()
+        .get(format!("http://{}/internal/status", d.addr))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 403);
     assert!(r.headers().contains_key("x-olla-request-id"));
-    let r = client().get(format!("http://{}/olla/models", d.addr)).send().await.unwrap();
+    let r = client()
+        .get(format!("http://{}/olla/models", d.addr))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200, "only /internal is restricted");
     d.stop().await;
     let d = daemon(&config(
@@ -311,10 +401,18 @@ async fn internal_routes_can_be_restricted_by_network_or_key() {
     };
     assert_eq!(get("/internal/status", None).await, 401);
     assert_eq!(get("/internal/status", Some("sk-ops-000001")).await, 200);
-    assert_eq!(get("/internal/health", None).await, 200, "health stays open for probes");
+    assert_eq!(
+        get("/internal/health", None).await,
+        200,
+        "health stays open for probes"
+    );
     d.stop().await;
     // require_api_key without keys is a config error.
-    let cfg = olla::config::parse("server: {internal_access: {require_api_key: true}}\n", &|_| None).unwrap();
+    let cfg = olla::config::parse(
+        "server: {internal_access: {require_api_key: true}}\n",
+        &|_| None,
+    )
+    .unwrap();
     let e = olla::config::resolve(&cfg).unwrap_err();
     assert!(e.iter().any(|m| m.contains("require_api_key")), "{e:?}");
     be.stop().await;

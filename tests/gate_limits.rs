@@ -59,7 +59,9 @@ async fn per_ip_limit_answers_429_with_retry_after_and_ratelimit_headers_then_re
     assert_eq!(header(&r, "x-ratelimit-limit"), Some("60"));
     assert_eq!(header(&r, "x-ratelimit-remaining"), Some("57"));
     assert!(header(&r, "x-ratelimit-reset").is_some());
-    let rid = header(&r, "x-olla-request-id").expect("request id").to_string();
+    let rid = header(&r, "x-olla-request-id")
+        .expect("request id")
+        .to_string();
     assert_eq!(header(&r, "content-type"), Some("application/json"));
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["error"]["code"], "rate_limited");
@@ -71,9 +73,18 @@ async fn per_ip_limit_answers_429_with_retry_after_and_ratelimit_headers_then_re
     })
     .await;
     // Model lists and /internal are not limited (Olla limits only the proxy catch-alls).
-    for path in ["/olla/proxy/v1/models", "/olla/models", "/internal/health", "/version"] {
+    for path in [
+        "/olla/proxy/v1/models",
+        "/olla/models",
+        "/internal/health",
+        "/version",
+    ] {
         for _ in 0..5 {
-            let r = client().get(format!("http://{}{path}", d.addr)).send().await.unwrap();
+            let r = client()
+                .get(format!("http://{}{path}", d.addr))
+                .send()
+                .await
+                .unwrap();
             assert_eq!(r.status(), 200, "{path}");
             assert!(r.headers().get("x-ratelimit-limit").is_none(), "{path}");
         }
@@ -87,7 +98,10 @@ async fn per_ip_limit_answers_429_with_retry_after_and_ratelimit_headers_then_re
         .await
         .unwrap();
     let sec = &status["security"];
-    assert!(sec["violations"]["rate_limits"].as_u64().unwrap() >= 1, "{sec}");
+    assert!(
+        sec["violations"]["rate_limits"].as_u64().unwrap() >= 1,
+        "{sec}"
+    );
     assert_eq!(sec["blocked_ips"], 1, "{sec}");
     assert_eq!(sec["status"], "normal");
     let mut text = String::new();
@@ -148,8 +162,16 @@ async fn size_limits_are_counted_and_refused_before_reading_the_body() {
     ))
     .await;
     wait_routable(&d, &["a"], true).await;
-    let big = format!(r#"{{"model":"m","messages":[{{"role":"user","content":"{}"}}]}}"#, "x".repeat(2000));
-    let r = client().post(format!("http://{}{CHAT}", d.addr)).body(big).send().await.unwrap();
+    let big = format!(
+        r#"{{"model":"m","messages":[{{"role":"user","content":"{}"}}]}}"#,
+        "x".repeat(2000)
+    );
+    let r = client()
+        .post(format!("http://{}{CHAT}", d.addr))
+        .body(big)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 413);
     assert!(r.headers().contains_key("x-olla-request-id"));
     let r = client()
@@ -159,7 +181,10 @@ async fn size_limits_are_counted_and_refused_before_reading_the_body() {
         .await
         .unwrap();
     assert_eq!(r.status(), 431);
-    assert_eq!(d.app.gate.stats.status_json()["violations"]["size_limits"], 2);
+    assert_eq!(
+        d.app.gate.stats.status_json()["violations"]["size_limits"],
+        2
+    );
     assert_eq!(chats(&be), 0);
     d.stop().await;
     be.stop().await;

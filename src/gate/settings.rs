@@ -90,9 +90,11 @@ pub fn resolve(config: &Config, errors: &mut Vec<String>) -> GateSettings {
             "server.internal_access.require_api_key: needs inbound keys (`auth.keys`)".into(),
         );
     }
+    // The proxy port speaks HTTP/2 and HTTP/1.1; the admin listener HTTP/1.1 only.
     let mut load_tls = |t: &Option<crate::config::schema::TlsConfig>, what: &'static str| {
+        let h2 = what == "server.tls";
         t.as_ref()
-            .and_then(|files| match ReloadableTls::load(files, what) {
+            .and_then(|files| match ReloadableTls::load(files, what, h2) {
                 Ok(r) => Some(Arc::new(r)),
                 Err(e) => {
                     errors.push(e);

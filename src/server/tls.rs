@@ -26,8 +26,8 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 }
 
 /// Reads the files and builds a rustls server config. `what` prefixes errors
-/// (e.g. `server.tls`).
-pub fn load_config(files: &TlsConfig, what: &str) -> Result<ServerConfig, String> {
+/// (e.g. `server.tls`); `h2` offers HTTP/2 in ALPN besides HTTP/1.1.
+pub fn load_config(files: &TlsConfig, what: &str, h2: bool) -> Result<ServerConfig, String> {
     if files.cert_file.trim().is_empty() || files.key_file.trim().is_empty() {
         return Err(format!("{what}: cert_file and key_file are required"));
     }
@@ -73,16 +73,24 @@ pub fn load_config(files: &TlsConfig, what: &str) -> Result<ServerConfig, String
         }
         None => builder.with_no_client_auth(),
     };
-    let mut config = builder
-        .with_single_cert(certs, key)
-        .map_err(|e| format!("{what}: the certificate and key do not fit together: {e}"))?;
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let mut config = builder.with_single_cert(certs, key).map_err(|e| {
+        format!(
+            "{what}: cannot use cert_file {:?} with key_file {:?}: {e}",
+            files.cert_file, files.key_file
+        )
+    })?;
+    config.alpn_protocols = if h2 {
+        vec![b"h2".to_vec(), b"http/1.1".to_vec()]
+    } else {
+        vec![b"http/1.1".to_vec()]
+    };
     Ok(config)
 }
 
 /// A listener's TLS settings, swappable at run time.
 pub struct ReloadableTls {
     what: &'static str,
+    h2: bool,
     files: TlsConfig,
     current: ArcSwap<ServerConfig>,
 }
@@ -98,10 +106,12 @@ impl std::fmt::Debug for ReloadableTls {
 }
 
 impl ReloadableTls {
-    pub fn load(files: &TlsConfig, what: &'static str) -> Result<Self, String> {
-        let config = load_config(files, what)?;
+    /// Loads a listener's certificates; `h2`: the listener speaks HTTP/2 too.
+    pub fn load(files: &TlsConfig, what: &'static str, h2: bool) -> Result<Self, String> {
+        let config = load_config(files, what, h2)?;
         Ok(Self {
             what,
+            h2,
             files: files.clone(),
             current: ArcSwap::from_pointee(config),
         })
@@ -114,7 +124,7 @@ impl ReloadableTls {
 
     /// Re-reads this listener's files; on error the running certificate stays.
     pub fn reload(&self) -> Result<(), String> {
-        let config = load_config(&self.files, self.what)?;
+        let config = load_config(&self.files, self.what, self.h2)?;
         self.current.store(Arc::new(config));
         Ok(())
     }
@@ -145,7 +155,7 @@ mod tests {
     #[test]
     fn missing_or_bad_files_are_clear_errors() {
         let none = TlsConfig::default();
-        assert!(load_config(&none, "server.tls")
+        assert!(load_config(&none, "server.tls", true)
             .unwrap_err()
             .contains("required"));
         let dir = std::env::temp_dir().join(format!("olla-tls-unit-{}", std::process::id()));
@@ -157,13 +167,13 @@ mod tests {
             key_file: junk.display().to_string(),
             client_ca_file: None,
         };
-        let e = load_config(&files, "server.tls").unwrap_err();
+        let e = load_config(&files, "server.tls", true).unwrap_err();
         assert!(e.contains("server.tls.cert_file"), "{e}");
         let missing = TlsConfig {
             cert_file: dir.join("nope.pem").display().to_string(),
             ..files
         };
-        assert!(load_config(&missing, "server.tls")
+        assert!(load_config(&missing, "server.tls", true)
             .unwrap_err()
             .contains("nope.pem"));
         let _ = std::fs::remove_dir_all(dir);
