@@ -314,6 +314,38 @@ async fn admin_over_tls_and_a_bad_certificate_at_reload_keeps_the_old_one() {
         ok && out.trim_end().ends_with("200"),
         "admin over TLS: {out}"
     );
+    // olla ctl speaks https with --cacert.
+    let ctl_url = format!("https://127.0.0.1:{}", d.admin_addr.unwrap().port());
+    let ctl = tokio::task::spawn_blocking({
+        let ca1 = ca1.clone();
+        move || {
+            Command::new(env!("CARGO_BIN_EXE_olla"))
+                .args([
+                    "ctl",
+                    "--admin-url",
+                    &ctl_url,
+                    "--cacert",
+                    &ca1,
+                    "--token",
+                    "tok-123456",
+                    "--json",
+                    "backends",
+                ])
+                .env_remove("OLLA_ADMIN_URL")
+                .env_remove("OLLA_CONFIG_FILE")
+                .current_dir(std::env::temp_dir())
+                .output()
+                .unwrap()
+        }
+    })
+    .await
+    .unwrap();
+    let text = String::from_utf8_lossy(&ctl.stdout);
+    assert!(
+        ctl.status.success() && text.contains("\"a\""),
+        "olla ctl over TLS: {text} {}",
+        String::from_utf8_lossy(&ctl.stderr)
+    );
     std::fs::write(
         pki.path("live.pem"),
         "-----BEGIN CERTIFICATE-----\nbroken\n-----END CERTIFICATE-----\n",
