@@ -486,6 +486,24 @@ impl KeyRing {
     }
 }
 
+impl KeyRing {
+    /// Charges a finished request's usage (prompt plus completion tokens) to the key that
+    /// admitted it; what a request finisher calls. Nothing happens without a key or usage.
+    pub fn charge_usage(
+        &self,
+        key_name: Option<&str>,
+        tokens_in: Option<u64>,
+        tokens_out: Option<u64>,
+    ) {
+        if let Some(name) = key_name {
+            let total = tokens_in
+                .unwrap_or(0)
+                .saturating_add(tokens_out.unwrap_or(0));
+            self.charge_tokens(name, total);
+        }
+    }
+}
+
 /// Admits one request against a key's budgets: one request from the requests/min budget, and
 /// a positive tokens/min balance. `Err` says which refused and how long to wait.
 pub fn admit(key: &ApiKey, now: Instant) -> Result<(), (KeyLimitKind, Duration)> {
@@ -631,7 +649,8 @@ mod tests {
         let k = ring.get("t").unwrap();
         let t0 = Instant::now();
         assert!(admit(&k, t0).is_ok());
-        ring.charge_tokens("t", 650);
+        ring.charge_usage(Some("t"), Some(50), Some(600));
+        ring.charge_usage(None, Some(5), Some(5));
         ring.charge_tokens("nobody", 5);
         let (kind, wait) = admit(&k, t0).unwrap_err();
         assert_eq!(kind, KeyLimitKind::Tokens);

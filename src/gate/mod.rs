@@ -316,6 +316,17 @@ impl Gate {
                 ));
             }
         }
+        if s.cors.is_some() || limiter.is_some() || s.keys.is_some() || s.tls.is_some() {
+            tracing::info!(
+                cors = s.cors.is_some(),
+                global_rpm = s.global_requests_per_minute,
+                per_ip_rpm = s.per_ip_requests_per_minute,
+                api_keys = s.keys.as_ref().map(|k| k.len() as i64).unwrap_or(-1),
+                tls = s.tls.is_some(),
+                mtls = s.tls.as_ref().is_some_and(|t| t.verifies_clients()),
+                "edge security"
+            );
+        }
         Self {
             cors: s.cors.clone(),
             limiter,
