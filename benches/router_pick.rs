@@ -40,6 +40,7 @@ fn settings() -> ServerSettings {
         proxy_profile: "auto".into(),
         trusted_proxies: Vec::new(),
         anthropic: Default::default(),
+        gate: Default::default(),
     }
 }
 

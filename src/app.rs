@@ -15,7 +15,6 @@ pub struct GlobalStats {
     pub requests: AtomicU64,
     pub failures: AtomicU64,
     pub active: AtomicI64,
-    pub size_violations: AtomicU64,
     /// Client connections closed at accept because `server.max_connections` were open.
     pub rejected_connections: AtomicU64,
 }
@@ -36,11 +35,20 @@ pub struct App {
     pub dashboard: crate::dashboard::DashboardSettings,
     /// The last reading of the supervision tree (`/internal/status/supervision`).
     pub supervision: crate::dashboard::SupervisionCache,
+    /// CORS, client identity, API keys, rate and size limits, TLS certificates.
+    pub gate: crate::gate::Gate,
 }
 
 impl App {
     pub fn new(settings: ServerSettings, tree: Tree, balancer: String) -> Self {
+        let gate = crate::gate::Gate::new(
+            &settings.gate,
+            settings.trusted_proxies.clone(),
+            settings.max_header_size,
+            settings.max_body_size,
+        );
         Self {
+            gate,
             settings,
             tree,
             started_at: SystemTime::now(),

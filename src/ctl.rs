@@ -29,6 +29,9 @@ pub struct CtlOptions {
     /// Give up after this many seconds.
     #[arg(long, default_value_t = 120)]
     pub timeout_secs: u64,
+    /// PEM CA certificate(s) to trust for an https:// admin URL (default: the public web roots).
+    #[arg(long, env = "OLLA_ADMIN_CACERT")]
+    pub cacert: Option<String>,
 }
 
 #[derive(Subcommand, Debug, Clone)]
@@ -112,6 +115,8 @@ pub enum CtlCommand {
 pub struct Target {
     pub base: String,
     pub token: Option<String>,
+    /// CA file for https (`--cacert`).
+    pub cacert: Option<String>,
 }
 
 /// Resolves the URL and token: flags and environment first, then the config's `admin`
@@ -121,7 +126,12 @@ pub fn target(opts: &CtlOptions, config: Option<&crate::config::Config>) -> Targ
     let base = opts
         .admin_url
         .clone()
-        .or_else(|| admin.map(|a| format!("http://{}", a.listen)))
+        .or_else(|| {
+            admin.map(|a| {
+                let scheme = if a.tls.is_some() { "https" } else { "http" };
+                format!("{scheme}://{}", a.listen)
+            })
+        })
         .unwrap_or_else(|| "http://127.0.0.1:40115".into());
     let token = opts.token.clone().filter(|t| !t.is_empty()).or_else(|| {
         let a = admin?;
@@ -135,6 +145,7 @@ pub fn target(opts: &CtlOptions, config: Option<&crate::config::Config>) -> Targ
     Target {
         base: base.trim_end_matches('/').to_string(),
         token,
+        cacert: opts.cacert.clone(),
     }
 }
 
@@ -272,6 +283,40 @@ pub fn request_for(cmd: &CtlCommand) -> Result<(Method, String, Option<Value>), 
     })
 }
 
+/// An HTTP and HTTPS connector; https trusts `cacert` (PEM) if given, else the public web roots.
+fn connector(
+    cacert: Option<&str>,
+) -> Result<hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>, String>
+{
+    use rustls_pki_types::pem::PemObject;
+    let builder = hyper_rustls::HttpsConnectorBuilder::new();
+    let builder = match cacert {
+        Some(file) => {
+            let mut roots = rustls::RootCertStore::empty();
+            let certs = rustls_pki_types::CertificateDer::pem_file_iter(file)
+                .map_err(|e| format!("--cacert {file:?}: {e}"))?;
+            for c in certs {
+                let c = c.map_err(|e| format!("--cacert {file:?}: {e}"))?;
+                roots
+                    .add(c)
+                    .map_err(|e| format!("--cacert {file:?}: {e}"))?;
+            }
+            let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+            builder.with_tls_config(config)
+        }
+        None => builder
+            .with_provider_and_webpki_roots(rustls::crypto::ring::default_provider())
+            .map_err(|e| e.to_string())?,
+    };
+    Ok(builder.https_or_http().enable_http1().build())
+}
+
 /// Sends one request; returns the status and the JSON body.
 async fn send(
     target: &Target,
@@ -280,7 +325,8 @@ async fn send(
     body: Option<Value>,
     timeout: Duration,
 ) -> Result<(StatusCode, Value), String> {
-    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let client: Client<_, Full<Bytes>> =
+        Client::builder(TokioExecutor::new()).build(connector(target.cacert.as_deref())?);
     let uri = format!("{}{path}", target.base);
     let mut req = Request::builder().method(method).uri(&uri);
     if let Some(t) = &target.token {

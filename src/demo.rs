@@ -62,6 +62,7 @@ pub async fn run(port: u16, stop: impl Future<Output = ()>) -> Result<(), String
             proxy_profile: "auto".into(),
             trusted_proxies: Vec::new(),
             anthropic: Default::default(),
+            gate: Default::default(),
         },
         tree: TreeConfig {
             specs: vec![

@@ -42,6 +42,12 @@ pub enum ProxyError {
     FirstByteTimeout(Duration),
     #[error("{0}")]
     NotImplemented(String),
+    #[error("{0}")]
+    Unauthorized(&'static str),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{message}")]
+    RateLimited { retry_after: u64, message: String },
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -64,6 +70,9 @@ impl ProxyError {
             Self::Upstream(_) => StatusCode::BAD_GATEWAY,
             Self::FirstByteTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             Self::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
+            Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Self::Forbidden(_) => StatusCode::FORBIDDEN,
+            Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -86,6 +95,9 @@ impl ProxyError {
             Self::Upstream(_) => "upstream_error",
             Self::FirstByteTimeout(_) => "upstream_timeout",
             Self::NotImplemented(_) => "not_implemented",
+            Self::Unauthorized(_) => "invalid_api_key",
+            Self::Forbidden(_) => "forbidden",
+            Self::RateLimited { .. } => "rate_limited",
             Self::Internal(_) => "internal_error",
         }
     }
@@ -94,7 +106,10 @@ impl ProxyError {
     pub fn kind(&self) -> &'static str {
         match self.status().as_u16() {
             400 | 405 | 413 | 431 => "invalid_request_error",
+            401 => "authentication_error",
+            403 => "permission_error",
             404 => "not_found_error",
+            429 => "rate_limit_error",
             503 => "service_unavailable",
             501 => "not_implemented",
             _ => "api_error",
@@ -134,6 +149,15 @@ impl ProxyError {
             if let Ok(v) = HeaderValue::try_from(secs.to_string()) {
                 h.insert(http::header::RETRY_AFTER, v);
             }
+        }
+        if let Self::RateLimited { retry_after, .. } = self {
+            h.insert(http::header::RETRY_AFTER, HeaderValue::from(*retry_after));
+        }
+        if let Self::Unauthorized(_) = self {
+            h.insert(
+                http::header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"olla\""),
+            );
         }
         resp
     }

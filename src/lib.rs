@@ -16,6 +16,7 @@ pub mod dialect;
 pub mod error;
 pub mod format;
 pub mod healthcheck;
+pub mod gate;
 pub mod http_util;
 pub mod proxy;
 pub mod server;

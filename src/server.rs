@@ -5,6 +5,9 @@
 //! counted), and graceful shutdown: stop accepting, let in-flight requests and streams finish
 //! up to the shutdown timeout.
 //!
+//! With `server.tls` every connection is TLS ([`tls`]): the handshake runs on the
+//! connection's task, ALPN picks h2 or http/1.1, and requests carry [`crate::gate::ViaTls`].
+//!
 //! Rule for later features: every accepted socket is served through [`deadline::DeadlineIo`]
 //! and every response body through [`deadline::Tracked`], so no connection outlives its
 //! deadlines; per-request timers are avoided on this path (the connection's one timer moves).
@@ -33,6 +36,7 @@ use crate::api;
 use crate::app::App;
 
 pub mod deadline;
+pub mod tls;
 
 /// Fewest request headers hyper accepts (its default).
 const MIN_HEADER_COUNT: usize = 100;
@@ -239,6 +243,7 @@ pub async fn serve(mut intake: Intake, app: Arc<App>, shutdown: impl Future<Outp
         write_stall: app.settings.write_timeout,
     };
     let max_connections = app.settings.max_connections;
+    let tls = app.gate.tls.clone();
 
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
@@ -254,18 +259,42 @@ pub async fn serve(mut intake: Intake, app: Arc<App>, shutdown: impl Future<Outp
         let app = app.clone();
         let clock = deadline::Clock::new(tokio::time::Instant::now());
         let io = deadline::DeadlineIo::new(stream, clock.clone(), limits);
-        let svc = service_fn(move |req| {
+        let via_tls = tls.is_some();
+        let svc = service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
             let app = app.clone();
             let ticket = clock.begin();
+            if via_tls {
+                req.extensions_mut().insert(crate::gate::ViaTls);
+            }
             async move {
                 let resp = api::handle(app, req, peer).await;
                 Ok::<_, Infallible>(resp.map(|b| deadline::Tracked::new(b, ticket)))
             }
         });
-        let conn = graceful.watch(builder.serve_connection(TokioIo::new(io), svc).into_owned());
+        let Some(tls) = &tls else {
+            let conn = graceful.watch(builder.serve_connection(TokioIo::new(io), svc).into_owned());
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    debug!(error = %e, peer = %peer, "connection ended with an error");
+                }
+                drop(live);
+            });
+            continue;
+        };
+        // TLS: the handshake runs on the connection's own task, with the certificates
+        // current at accept (a reload swaps them for later connections only).
+        let (tls, builder, watcher) = (tls.clone(), builder.clone(), graceful.watcher());
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                debug!(error = %e, peer = %peer, "connection ended with an error");
+            match tls.accept(io).await {
+                Ok(stream) => {
+                    let conn = builder
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .into_owned();
+                    if let Err(e) = watcher.watch(conn).await {
+                        debug!(error = %e, peer = %peer, "TLS connection ended with an error");
+                    }
+                }
+                Err(e) => debug!(error = %e, peer = %peer, "TLS handshake failed"),
             }
             drop(live);
         });

@@ -63,9 +63,14 @@ pub(super) async fn dispatch(app: &Arc<App>, req: Request<Incoming>) -> Answer {
             ok("config", redacted_config(&cfg))
         }
         (&Method::GET, ["admin", "actors"]) => ok("actors", actors(app).await),
+        (&Method::GET, ["admin", "keys"]) => super::keys::list(app),
+        (&Method::POST, ["admin", "keys"]) => super::keys::add(app, req).await,
+        (&Method::DELETE, ["admin", "keys", name]) => super::keys::remove(app, name),
         (
             _,
-            ["admin", "backends"]
+            ["admin", "keys"]
+            | ["admin", "keys", _]
+            | ["admin", "backends"]
             | ["admin", "backends", _]
             | ["admin", "reload"]
             | ["admin", "config"]
@@ -82,7 +87,9 @@ pub(super) async fn dispatch(app: &Arc<App>, req: Request<Incoming>) -> Answer {
 }
 
 /// Reads a bounded JSON body into `T`, naming the offending field on error.
-async fn read_json<T: DeserializeOwned>(req: Request<Incoming>) -> Result<T, AdminError> {
+pub(super) async fn read_json<T: DeserializeOwned>(
+    req: Request<Incoming>,
+) -> Result<T, AdminError> {
     let body: Bytes = Limited::new(req.into_body(), MAX_BODY)
         .collect()
         .await

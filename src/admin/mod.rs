@@ -1,13 +1,14 @@
 //! The admin endpoint: a separate listener (never the proxy port) serving run-time commands as
 //! JSON over HTTP/1.1 — backends (list, add, change, drain, enable, disable, probe, discover,
-//! restart, remove), config reload and view, the supervision tree, and (when enabled) fault
-//! injection. It owns authentication (bearer token, constant-time comparison), the JSON error
+//! restart, remove), inbound API keys, config reload and view, the supervision tree, and
+//! (when enabled) fault injection. With `admin.tls` the listener speaks TLS. It owns authentication (bearer token, constant-time comparison), the JSON error
 //! shape and the audit log of every action. It must not touch routing state itself: commands
 //! go through the tree (RouterActor, BackendSupervisor); requests on the proxy port never wait
 //! on anything here.
 
 mod commands;
 pub(crate) use commands::actors as supervision_tree;
+mod keys;
 pub mod reload;
 
 use std::convert::Infallible;
@@ -241,15 +242,31 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: impl Future<O
             },
             () = &mut shutdown => break,
         };
+        let tls = app.gate.admin_tls.clone();
         let app = app.clone();
         let svc = service_fn(move |req| {
             let app = app.clone();
             async move { Ok::<_, Infallible>(handle(app, req, peer).await) }
         });
-        let conn = graceful.watch(builder.serve_connection(TokioIo::new(stream), svc));
+        let Some(tls) = tls else {
+            let conn = graceful.watch(builder.serve_connection(TokioIo::new(stream), svc));
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    debug!(error = %e, peer = %peer, "admin connection ended with an error");
+                }
+            });
+            continue;
+        };
+        let (builder, watcher) = (builder.clone(), graceful.watcher());
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                debug!(error = %e, peer = %peer, "admin connection ended with an error");
+            match tls.accept(stream).await {
+                Ok(s) => {
+                    let conn = builder.serve_connection(TokioIo::new(s), svc);
+                    if let Err(e) = watcher.watch(conn).await {
+                        debug!(error = %e, peer = %peer, "admin connection ended with an error");
+                    }
+                }
+                Err(e) => debug!(error = %e, peer = %peer, "admin TLS handshake failed"),
             }
         });
     }

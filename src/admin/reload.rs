@@ -42,6 +42,9 @@ pub async fn reload(app: &Arc<App>) -> Result<Value, AdminError> {
     };
     let config = load_file(&path).map_err(|e| invalid(vec![e]))?;
     let runtime = resolve(&config).map_err(invalid)?;
+    // Inbound keys are replaced and TLS certificates swapped (new connections only); a bad
+    // certificate failed `resolve` above, so the running one stays.
+    app.gate.reload(&runtime.server.gate);
     let running = app.tree.published.specs.read().clone();
     let plan = diff(&running, &runtime.tree.specs);
 
@@ -115,6 +118,8 @@ pub async fn reload(app: &Arc<App>) -> Result<Value, AdminError> {
         "unchanged": plan.unchanged,
         "restart_required_for": restart_needed,
         "failed": failed,
+        "keys": app.gate.keys.list().len(),
+        "tls_reloaded": app.gate.tls.is_some() || app.gate.admin_tls.is_some(),
     });
     info!(
         added = plan.added.len(),

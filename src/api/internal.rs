@@ -465,13 +465,14 @@ pub fn status<B>(app: &App, req: &Request<B>) -> Response<Body> {
     } else {
         "healthy"
     };
-    let violations = app.stats.size_violations.load(Ordering::Relaxed);
+    let security = app.gate.stats.status_json();
+    let violations = app.gate.stats.size_limits.load(Ordering::Relaxed)
+        + app.gate.stats.rate_limits.load(Ordering::Relaxed);
     let body = json!({
         "timestamp": format::rfc3339(SystemTime::now()),
         "proxy": {"engine": app.settings.proxy_engine, "profile": app.settings.proxy_profile, "balancer": app.balancer},
         "endpoints": endpoints,
-        "security": {"status": if violations > 100 { "elevated" } else { "normal" }, "blocked_ips": 0,
-                     "violations": {"rate_limits": 0, "size_limits": violations}},
+        "security": security,
         "system": {
             "start_time": format::rfc3339(app.started_at),
             "status": system_status,

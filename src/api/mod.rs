@@ -1,5 +1,5 @@
-//! Route dispatch: every request gets a request id and the header-size check, then goes to the
-//! internal routes, the model routes, the universal proxy (`/olla/proxy/...`) or a provider
+//! Route dispatch: every request gets a request id and passes the gate ([`crate::gate`]: CORS,
+//! client identity, keys, rate and size limits), then goes to the internal routes, the model routes, the universal proxy (`/olla/proxy/...`) or a provider
 //! prefix (`/olla/<provider>/...`). Errors become JSON with the request's routing headers.
 
 pub mod anthropic;
@@ -16,24 +16,14 @@ use hyper::body::Incoming;
 
 use crate::app::App;
 use crate::error::ProxyError;
+use crate::gate::{Admission, Caller, ViaTls};
 use crate::http_util::{request_id, Body};
 use crate::proxy::headers::ClientInfo;
 use crate::proxy::select::KindFilter;
 use crate::proxy::{self, Forward};
 
-/// Estimated size of a request head, as Olla estimates it.
-fn header_size(req: &Request<Incoming>) -> u64 {
-    let uri_len = req.uri().path_and_query().map_or(1, |p| p.as_str().len())
-        + req.uri().authority().map_or(0, |a| a.as_str().len());
-    let mut n = req.method().as_str().len() + uri_len + 12;
-    for (k, v) in req.headers() {
-        n += k.as_str().len() + v.len() + 4;
-    }
-    n as u64
-}
-
 /// Handles one request end to end.
-pub async fn handle(app: Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+pub async fn handle(app: Arc<App>, mut req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
     let rid = request_id(req.headers().get("x-request-id"));
     let mut ctx = HeaderMap::new();
     if let Ok(v) = HeaderValue::try_from(rid.as_str()) {
@@ -44,18 +34,28 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> 
     app.stats.requests.fetch_add(1, Ordering::Relaxed);
     app.stats.active.fetch_add(1, Ordering::Relaxed);
     let _active = ActiveGuard(app.clone());
-    let result = if header_size(&req) > app.settings.max_header_size {
-        app.stats.size_violations.fetch_add(1, Ordering::Relaxed);
-        Err(ProxyError::HeadersTooLarge(app.settings.max_header_size))
-    } else {
-        route(&app, req, peer, &path, &mut ctx).await
+    let (pass, result) = match app.gate.admit(&req, peer, &path) {
+        Admission::Pass(pass) => {
+            if let Some(key) = &pass.key {
+                req.extensions_mut().insert(Caller(key.clone()));
+            }
+            let result = route(&app, req, peer, &path, &mut ctx).await;
+            if let Err(ProxyError::BodyTooLarge(_)) = &result {
+                app.gate.stats.size_limits.fetch_add(1, Ordering::Relaxed);
+            }
+            (pass, result)
+        }
+        Admission::Reject(e, pass) => (pass, Err(e)),
+        Admission::Preflight(mut resp) => {
+            for (k, v) in ctx.iter() {
+                resp.headers_mut().insert(k, v.clone());
+            }
+            return resp;
+        }
     };
     let mut resp = match result {
         Ok(r) => r,
         Err(e) => {
-            if matches!(e, ProxyError::BodyTooLarge(_)) {
-                app.stats.size_violations.fetch_add(1, Ordering::Relaxed);
-            }
             if e.status().is_server_error() {
                 app.stats.failures.fetch_add(1, Ordering::Relaxed);
             }
@@ -67,6 +67,7 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> 
             resp.headers_mut().insert(k, v.clone());
         }
     }
+    pass.finish(&mut resp);
     resp
 }
 
@@ -130,7 +131,8 @@ async fn route(
         get_only(&req)?;
         return models::one(app, id);
     }
-    let client = ClientInfo::new(peer.ip(), false, &app.settings.trusted_proxies);
+    let tls = req.extensions().get::<ViaTls>().is_some();
+    let client = ClientInfo::new(peer.ip(), tls, &app.settings.trusted_proxies);
     let query = req.uri().query().map(str::to_owned);
     if let Some(rest) = path.strip_prefix("/olla/proxy") {
         if rest.is_empty() || rest.starts_with('/') {

@@ -9,10 +9,9 @@ use serde_yaml::Value;
 /// `(key path, what happens instead)`. A path segment `[]` means every item of a list.
 pub const INERT: &[(&str, &str)] = &[
     (
-        "server.rate_limits",
-        "no rate limiting: requests are not limited per IP or globally",
+        "server.rate_limits.health_requests_per_minute",
+        "ignored, as in Olla: /internal/health is not rate-limited",
     ),
-    ("server.cors", "no CORS handling: no CORS headers are added"),
     (
         "server.request_logging",
         "no per-request access log is written",
@@ -69,7 +68,7 @@ pub const INERT: &[(&str, &str)] = &[
     ),
     (
         "dashboard.gate_internal_api",
-        "ignored (inert in Olla too): the /internal/* JSON routes are not gated",
+        "ignored (inert in Olla too); server.internal_access restricts /internal/*",
     ),
 ];
 
@@ -198,13 +197,13 @@ mod tests {
     #[test]
     fn lists_only_the_inert_keys_a_config_sets() {
         let v = yaml(
-            "server:\n  port: 1\n  rate_limits: {burst_size: 5}\nproxy:\n  sticky_sessions: {enabled: true}\ndashboard: {enabled: false, gate_internal_api: true}\n",
+            "server:\n  port: 1\n  rate_limits: {burst_size: 5, health_requests_per_minute: 9}\nproxy:\n  sticky_sessions: {enabled: true}\ndashboard: {enabled: false, gate_internal_api: true}\n",
         );
         let paths: Vec<_> = present(&v).into_iter().map(|k| k.path).collect();
         assert_eq!(
             paths,
             vec![
-                "server.rate_limits",
+                "server.rate_limits.health_requests_per_minute",
                 "proxy.sticky_sessions",
                 "dashboard.gate_internal_api"
             ]

@@ -183,6 +183,36 @@ const ENV_OVERRIDES: &[(&str, &[&str])] = &[
     ("OLLA_LOG_LEVEL", &["logging", "level"]),
     ("OLLA_LOGGING_FORMAT", &["logging", "format"]),
     ("OLLA_LOG_FORMAT", &["logging", "format"]),
+    ("OLLA_SERVER_CORS_ENABLED", &["server", "cors", "enabled"]),
+    (
+        "OLLA_SERVER_CORS_ALLOWED_ORIGINS",
+        &["server", "cors", "allowed_origins"],
+    ),
+    (
+        "OLLA_SERVER_CORS_ALLOWED_METHODS",
+        &["server", "cors", "allowed_methods"],
+    ),
+    (
+        "OLLA_SERVER_CORS_ALLOWED_HEADERS",
+        &["server", "cors", "allowed_headers"],
+    ),
+    (
+        "OLLA_SERVER_CORS_EXPOSED_HEADERS",
+        &["server", "cors", "exposed_headers"],
+    ),
+    (
+        "OLLA_SERVER_CORS_ALLOW_CREDENTIALS",
+        &["server", "cors", "allow_credentials"],
+    ),
+    ("OLLA_SERVER_CORS_MAX_AGE", &["server", "cors", "max_age"]),
+];
+
+/// Overridden keys that are lists: the variable holds comma-separated items.
+const ENV_LIST_KEYS: &[&str] = &[
+    "allowed_origins",
+    "allowed_methods",
+    "allowed_headers",
+    "exposed_headers",
 ];
 
 fn apply_env_overrides(v: &mut Value, env: &dyn Fn(&str) -> Option<String>) -> Result<(), String> {
@@ -190,7 +220,15 @@ fn apply_env_overrides(v: &mut Value, env: &dyn Fn(&str) -> Option<String>) -> R
         let Some(raw) = env(var).filter(|s| !s.is_empty()) else {
             continue;
         };
+        let list = path.last().is_some_and(|k| ENV_LIST_KEYS.contains(k));
         let parsed = match serde_yaml::from_str::<Value>(&raw) {
+            _ if list => Value::Sequence(
+                raw.split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(|s| Value::String(s.to_string()))
+                    .collect(),
+            ),
             Ok(p @ (Value::Number(_) | Value::Bool(_))) => p,
             _ => Value::String(raw),
         };
@@ -318,6 +356,28 @@ mod tests {
         .unwrap();
         assert_eq!(c.server.port, 9999);
         assert_eq!(c.logging.level, "debug");
+        let c = parse(
+            "",
+            &env(&[
+                ("OLLA_SERVER_CORS_ENABLED", "true"),
+                (
+                    "OLLA_SERVER_CORS_ALLOWED_ORIGINS",
+                    "https://a.dev, https://*.b.dev",
+                ),
+                ("OLLA_SERVER_CORS_MAX_AGE", "60"),
+            ]),
+        )
+        .unwrap();
+        assert!(c.server.cors.enabled);
+        assert_eq!(
+            c.server.cors.allowed_origins,
+            vec!["https://a.dev", "https://*.b.dev"]
+        );
+        assert_eq!(c.server.cors.max_age, 60);
+        assert_eq!(
+            c.server.cors.allowed_methods,
+            vec!["GET", "POST", "OPTIONS"]
+        );
     }
 
     #[test]

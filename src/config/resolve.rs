@@ -53,6 +53,8 @@ pub struct ServerSettings {
     /// (`rate_limits.trust_proxy_headers` and `trusted_proxy_cidrs`); empty = none.
     pub trusted_proxies: Vec<IpNet>,
     pub anthropic: AnthropicSettings,
+    /// CORS, rate limits, inbound keys, `/internal` access, TLS.
+    pub gate: crate::gate::GateSettings,
 }
 
 /// `translators.anthropic`, resolved.
@@ -242,6 +244,7 @@ pub fn resolve(config: &Config) -> Result<Runtime, Vec<String>> {
     let trusted_proxies = trusted_proxies(&s.rate_limits, &mut errors);
     let dashboard =
         crate::dashboard::resolve(&config.dashboard).map_err(|mut e| errors.append(&mut e));
+    let gate = crate::gate::settings::resolve(config, &mut errors);
     if !errors.is_empty() {
         return Err(errors);
     }
@@ -273,6 +276,7 @@ pub fn resolve(config: &Config) -> Result<Runtime, Vec<String>> {
             proxy_profile: p.profile.clone(),
             trusted_proxies,
             anthropic,
+            gate,
         },
         tree: TreeConfig {
             specs,

@@ -23,6 +23,8 @@ pub struct Config {
     pub supervision: SupervisionConfig,
     /// Ours: the admin listener (run-time commands, `olla ctl`).
     pub admin: AdminConfig,
+    /// Ours: inbound API keys (`auth.keys`; off when absent).
+    pub auth: InboundAuthConfig,
     /// Keys the file sets that olla accepts but does not act on (filled by the loader).
     #[serde(skip)]
     pub inert: Vec<super::inert::InertKey>,
@@ -41,6 +43,8 @@ pub struct AdminConfig {
     pub token_file: Option<String>,
     /// Enables `POST /admin/backends/{name}/crash` (chaos tests and demos).
     pub fault_injection: bool,
+    /// Ours: TLS on the admin listener.
+    pub tls: Option<TlsConfig>,
 }
 
 impl Default for AdminConfig {
@@ -51,6 +55,7 @@ impl Default for AdminConfig {
             token: None,
             token_file: None,
             fault_injection: false,
+            tls: None,
         }
     }
 }
@@ -73,6 +78,10 @@ pub struct ServerConfig {
     pub request_limits: RequestLimits,
     pub rate_limits: RateLimits,
     pub cors: CorsConfig,
+    /// Ours: TLS termination on the proxy port.
+    pub tls: Option<TlsConfig>,
+    /// Ours: who may reach `/internal/*`.
+    pub internal_access: InternalAccessConfig,
 }
 
 impl Default for ServerConfig {
@@ -91,6 +100,8 @@ impl Default for ServerConfig {
             request_limits: RequestLimits::default(),
             rate_limits: RateLimits::default(),
             cors: CorsConfig::default(),
+            tls: None,
+            internal_access: InternalAccessConfig::default(),
         }
     }
 }
@@ -137,7 +148,7 @@ impl Default for RateLimits {
     }
 }
 
-#[derive(Clone, Debug, Default, Deserialize, Serialize, schemars::JsonSchema)]
+#[derive(Clone, Debug, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct CorsConfig {
     pub enabled: bool,
@@ -147,6 +158,70 @@ pub struct CorsConfig {
     pub exposed_headers: Vec<String>,
     pub allow_credentials: bool,
     pub max_age: i64,
+}
+
+impl Default for CorsConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            allowed_origins: vec!["*".into()],
+            allowed_methods: vec!["GET".into(), "POST".into(), "OPTIONS".into()],
+            allowed_headers: vec!["*".into()],
+            exposed_headers: Vec::new(),
+            allow_credentials: false,
+            max_age: 300,
+        }
+    }
+}
+
+/// Ours: TLS certificate files (PEM), re-read on reload and SIGHUP.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    pub cert_file: String,
+    pub key_file: String,
+    /// When set, clients must present a certificate signed by one of these CAs (mTLS).
+    pub client_ca_file: Option<String>,
+}
+
+/// Ours: restricts `/internal/*` to client addresses and/or requires an inbound API key.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct InternalAccessConfig {
+    /// Client CIDRs (or addresses) allowed; empty = any.
+    pub allowed_cidrs: Vec<String>,
+    /// Requests need a valid `auth.keys` key (`/internal/health` excepted).
+    pub require_api_key: bool,
+}
+
+/// Ours: inbound API keys. `keys` absent = no key needed; present (even empty) = every
+/// request outside `/internal/*` needs a key.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct InboundAuthConfig {
+    pub keys: Option<Vec<ApiKeyConfig>>,
+}
+
+/// One inbound API key: exactly one of `key`, `key_hash` (SHA-256 hex) or `key_file`.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiKeyConfig {
+    pub name: String,
+    #[serde(skip_serializing)]
+    pub key: Option<String>,
+    #[serde(skip_serializing)]
+    pub key_hash: Option<String>,
+    pub key_file: Option<String>,
+    /// Model globs (`*`, `?`) the key may use; absent = all.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub models: Option<Vec<String>>,
+    /// 0 = no limit.
+    pub requests_per_minute: u64,
+    /// 0 = no limit.
+    pub tokens_per_minute: u64,
+    /// RFC 3339 time after which the key is refused.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expires: Option<String>,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, schemars::JsonSchema)]

@@ -253,6 +253,8 @@ pub async fn forward_body(
     if let Some(v) = facts.model.as_deref().and_then(headers::echo_value) {
         ctx.insert(names::X_OLLA_MODEL, v);
     }
+    app.gate
+        .check_model(&parts.extensions, facts.model.as_deref())?;
     let selection = match select::select(app, fwd.filter, facts.model.as_deref()).await {
         Ok(s) => s,
         Err((e, decision)) => {
