@@ -32,12 +32,13 @@ pub struct App {
     pub control: Control,
     /// `/olla/anthropic` counters (`/internal/stats/translators`).
     pub translators: crate::api::anthropic::TranslatorStats,
+    /// Metrics, the recent-requests ring, finish observers and extra metrics sources.
+    pub telemetry: crate::telemetry::Telemetry,
 }
 
 impl App {
     pub fn new(settings: ServerSettings, tree: Tree, balancer: String) -> Self {
         Self {
-            settings,
             tree,
             started_at: SystemTime::now(),
             started: std::time::Instant::now(),
@@ -45,6 +46,11 @@ impl App {
             balancer,
             control: Control::default(),
             translators: Default::default(),
+            telemetry: crate::telemetry::Telemetry::new(crate::telemetry::TelemetrySettings {
+                metrics: settings.metrics_enabled,
+                access_log: settings.request_logging,
+            }),
+            settings,
         }
     }
 

@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use http::{HeaderMap, HeaderValue, Method, Request, Response};
+use http::{HeaderMap, Method, Request, Response};
 use hyper::body::Incoming;
 
 use crate::app::App;
@@ -20,6 +20,12 @@ use crate::http_util::{request_id, Body};
 use crate::proxy::headers::ClientInfo;
 use crate::proxy::select::KindFilter;
 use crate::proxy::{self, Forward};
+use crate::telemetry::{catch_unwind, Finisher, RequestContext};
+use tracing::Instrument;
+
+/// With `admin.fault_injection` on, a request carrying this header panics in its task (tests of
+/// the panic path: the client gets a 500, the request is recorded once, the daemon serves on).
+pub const FAULT_PANIC: &str = "x-olla-fault-panic";
 
 /// Estimated size of a request head, as Olla estimates it.
 fn header_size(req: &Request<Incoming>) -> u64 {
@@ -32,14 +38,14 @@ fn header_size(req: &Request<Incoming>) -> u64 {
     n as u64
 }
 
-/// Handles one request end to end.
+/// Handles one request end to end. The request's context lives in its [`Finisher`], which
+/// renders the request's headers onto the response and records the request once its body ends
+/// (or the client leaves, or the task panics).
 pub async fn handle(app: Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
     let rid = request_id(req.headers().get("x-request-id"));
-    let mut ctx = HeaderMap::new();
-    if let Ok(v) = HeaderValue::try_from(rid.as_str()) {
-        ctx.insert(crate::proxy::headers::names::X_OLLA_REQUEST_ID, v);
-    }
     let path = req.uri().path().to_string();
+    let ctx = RequestContext::new(rid, req.method().clone(), path.clone(), peer.ip());
+    let mut finisher = Finisher::new(app.clone(), ctx);
     let anthropic = path.starts_with("/olla/anthropic/");
     app.stats.requests.fetch_add(1, Ordering::Relaxed);
     app.stats.active.fetch_add(1, Ordering::Relaxed);
@@ -48,9 +54,23 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> 
         app.stats.size_violations.fetch_add(1, Ordering::Relaxed);
         Err(ProxyError::HeadersTooLarge(app.settings.max_header_size))
     } else {
-        route(&app, req, peer, &path, &mut ctx).await
+        let span = finisher.span();
+        let routed = route(&app, req, peer, &path, finisher.ctx()).instrument(span);
+        match catch_unwind(routed).await {
+            Ok(r) => r,
+            Err(panic) => {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                tracing::error!(parent: &finisher.span(), panic = %what, "request task panicked; answering 500");
+                finisher.ctx().panicked = true;
+                Err(ProxyError::Internal("internal error".into()))
+            }
+        }
     };
-    let mut resp = match result {
+    let resp = match result {
         Ok(r) => r,
         Err(e) => {
             if matches!(e, ProxyError::BodyTooLarge(_)) {
@@ -59,15 +79,12 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> 
             if e.status().is_server_error() {
                 app.stats.failures.fetch_add(1, Ordering::Relaxed);
             }
-            e.to_response(&ctx, anthropic)
+            let mut headers = HeaderMap::new();
+            finisher.ctx().render_headers(&mut headers);
+            e.to_response(&headers, anthropic)
         }
     };
-    for (k, v) in ctx.iter() {
-        if !resp.headers().contains_key(k) {
-            resp.headers_mut().insert(k, v.clone());
-        }
-    }
-    resp
+    finisher.into_response(resp)
 }
 
 struct ActiveGuard(Arc<App>);
@@ -82,7 +99,7 @@ async fn route(
     req: Request<Incoming>,
     peer: SocketAddr,
     path: &str,
-    ctx: &mut HeaderMap,
+    ctx: &mut RequestContext,
 ) -> Result<Response<Body>, ProxyError> {
     let get_only = |req: &Request<Incoming>| {
         if req.method() == Method::GET || req.method() == Method::HEAD {
@@ -98,6 +115,17 @@ async fn route(
         "/internal/status/endpoints" => return Ok(internal::endpoints(app, &req)),
         "/internal/status/models" => return Ok(models::status_models(app, &req)),
         "/internal/stats/translators" => return Ok(anthropic::stats(app)),
+        "/internal/metrics" => return Ok(crate::telemetry::render::response(app)),
+        "/internal/stats/models" => return Ok(crate::telemetry::stats_models::response(app)),
+        "/internal/process" => return Ok(crate::telemetry::process::response(app)),
+        "/internal/stats/recent" => {
+            let limit = crate::telemetry::recent::parse_limit(req.uri().query());
+            let in_flight = app.telemetry.in_flight.load(Ordering::Relaxed);
+            return Ok(crate::http_util::json_response(
+                http::StatusCode::OK,
+                &app.telemetry.recent.document(limit, in_flight),
+            ));
+        }
         "/olla/models" | "/olla/models/" => {
             get_only(&req)?;
             return models::list(app, req.uri().query());
@@ -110,6 +138,9 @@ async fn route(
     if let Some(id) = path.strip_prefix("/olla/models/") {
         get_only(&req)?;
         return models::one(app, id);
+    }
+    if app.control.fault_injection() && req.headers().contains_key(FAULT_PANIC) {
+        panic!("fault injection: {FAULT_PANIC} asked this request task to panic");
     }
     let client = ClientInfo::new(peer.ip(), false, &app.settings.trusted_proxies);
     let query = req.uri().query().map(str::to_owned);

@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use http::{HeaderMap, Method, Request, Response};
+use http::{Method, Request, Response};
 use hyper::body::Incoming;
 use olla_actors::kind::BackendKind;
 
@@ -18,6 +18,7 @@ use crate::http_util::Body;
 use crate::proxy::headers::ClientInfo;
 use crate::proxy::select::KindFilter;
 use crate::proxy::{self, Forward};
+use crate::telemetry::RequestContext;
 
 /// The backend filter for a route prefix.
 pub fn filter_for(prefix: &str) -> Option<KindFilter> {
@@ -44,7 +45,7 @@ pub async fn handle(
     filter: KindFilter,
     tail: &str,
     query: Option<&str>,
-    ctx: &mut HeaderMap,
+    ctx: &mut RequestContext,
 ) -> Result<Response<Body>, ProxyError> {
     let ollama = filter == KindFilter::Only(BackendKind::Ollama);
     let fwd = Forward::new(filter, tail, query, ollama)?;

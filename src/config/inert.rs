@@ -14,10 +14,6 @@ pub const INERT: &[(&str, &str)] = &[
     ),
     ("server.cors", "no CORS handling: no CORS headers are added"),
     (
-        "server.request_logging",
-        "no per-request access log is written",
-    ),
-    (
         "proxy.engine",
         "one engine here; the value is only shown in status",
     ),

@@ -23,9 +23,32 @@ pub struct Config {
     pub supervision: SupervisionConfig,
     /// Ours: the admin listener (run-time commands, `olla ctl`).
     pub admin: AdminConfig,
+    /// Ours: metrics (and, beside them, tracing export).
+    pub telemetry: TelemetryConfig,
     /// Keys the file sets that olla accepts but does not act on (filled by the loader).
     #[serde(skip)]
     pub inert: Vec<super::inert::InertKey>,
+}
+
+/// `telemetry`: what olla records about requests.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetryConfig {
+    pub metrics: MetricsConfig,
+}
+
+/// `telemetry.metrics`.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Record request metrics (`/internal/metrics` still answers, with zero request counts).
+    pub enabled: bool,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self { enabled: true }
+    }
 }
 
 /// The admin listener: a separate port for run-time commands, never the proxy port.
