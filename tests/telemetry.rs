@@ -537,3 +537,56 @@ async fn metrics_can_be_switched_off() {
     );
     d.stop().await;
 }
+
+/// Every metric the bundled Grafana dashboard queries is one `/internal/metrics` declares.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_grafana_dashboard_only_uses_exported_metrics() {
+    let a = mock("a", &["m"]).await;
+    let d = daemon(&config(&[ep("a", &a.url(), 100, "")], "")).await;
+    wait_routable(&d, &["a"], true).await;
+    let (c, base) = (client(), d.url());
+    let text = metrics_text(&c, &base).await;
+    let dash: Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/contrib/grafana/olla.json"
+        ))
+        .expect("dashboard file"),
+    )
+    .expect("dashboard is JSON");
+    let mut exprs = Vec::new();
+    for p in dash["panels"].as_array().unwrap() {
+        for t in p["targets"].as_array().into_iter().flatten() {
+            exprs.push(t["expr"].as_str().unwrap().to_string());
+        }
+    }
+    for v in dash["templating"]["list"].as_array().unwrap() {
+        if let Some(q) = v["query"].as_str() {
+            exprs.push(q.to_string());
+        }
+    }
+    assert!(exprs.len() > 20);
+    let mut checked = 0;
+    for e in &exprs {
+        let mut rest = e.as_str();
+        while let Some(i) = rest.find("olla_") {
+            let name: String = rest[i..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            rest = &rest[i + name.len()..];
+            let declared = |n: &str| text.contains(&format!("# TYPE {n} "));
+            let histogram_part = ["_bucket", "_count", "_sum"]
+                .iter()
+                .filter_map(|s| name.strip_suffix(s))
+                .any(|base| text.contains(&format!("# TYPE {base} histogram")));
+            assert!(
+                declared(&name) || histogram_part,
+                "dashboard queries {name}, which /internal/metrics does not declare"
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked > 20);
+    d.stop().await;
+}

@@ -20,7 +20,7 @@ use crate::http_util::{request_id, Body};
 use crate::proxy::headers::ClientInfo;
 use crate::proxy::select::KindFilter;
 use crate::proxy::{self, Forward};
-use crate::telemetry::{catch_unwind, Finisher, RequestContext};
+use crate::telemetry::{catch_unwind, Finisher, RequestContext, Route};
 use tracing::Instrument;
 
 /// With `admin.fault_injection` on, a request carrying this header panics in its task (tests of
@@ -131,6 +131,7 @@ async fn route(
             return models::list(app, req.uri().query());
         }
         "/olla/proxy/v1/models" if req.method() == Method::GET => {
+            ctx.route = Route::Internal;
             return Ok(models::openai_list(app, KindFilter::Any));
         }
         _ => {}

@@ -54,6 +54,19 @@ pub async fn handle(
         return Err(ProxyError::NoProviderEndpoints(name.to_string()));
     }
     let is_get = req.method() == Method::GET;
+    // Model lists are answered from the catalog: olla's own routes, not proxied requests.
+    let local = matches!(
+        (filter, fwd.path_key.as_str()),
+        (KindFilter::Only(BackendKind::Ollama), "/api/tags")
+            | (
+                KindFilter::Only(BackendKind::LmStudio),
+                "/api/v0/models" | "/api/v1/models"
+            )
+            | (_, "/v1/models")
+    );
+    if local && is_get {
+        ctx.route = crate::telemetry::Route::Internal;
+    }
     match (filter, fwd.path_key.as_str()) {
         (KindFilter::Only(BackendKind::Ollama), "/api/tags") if is_get => {
             return Ok(models::ollama_tags(app))

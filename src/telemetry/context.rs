@@ -346,6 +346,8 @@ struct Tracker {
     bytes: u64,
     usage: UsageScanner,
     gaps: LocalHist,
+    /// Counted in `Telemetry::in_flight` at the start (a proxy route then).
+    in_flight: bool,
 }
 
 impl Tracker {
@@ -382,6 +384,7 @@ impl Tracker {
             bytes,
             usage,
             gaps,
+            in_flight,
             ..
         } = self;
         let now = Instant::now();
@@ -414,6 +417,9 @@ impl Tracker {
             span_id: ctx.span_id,
         };
         let _entered = span.enter();
+        if in_flight {
+            app.telemetry.end_in_flight();
+        }
         let catalog = app.tree.published.catalog.load();
         app.telemetry.finish(&rec, &gaps, &catalog);
     }
@@ -427,7 +433,7 @@ pub struct Finisher {
 impl Finisher {
     pub fn new(app: Arc<App>, ctx: RequestContext) -> Self {
         let span = tracing::info_span!("request", request_id = %ctx.request_id);
-        app.telemetry.begin(ctx.route);
+        let in_flight = app.telemetry.begin(ctx.route);
         Self {
             tracker: Some(Tracker {
                 app,
@@ -439,6 +445,7 @@ impl Finisher {
                 bytes: 0,
                 usage: UsageScanner::new(),
                 gaps: LocalHist::default(),
+                in_flight,
             }),
         }
     }
@@ -471,6 +478,7 @@ impl Finisher {
         tracker.status = parts.status.as_u16();
         let body = TrackedBody {
             inner: body,
+            span: tracker.span.clone(),
             tracker: Some(tracker),
         };
         Response::from_parts(parts, BodyExt::boxed(body))
@@ -496,14 +504,15 @@ impl Drop for Finisher {
 /// The response body with the finish attached (see the module doc).
 pub struct TrackedBody {
     inner: Body,
+    /// Entered while the body is polled: log lines of the stream carry the request id.
+    span: tracing::Span,
     tracker: Option<Tracker>,
 }
 
-impl TrackedBody {
-    fn finish(&mut self, end: EndReason) {
-        if let Some(t) = self.tracker.take() {
-            t.finish(end);
-        }
+/// Finishes once: the tracker leaves its slot on the first call.
+fn finish_once(slot: &mut Option<Tracker>, end: EndReason) {
+    if let Some(t) = slot.take() {
+        t.finish(end);
     }
 }
 
@@ -516,23 +525,23 @@ impl HttpBody for TrackedBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
-        let _entered = this.tracker.as_ref().map(|t| t.span.clone().entered());
+        let _entered = this.span.enter();
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 if let (Some(t), Some(data)) = (this.tracker.as_mut(), frame.data_ref()) {
                     t.on_data(data);
                 }
                 if this.inner.is_end_stream() {
-                    this.finish(EndReason::Complete);
+                    finish_once(&mut this.tracker, EndReason::Complete);
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => {
-                this.finish(EndReason::Error);
+                finish_once(&mut this.tracker, EndReason::Error);
                 Poll::Ready(Some(Err(e)))
             }
             Poll::Ready(None) => {
-                this.finish(EndReason::Complete);
+                finish_once(&mut this.tracker, EndReason::Complete);
                 Poll::Ready(None)
             }
             Poll::Pending => Poll::Pending,
@@ -550,14 +559,19 @@ impl HttpBody for TrackedBody {
 
 impl Drop for TrackedBody {
     fn drop(&mut self) {
+        let head = self
+            .tracker
+            .as_ref()
+            .is_some_and(|t| t.ctx.method == Method::HEAD);
         let end = if std::thread::panicking() {
             EndReason::Panic
-        } else if self.inner.is_end_stream() {
+        } else if self.inner.is_end_stream() || head {
+            // A HEAD response has no body to send: hyper drops it unpolled.
             EndReason::Complete
         } else {
             EndReason::ClientGone
         };
-        self.finish(end);
+        finish_once(&mut self.tracker, end);
     }
 }
 

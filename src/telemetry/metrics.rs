@@ -47,6 +47,33 @@ fn class_index(status: u16) -> usize {
     }
 }
 
+/// FNV-1a: series keys are short names from the config and the catalog (inserts are bounded and
+/// never client-chosen beyond the catalog), so a fast non-keyed hash is safe and cheaper than
+/// SipHash on the hot path.
+#[derive(Default, Clone, Copy)]
+pub struct Fnv(u64);
+
+impl std::hash::Hasher for Fnv {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        let mut h = if self.0 == 0 {
+            0xcbf2_9ce4_8422_2325
+        } else {
+            self.0
+        };
+        for b in bytes {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        self.0 = h;
+    }
+}
+
+/// A map of series by name.
+pub type SeriesMap<T> = HashMap<Arc<str>, Arc<T>, std::hash::BuildHasherDefault<Fnv>>;
+
 fn bump(c: &AtomicU64) {
     c.fetch_add(1, Ordering::Relaxed);
 }
@@ -103,7 +130,7 @@ impl Pair {
 /// the backend's own).
 #[derive(Debug, Default)]
 pub struct EndpointSeries {
-    pairs: ArcSwap<HashMap<Arc<str>, Arc<Pair>>>,
+    pairs: ArcSwap<SeriesMap<Pair>>,
     /// Attempts on this endpoint that were followed by a move to another candidate.
     pub failovers_from: AtomicU64,
     /// Of those, the ones that got a retryable status.
@@ -187,9 +214,9 @@ pub struct Totals {
 pub struct Metrics {
     enabled: bool,
     pub totals: Totals,
-    endpoints: ArcSwap<HashMap<Arc<str>, Arc<EndpointSeries>>>,
-    models: ArcSwap<HashMap<Arc<str>, Arc<ModelSeries>>>,
-    keys: ArcSwap<HashMap<Arc<str>, Arc<KeySeries>>>,
+    endpoints: ArcSwap<SeriesMap<EndpointSeries>>,
+    models: ArcSwap<SeriesMap<ModelSeries>>,
+    keys: ArcSwap<SeriesMap<KeySeries>>,
     grow: Mutex<()>,
     /// The `none` label, shared (no allocation per request without a model).
     none: Arc<str>,
@@ -197,7 +224,7 @@ pub struct Metrics {
 
 /// Returns the entry for `name`, adding it (bounded) on a miss.
 fn series<T: Default>(
-    map: &ArcSwap<HashMap<Arc<str>, Arc<T>>>,
+    map: &ArcSwap<SeriesMap<T>>,
     grow: &Mutex<()>,
     name: &str,
     cap: usize,
@@ -225,9 +252,9 @@ impl Metrics {
         let m = Self {
             enabled,
             totals: Totals::default(),
-            endpoints: ArcSwap::from_pointee(HashMap::new()),
-            models: ArcSwap::from_pointee(HashMap::new()),
-            keys: ArcSwap::from_pointee(HashMap::new()),
+            endpoints: ArcSwap::from_pointee(SeriesMap::default()),
+            models: ArcSwap::from_pointee(SeriesMap::default()),
+            keys: ArcSwap::from_pointee(SeriesMap::default()),
             grow: Mutex::new(()),
             none: Arc::from(NONE),
         };
@@ -322,10 +349,11 @@ impl Metrics {
                 add(&m.latency_ms_total, duration_ms);
                 m.latency.observe(rec.duration.as_secs_f64());
             }
-            let now = SystemTime::now()
+            let at = rec
+                .received_at
                 .duration_since(SystemTime::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs());
-            m.last_requested.store(now, Ordering::Relaxed);
+            m.last_requested.store(at, Ordering::Relaxed);
         }
 
         let endpoint = self.endpoint(rec.endpoint_name().unwrap_or(NONE));
@@ -487,7 +515,7 @@ impl Metrics {
                 get(&c.requests) as f64,
             )
         });
-        let hists: [(&str, &str, fn(&Cell) -> &Histogram); 5] = [
+        let hists: [HistMetric; 5] = [
             (
                 "olla_request_ttfb_seconds",
                 "Time from the request head to the first response byte sent to the client.",
@@ -595,6 +623,9 @@ impl Metrics {
         }
     }
 }
+
+/// A histogram metric of a cell: name, help, and which histogram.
+type HistMetric = (&'static str, &'static str, fn(&Cell) -> &Histogram);
 
 /// Calls `f` for each existing cell with its labels.
 fn for_cells(pairs: &[(Arc<str>, Arc<str>, Arc<Pair>)], mut f: impl FnMut(&[(&str, &str)], &Cell)) {

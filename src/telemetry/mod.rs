@@ -109,18 +109,21 @@ impl Telemetry {
         }
     }
 
-    /// A request begins (called by the finisher's constructor).
-    pub fn begin(&self, route: Route) {
+    /// A request begins (called by the finisher's constructor); `true` when it was counted in
+    /// flight (a proxy route), to be ended by [`Telemetry::end_in_flight`].
+    pub fn begin(&self, route: Route) -> bool {
         if route.is_proxy() {
             self.in_flight.fetch_add(1, Ordering::Relaxed);
         }
+        route.is_proxy()
+    }
+
+    pub fn end_in_flight(&self) {
+        self.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 
     /// Records one finished request everywhere (see the module doc).
     pub fn finish(&self, rec: &FinishRecord, gaps: &hist::LocalHist, catalog: &Catalog) {
-        if rec.route.is_proxy() {
-            self.in_flight.fetch_sub(1, Ordering::Relaxed);
-        }
         self.metrics.record(rec, gaps, catalog);
         for o in self.observers.load().iter() {
             o.on_finish(rec);

@@ -89,7 +89,7 @@ impl RecentRing {
     pub fn latest(&self, limit: usize) -> Vec<RecentEntry> {
         let mut all: Vec<RecentEntry> =
             self.slots.iter().filter_map(|s| s.lock().clone()).collect();
-        all.sort_by(|a, b| b.seq.cmp(&a.seq));
+        all.sort_by_key(|e| std::cmp::Reverse(e.seq));
         all.truncate(limit.min(CAPACITY));
         all
     }

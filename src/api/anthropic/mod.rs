@@ -277,7 +277,10 @@ pub async fn handle(
     match tail {
         "/v1/messages" if post => messages(app, req, client, ctx).await,
         "/v1/messages/count_tokens" if post => count_tokens(app, req, client, ctx).await,
-        "/v1/models" if get => Ok(list_models(app)),
+        "/v1/models" if get => {
+            ctx.route = crate::telemetry::Route::Internal;
+            Ok(list_models(app))
+        }
         "/v1/messages" | "/v1/messages/count_tokens" | "/v1/models" => {
             Err(ProxyError::MethodNotAllowed(method.to_string()))
         }
