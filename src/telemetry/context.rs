@@ -221,9 +221,10 @@ pub struct RequestContext {
     pub trace_id: Option<[u8; 16]>,
     /// This request's span id.
     pub span_id: [u8; 8],
-    /// Tokens counted by olla itself (the translated Anthropic path), used when the response
-    /// carries none.
-    pub tokens_known: Usage,
+    /// Usage reported by a body stage that runs before the client sees the bytes (e.g. one that
+    /// removes a usage chunk the client did not ask for); used when the bytes the client got
+    /// carry none. Created on first use ([`RequestContext::usage_tap`]).
+    pub usage_tap: Option<Arc<UsageTap>>,
     /// The request task panicked (the response is olla's 500).
     pub panicked: bool,
 }
@@ -250,9 +251,16 @@ impl RequestContext {
             received_at: SystemTime::now(),
             trace_id: None,
             span_id: fastrand::u64(1..).to_be_bytes(),
-            tokens_known: Usage::default(),
+            usage_tap: None,
             panicked: false,
         }
+    }
+
+    /// The shared cell a body stage writes usage into (see `usage_tap`).
+    pub fn usage_tap(&mut self) -> Arc<UsageTap> {
+        self.usage_tap
+            .get_or_insert_with(|| Arc::new(UsageTap::default()))
+            .clone()
     }
 
     /// Records an attempt. Any attempt after the first is a failover; one after an attempt
@@ -283,6 +291,44 @@ impl RequestContext {
         }
         if let Some(d) = &self.decision {
             crate::proxy::decision_headers(h, d);
+        }
+    }
+}
+
+/// Token usage written by a body stage and read by the finisher (atomics; `u64::MAX` =
+/// unknown).
+#[derive(Debug)]
+pub struct UsageTap {
+    input: std::sync::atomic::AtomicU64,
+    output: std::sync::atomic::AtomicU64,
+}
+
+impl Default for UsageTap {
+    fn default() -> Self {
+        Self {
+            input: std::sync::atomic::AtomicU64::new(u64::MAX),
+            output: std::sync::atomic::AtomicU64::new(u64::MAX),
+        }
+    }
+}
+
+impl UsageTap {
+    pub fn set(&self, usage: Usage) {
+        use std::sync::atomic::Ordering::Relaxed;
+        if let Some(n) = usage.input {
+            self.input.store(n.min(u64::MAX - 1), Relaxed);
+        }
+        if let Some(n) = usage.output {
+            self.output.store(n.min(u64::MAX - 1), Relaxed);
+        }
+    }
+
+    pub fn usage(&self) -> Usage {
+        use std::sync::atomic::Ordering::Relaxed;
+        let known = |v: u64| (v != u64::MAX).then_some(v);
+        Usage {
+            input: known(self.input.load(Relaxed)),
+            output: known(self.output.load(Relaxed)),
         }
     }
 }
@@ -392,8 +438,12 @@ impl Tracker {
         let rec = FinishRecord {
             ttfb: first_byte.map(|t| t.duration_since(ctx.received)),
             duration: now.duration_since(ctx.received),
-            tokens_in: seen.input.or(ctx.tokens_known.input),
-            tokens_out: seen.output.or(ctx.tokens_known.output),
+            tokens_in: seen
+                .input
+                .or_else(|| ctx.usage_tap.as_ref().and_then(|t| t.usage().input)),
+            tokens_out: seen
+                .output
+                .or_else(|| ctx.usage_tap.as_ref().and_then(|t| t.usage().output)),
             request_id: ctx.request_id,
             method: ctx.method,
             path: ctx.path,
@@ -634,5 +684,26 @@ mod tests {
         ctx.push_attempt(at(AttemptOutcome::Status(503)));
         ctx.push_attempt(at(AttemptOutcome::Status(200)));
         assert_eq!((ctx.failovers, ctx.retries, ctx.attempts.len()), (2, 1, 3));
+    }
+
+    #[test]
+    fn usage_tap_reports_what_a_stage_wrote() {
+        let tap = UsageTap::default();
+        assert_eq!(tap.usage(), Usage::default());
+        tap.set(Usage {
+            input: Some(3),
+            output: None,
+        });
+        tap.set(Usage {
+            input: None,
+            output: Some(9),
+        });
+        assert_eq!(
+            tap.usage(),
+            Usage {
+                input: Some(3),
+                output: Some(9)
+            }
+        );
     }
 }

@@ -25,7 +25,7 @@ use olla_actors::catalog::Catalog;
 
 pub use context::{
     catch_unwind, AttemptError, AttemptOutcome, EndReason, EndpointName, FinishRecord, Finisher,
-    RequestContext, Route, UpstreamAttempt,
+    RequestContext, Route, UpstreamAttempt, UsageTap,
 };
 pub use metrics::Metrics;
 
