@@ -590,3 +590,75 @@ async fn the_grafana_dashboard_only_uses_exported_metrics() {
     assert!(checked > 20);
     d.stop().await;
 }
+
+/// Tokens are read from what the client gets, in every dialect: the translated Anthropic stream
+/// (olla's own `message_start` / `message_delta` usage), Anthropic passthrough JSON, and
+/// Ollama's NDJSON stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_are_read_in_every_dialect() {
+    let oai = mock("oai", &["t"]).await;
+    let oll = mock("oll", &["o"]).await;
+    let pass = mock("pass", &["p"]).await;
+    let d = daemon(&config(
+        &[
+            endpoint("oai", &oai.url(), "openai", 100, ""),
+            endpoint("oll", &oll.url(), "ollama", 100, ""),
+            endpoint("pass", &pass.url(), "vllm", 100, ""),
+        ],
+        "",
+    ))
+    .await;
+    wait_routable(&d, &["oai", "oll", "pass"], true).await;
+    let rec = Arc::new(Recorder::default());
+    d.app.telemetry.add_observer(rec.clone());
+    let (c, base) = (client(), d.url());
+    let send = |path: &'static str, id: &'static str, body: String| {
+        let (c, base) = (c.clone(), base.clone());
+        async move {
+            let r = c
+                .post(format!("{base}{path}"))
+                .header("content-type", "application/json")
+                .header("x-request-id", id)
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200, "{id}");
+            r.bytes().await.unwrap()
+        }
+    };
+    let msg = |model: &str, stream: bool| {
+        format!(
+            r#"{{"model":"{model}","max_tokens":50,"stream":{stream},"messages":[{{"role":"user","content":"hi"}}]}}"#
+        )
+    };
+    send("/olla/anthropic/v1/messages", "translated", msg("t", true)).await;
+    let s = rec.finished("translated").await;
+    assert_eq!(
+        (s.endpoint.as_deref(), s.tokens_out),
+        (Some("oai"), Some(8))
+    );
+    send(
+        "/olla/anthropic/v1/messages",
+        "passthrough",
+        msg("p", false),
+    )
+    .await;
+    let s = rec.finished("passthrough").await;
+    assert_eq!(
+        (s.endpoint.as_deref(), s.tokens_out),
+        (Some("pass"), Some(8))
+    );
+    send(
+        "/olla/ollama/api/chat",
+        "ndjson",
+        r#"{"model":"o","stream":true,"messages":[{"role":"user","content":"hi"}]}"#.into(),
+    )
+    .await;
+    let s = rec.finished("ndjson").await;
+    assert_eq!(
+        (s.endpoint.as_deref(), s.tokens_out),
+        (Some("oll"), Some(8))
+    );
+    d.stop().await;
+}
