@@ -144,6 +144,8 @@ async fn route(
         panic!("fault injection: {FAULT_PANIC} asked this request task to panic");
     }
     let client = ClientInfo::new(peer.ip(), false, &app.settings.trusted_proxies);
+    // Behind a trusted proxy, the client it forwards for (as Olla reports it).
+    ctx.client_ip = client.client_ip(req.headers());
     let query = req.uri().query().map(str::to_owned);
     if let Some(rest) = path.strip_prefix("/olla/proxy") {
         if rest.is_empty() || rest.starts_with('/') {
