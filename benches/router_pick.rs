@@ -36,6 +36,7 @@ fn settings() -> ServerSettings {
         max_body_size: 1 << 20,
         max_header_size: 1 << 20,
         request_logging: false,
+        metrics_enabled: true,
         proxy_engine: "olla".into(),
         proxy_profile: "auto".into(),
         trusted_proxies: Vec::new(),

@@ -37,6 +37,8 @@ pub struct App {
     pub supervision: crate::dashboard::SupervisionCache,
     /// CORS, client identity, API keys, rate and size limits, TLS certificates.
     pub gate: crate::gate::Gate,
+    /// Metrics, the recent-requests ring, finish observers and extra metrics sources.
+    pub telemetry: crate::telemetry::Telemetry,
 }
 
 impl App {
@@ -47,9 +49,14 @@ impl App {
             settings.max_header_size,
             settings.max_body_size,
         );
+        let telemetry = crate::telemetry::Telemetry::new(crate::telemetry::TelemetrySettings {
+            metrics: settings.metrics_enabled,
+            access_log: settings.request_logging,
+        });
+        telemetry.add_source(gate.stats.clone());
+        telemetry.add_observer(gate.keys.clone());
         Self {
             gate,
-            settings,
             tree,
             started_at: SystemTime::now(),
             started: std::time::Instant::now(),
@@ -59,6 +66,8 @@ impl App {
             translators: Default::default(),
             dashboard: Default::default(),
             supervision: Default::default(),
+            telemetry,
+            settings,
         }
     }
 

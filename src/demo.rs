@@ -58,6 +58,7 @@ pub async fn run(port: u16, stop: impl Future<Output = ()>) -> Result<(), String
             max_body_size: 100 << 20,
             max_header_size: 1 << 20,
             request_logging: true,
+            metrics_enabled: true,
             proxy_engine: "olla".into(),
             proxy_profile: "auto".into(),
             trusted_proxies: Vec::new(),

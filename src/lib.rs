@@ -15,11 +15,12 @@ pub mod demo;
 pub mod dialect;
 pub mod error;
 pub mod format;
-pub mod healthcheck;
 pub mod gate;
+pub mod healthcheck;
 pub mod http_util;
 pub mod proxy;
 pub mod server;
+pub mod telemetry;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -252,7 +252,6 @@ async fn a_key_over_its_token_budget_gets_429_until_the_window_refills() {
 /// The whole path: the response's usage charges the key when the response finishes. This
 /// needs the request finisher (telemetry) to call `KeyRing::charge_tokens`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs the telemetry finisher wired to KeyRing::charge_tokens"]
 async fn usage_reported_by_the_backend_is_charged_to_the_key() {
     let be = MockServer::start(MockConfig {
         name: "a".into(),

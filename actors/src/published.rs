@@ -129,6 +129,20 @@ pub struct BackendSlot {
     cut_generation: AtomicU64,
     /// Wakes the streams waiting on [`BackendSlot::cut_requested`].
     cut: tokio::sync::Notify,
+    /// Lifetime event counters (metrics), kept across actor restarts.
+    pub events: BackendEvents,
+}
+
+/// Events of one backend over the process lifetime, counted where they happen (metrics read
+/// them; nothing else does).
+#[derive(Debug, Default)]
+pub struct BackendEvents {
+    pub breaker_opened: AtomicU64,
+    pub breaker_closed: AtomicU64,
+    /// Restarts of the backend's actor by its supervisor (crash or quarantine end).
+    pub actor_restarts: AtomicU64,
+    /// Model discoveries that failed.
+    pub discovery_errors: AtomicU64,
 }
 
 impl BackendSlot {
@@ -138,6 +152,7 @@ impl BackendSlot {
             in_flight: AtomicUsize::new(0),
             cut_generation: AtomicU64::new(0),
             cut: tokio::sync::Notify::new(),
+            events: BackendEvents::default(),
         }
     }
 

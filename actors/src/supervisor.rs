@@ -187,6 +187,15 @@ pub struct BackendSupState {
 }
 
 impl BackendSupState {
+    /// Counts a restart of a backend's actor in its lifetime events (metrics).
+    fn count_restart(&self, name: &str) {
+        if let Some(slot) = self.published.slot_of(name) {
+            slot.events
+                .actor_restarts
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
     /// Replaces a running actor with a fresh one (clean stop, never restarted).
     async fn replace(
         &mut self,
@@ -323,6 +332,7 @@ impl Actor for BackendSupervisor {
                 {
                     state.spawn_child(&myself, &name).await?;
                     *state.restarts.entry(name.clone()).or_default() += 1;
+                    state.count_restart(&name);
                     info!(backend = %name, "backend actor restarted");
                 }
             }
@@ -336,6 +346,7 @@ impl Actor for BackendSupervisor {
                     info!(backend = %name, "quarantine over; restarting the backend actor");
                     state.end_quarantine(&name);
                     state.spawn_child(&myself, &name).await?;
+                    state.count_restart(&name);
                     *state.restarts.entry(name).or_default() += 1;
                 }
             }

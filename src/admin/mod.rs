@@ -68,7 +68,7 @@ impl Control {
         }
     }
 
-    fn fault_injection(&self) -> bool {
+    pub(crate) fn fault_injection(&self) -> bool {
         self.settings.as_ref().is_some_and(|s| s.fault_injection)
     }
 }

@@ -281,7 +281,7 @@ pub fn endpoint_ids(
 
 /// The status shown for a backend: a routable one parked by a live 429 shows as rate-limited
 /// (it gets no traffic until the clamped `Retry-After` passes).
-fn shown_status(h: &BackendHandle) -> EndpointStatus {
+pub(crate) fn shown_status(h: &BackendHandle) -> EndpointStatus {
     let status = h.status();
     if status.is_routable() && h.parked(tokio::time::Instant::now()) {
         EndpointStatus::RateLimited

@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use http::{HeaderMap, HeaderValue, Method, Request, Response};
+use http::{HeaderMap, Method, Request, Response};
 use hyper::body::Incoming;
 
 use crate::app::App;
@@ -21,15 +21,22 @@ use crate::http_util::{request_id, Body};
 use crate::proxy::headers::ClientInfo;
 use crate::proxy::select::KindFilter;
 use crate::proxy::{self, Forward};
+use crate::telemetry::{catch_unwind, Finisher, RequestContext, Route};
+use tracing::Instrument;
 
-/// Handles one request end to end.
+/// With `admin.fault_injection` on, a request carrying this header panics in its task (tests of
+/// the panic path: the client gets a 500, the request is recorded once, the daemon serves on).
+pub const FAULT_PANIC: &str = "x-olla-fault-panic";
+
+/// Handles one request end to end: the gate admits it (or answers a preflight, or refuses it),
+/// then it is routed. The request's context lives in its [`Finisher`], which renders the
+/// request's headers onto the response and records the request once its body ends (or the
+/// client leaves, or the task panics).
 pub async fn handle(app: Arc<App>, mut req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
     let rid = request_id(req.headers().get("x-request-id"));
-    let mut ctx = HeaderMap::new();
-    if let Ok(v) = HeaderValue::try_from(rid.as_str()) {
-        ctx.insert(crate::proxy::headers::names::X_OLLA_REQUEST_ID, v);
-    }
     let path = req.uri().path().to_string();
+    let ctx = RequestContext::new(rid, req.method().clone(), path.clone(), peer.ip());
+    let mut finisher = Finisher::new(app.clone(), ctx);
     let anthropic = path.starts_with("/olla/anthropic/");
     app.stats.requests.fetch_add(1, Ordering::Relaxed);
     app.stats.active.fetch_add(1, Ordering::Relaxed);
@@ -37,21 +44,31 @@ pub async fn handle(app: Arc<App>, mut req: Request<Incoming>, peer: SocketAddr)
     let (pass, result) = match app.gate.admit(&req, peer, &path) {
         Admission::Pass(pass) => {
             if let Some(key) = &pass.key {
+                finisher.ctx().key_name = Some(key.spec.name.clone());
                 req.extensions_mut().insert(Caller(key.clone()));
             }
-            let result = route(&app, req, peer, &path, &mut ctx).await;
+            let span = finisher.span();
+            let routed = route(&app, req, peer, &path, finisher.ctx()).instrument(span);
+            let result = match catch_unwind(routed).await {
+                Ok(r) => r,
+                Err(panic) => {
+                    let what = panic
+                        .downcast_ref::<&str>()
+                        .map(|s| s.to_string())
+                        .or_else(|| panic.downcast_ref::<String>().cloned())
+                        .unwrap_or_default();
+                    tracing::error!(parent: &finisher.span(), panic = %what, "request task panicked; answering 500");
+                    finisher.ctx().panicked = true;
+                    Err(ProxyError::Internal("internal error".into()))
+                }
+            };
             if let Err(ProxyError::BodyTooLarge(_)) = &result {
                 app.gate.stats.size_limits.fetch_add(1, Ordering::Relaxed);
             }
             (pass, result)
         }
         Admission::Reject(e, pass) => (pass, Err(e)),
-        Admission::Preflight(mut resp) => {
-            for (k, v) in ctx.iter() {
-                resp.headers_mut().insert(k, v.clone());
-            }
-            return resp;
-        }
+        Admission::Preflight(resp) => return finisher.into_response(resp),
     };
     let mut resp = match result {
         Ok(r) => r,
@@ -59,16 +76,13 @@ pub async fn handle(app: Arc<App>, mut req: Request<Incoming>, peer: SocketAddr)
             if e.status().is_server_error() {
                 app.stats.failures.fetch_add(1, Ordering::Relaxed);
             }
-            e.to_response(&ctx, anthropic)
+            let mut headers = HeaderMap::new();
+            finisher.ctx().render_headers(&mut headers);
+            e.to_response(&headers, anthropic)
         }
     };
-    for (k, v) in ctx.iter() {
-        if !resp.headers().contains_key(k) {
-            resp.headers_mut().insert(k, v.clone());
-        }
-    }
     pass.finish(&mut resp);
-    resp
+    finisher.into_response(resp)
 }
 
 struct ActiveGuard(Arc<App>);
@@ -83,7 +97,7 @@ async fn route(
     req: Request<Incoming>,
     peer: SocketAddr,
     path: &str,
-    ctx: &mut HeaderMap,
+    ctx: &mut RequestContext,
 ) -> Result<Response<Body>, ProxyError> {
     let get_only = |req: &Request<Incoming>| {
         if req.method() == Method::GET || req.method() == Method::HEAD {
@@ -107,11 +121,23 @@ async fn route(
                 .await;
             return Ok(internal::cached_json(&req, &tree));
         }
+        "/internal/metrics" => return Ok(crate::telemetry::render::response(app)),
+        "/internal/stats/models" => return Ok(crate::telemetry::stats_models::response(app)),
+        "/internal/process" => return Ok(crate::telemetry::process::response(app)),
+        "/internal/stats/recent" => {
+            let limit = crate::telemetry::recent::parse_limit(req.uri().query());
+            let in_flight = app.telemetry.in_flight.load(Ordering::Relaxed);
+            return Ok(crate::http_util::json_response(
+                http::StatusCode::OK,
+                &app.telemetry.recent.document(limit, in_flight),
+            ));
+        }
         "/olla/models" | "/olla/models/" => {
             get_only(&req)?;
             return models::list(app, req.uri().query());
         }
         "/olla/proxy/v1/models" if req.method() == Method::GET => {
+            ctx.route = Route::Internal;
             return Ok(models::openai_list(app, KindFilter::Any));
         }
         _ => {}
@@ -131,8 +157,13 @@ async fn route(
         get_only(&req)?;
         return models::one(app, id);
     }
+    if app.control.fault_injection() && req.headers().contains_key(FAULT_PANIC) {
+        panic!("fault injection: {FAULT_PANIC} asked this request task to panic");
+    }
     let tls = req.extensions().get::<ViaTls>().is_some();
     let client = ClientInfo::new(peer.ip(), tls, &app.settings.trusted_proxies);
+    // Behind a trusted proxy, the client it forwards for (as Olla reports it).
+    ctx.client_ip = client.client_ip(req.headers());
     let query = req.uri().query().map(str::to_owned);
     if let Some(rest) = path.strip_prefix("/olla/proxy") {
         if rest.is_empty() || rest.starts_with('/') {

@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use http::{HeaderMap, Method, Request, Response};
+use http::{Method, Request, Response};
 use hyper::body::Incoming;
 use olla_actors::kind::BackendKind;
 
@@ -18,6 +18,7 @@ use crate::http_util::Body;
 use crate::proxy::headers::ClientInfo;
 use crate::proxy::select::KindFilter;
 use crate::proxy::{self, Forward};
+use crate::telemetry::RequestContext;
 
 /// The backend filter for a route prefix.
 pub fn filter_for(prefix: &str) -> Option<KindFilter> {
@@ -44,7 +45,7 @@ pub async fn handle(
     filter: KindFilter,
     tail: &str,
     query: Option<&str>,
-    ctx: &mut HeaderMap,
+    ctx: &mut RequestContext,
 ) -> Result<Response<Body>, ProxyError> {
     let ollama = filter == KindFilter::Only(BackendKind::Ollama);
     let fwd = Forward::new(filter, tail, query, ollama)?;
@@ -53,6 +54,19 @@ pub async fn handle(
         return Err(ProxyError::NoProviderEndpoints(name.to_string()));
     }
     let is_get = req.method() == Method::GET;
+    // Model lists are answered from the catalog: olla's own routes, not proxied requests.
+    let local = matches!(
+        (filter, fwd.path_key.as_str()),
+        (KindFilter::Only(BackendKind::Ollama), "/api/tags")
+            | (
+                KindFilter::Only(BackendKind::LmStudio),
+                "/api/v0/models" | "/api/v1/models"
+            )
+            | (_, "/v1/models")
+    );
+    if local && is_get {
+        ctx.route = crate::telemetry::Route::Internal;
+    }
     match (filter, fwd.path_key.as_str()) {
         (KindFilter::Only(BackendKind::Ollama), "/api/tags") if is_get => {
             return Ok(models::ollama_tags(app))

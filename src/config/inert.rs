@@ -13,10 +13,6 @@ pub const INERT: &[(&str, &str)] = &[
         "ignored, as in Olla: /internal/health is not rate-limited",
     ),
     (
-        "server.request_logging",
-        "no per-request access log is written",
-    ),
-    (
         "proxy.engine",
         "one engine here; the value is only shown in status",
     ),

@@ -47,6 +47,8 @@ pub struct ServerSettings {
     pub max_body_size: u64,
     pub max_header_size: u64,
     pub request_logging: bool,
+    /// `telemetry.metrics.enabled`.
+    pub metrics_enabled: bool,
     pub proxy_engine: String,
     pub proxy_profile: String,
     /// Peers whose `X-Forwarded-For` / `X-Real-IP` / `Forwarded` are believed
@@ -272,6 +274,7 @@ pub fn resolve(config: &Config) -> Result<Runtime, Vec<String>> {
             max_body_size: s.request_limits.max_body_size,
             max_header_size: s.request_limits.max_header_size,
             request_logging: s.request_logging,
+            metrics_enabled: config.telemetry.metrics.enabled,
             proxy_engine: p.engine.clone(),
             proxy_profile: p.profile.clone(),
             trusted_proxies,

@@ -25,9 +25,32 @@ pub struct Config {
     pub admin: AdminConfig,
     /// Ours: inbound API keys (`auth.keys`; off when absent).
     pub auth: InboundAuthConfig,
+    /// Ours: metrics (and, beside them, tracing export).
+    pub telemetry: TelemetryConfig,
     /// Keys the file sets that olla accepts but does not act on (filled by the loader).
     #[serde(skip)]
     pub inert: Vec<super::inert::InertKey>,
+}
+
+/// `telemetry`: what olla records about requests.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetryConfig {
+    pub metrics: MetricsConfig,
+}
+
+/// `telemetry.metrics`.
+#[derive(Clone, Debug, Deserialize, Serialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Record request metrics (`/internal/metrics` still answers, with zero request counts).
+    pub enabled: bool,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self { enabled: true }
+    }
 }
 
 /// The admin listener: a separate port for run-time commands, never the proxy port.

@@ -269,7 +269,7 @@ pub struct Gate {
     cors: Option<Arc<CorsPolicy>>,
     limiter: Option<Arc<Limiter>>,
     /// Inbound API keys (read lock-free per request; admin and reload write).
-    pub keys: KeyRing,
+    pub keys: Arc<KeyRing>,
     internal_cidrs: Vec<IpNet>,
     internal_require_key: bool,
     trusted: Vec<IpNet>,
@@ -330,7 +330,7 @@ impl Gate {
         Self {
             cors: s.cors.clone(),
             limiter,
-            keys: KeyRing::new(s.keys.as_deref()),
+            keys: Arc::new(KeyRing::new(s.keys.as_deref())),
             internal_cidrs: s.internal_cidrs.clone(),
             internal_require_key: s.internal_require_key,
             trusted,
@@ -559,5 +559,20 @@ mod tests {
         assert!(out.contains("olla_security_status 1\n"));
         assert_eq!(s.status_json()["violations"]["rate_limits"], 3);
         assert_eq!(s.status_json()["status"], "normal");
+    }
+}
+
+impl crate::telemetry::MetricsSource for SecurityStats {
+    fn render_prometheus(&self, out: &mut String) {
+        SecurityStats::render_prometheus(self, out);
+    }
+}
+
+/// Charges the tokens a finished response reported to the key that sent it (tokens/min).
+impl crate::telemetry::FinishObserver for KeyRing {
+    fn on_finish(&self, rec: &crate::telemetry::FinishRecord) {
+        if rec.key_name.is_some() {
+            self.charge_usage(rec.key_name.as_deref(), rec.tokens_in, rec.tokens_out);
+        }
     }
 }

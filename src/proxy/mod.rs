@@ -34,6 +34,9 @@ use tokio::time::Instant;
 use crate::app::App;
 use crate::error::ProxyError;
 use crate::http_util::Body;
+use crate::telemetry::{
+    AttemptError, AttemptOutcome, EndpointName, RequestContext, UpstreamAttempt,
+};
 use body::{GuardedBody, Upstream};
 use headers::{names, ClientInfo};
 use inspect::inspect_body;
@@ -212,14 +215,15 @@ pub trait Adapt: Send + Sync {
     fn upstream(&self, cand: &Candidate) -> (String, Bytes);
 }
 
-/// Runs the pipeline. `ctx` holds headers every response of this request carries (request id,
-/// routing headers); they are added by the caller.
+/// Runs the pipeline. `ctx` is the request's context: the pipeline records the model, the
+/// routing decision, each upstream attempt and the serving endpoint there; the response headers
+/// are rendered from it by the finisher.
 pub async fn forward(
     app: &Arc<App>,
     req: Request<Incoming>,
     client: ClientInfo,
     fwd: Forward,
-    ctx: &mut HeaderMap,
+    ctx: &mut RequestContext,
 ) -> Result<Response<Body>, ProxyError> {
     let (parts, incoming) = req.into_parts();
     let body = read_body(
@@ -248,25 +252,20 @@ pub async fn forward_body(
     client: &ClientInfo,
     fwd: &Forward,
     adapt: Option<&dyn Adapt>,
-    ctx: &mut HeaderMap,
+    ctx: &mut RequestContext,
 ) -> Result<Response<Body>, ProxyError> {
-    if let Some(v) = facts.model.as_deref().and_then(headers::echo_value) {
-        ctx.insert(names::X_OLLA_MODEL, v);
-    }
+    ctx.model.clone_from(&facts.model);
+    ctx.stream = facts.stream;
     app.gate
         .check_model(&parts.extensions, facts.model.as_deref())?;
     let selection = match select::select(app, fwd.filter, facts.model.as_deref()).await {
         Ok(s) => s,
         Err((e, decision)) => {
-            if let Some(d) = decision {
-                decision_headers(ctx, &d);
-            }
+            ctx.decision = decision;
             return Err(e);
         }
     };
-    if let Some(d) = &selection.decision {
-        decision_headers(ctx, d);
-    }
+    ctx.decision.clone_from(&selection.decision);
     let mut candidates = match adapt {
         Some(a) => a.choose(selection.candidates),
         None => selection.candidates,
@@ -329,7 +328,7 @@ impl Run<'_> {
     async fn walk(
         &self,
         candidates: Vec<Candidate>,
-        ctx: &mut HeaderMap,
+        ctx: &mut RequestContext,
     ) -> Result<Response<Body>, ProxyError> {
         let total = candidates.len();
         let mut tried = 0usize;
@@ -368,7 +367,10 @@ impl Run<'_> {
                     saw_capacity = Some(saw_capacity.map_or(wait, |w: Duration| w.min(wait)));
                     continue;
                 };
-                match ticket.wait(wait).await {
+                let queued_at = Instant::now();
+                let waited = ticket.wait(wait).await;
+                ctx.queue_wait = Some(ctx.queue_wait.unwrap_or_default() + queued_at.elapsed());
+                match waited {
                     Some(guard) => {
                         tried += 1;
                         if let Some(r) =
@@ -483,13 +485,26 @@ impl Run<'_> {
         mut guard: InFlightGuard,
         cand: &Candidate,
         more: bool,
-        ctx: &mut HeaderMap,
+        ctx: &mut RequestContext,
     ) -> Attempt {
         let handle = cand.handle.clone();
         let spec = handle.spec().clone();
+        let started = Instant::now();
+        let record = |ctx: &mut RequestContext, outcome: AttemptOutcome| {
+            if matches!(outcome, AttemptOutcome::Status(_)) {
+                ctx.endpoint = Some(EndpointName(spec.clone()));
+            }
+            ctx.push_attempt(UpstreamAttempt {
+                endpoint: EndpointName(spec.clone()),
+                started,
+                ended: Instant::now(),
+                outcome,
+            });
+        };
         let (uri, out_headers, out_body) = match self.upstream_parts(cand) {
             Ok(p) => p,
             Err(e) => {
+                record(ctx, AttemptOutcome::Error(AttemptError::Build));
                 guard.report(Outcome::Cancelled, None);
                 return Attempt::Next {
                     error: e,
@@ -497,7 +512,6 @@ impl Run<'_> {
                 };
             }
         };
-        let started = Instant::now();
         let total_deadline = spec.timeouts.total.map(|d| (d, started + d));
         let first_byte_limit = match spec.timeouts.total {
             Some(t) => spec.timeouts.first_byte.min(t),
@@ -506,6 +520,7 @@ impl Run<'_> {
         let sent = self.send(&handle, uri, out_headers, out_body);
         let resp = match tokio::time::timeout(first_byte_limit, sent).await {
             Err(_) => {
+                record(ctx, AttemptOutcome::Error(AttemptError::Timeout));
                 guard.report(Outcome::Fault, None);
                 tracing::warn!(
                     backend = handle.name(),
@@ -518,6 +533,12 @@ impl Run<'_> {
                 };
             }
             Ok(Err(e)) => {
+                let kind = if e.connect {
+                    AttemptError::Connect
+                } else {
+                    AttemptError::Protocol
+                };
+                record(ctx, AttemptOutcome::Error(kind));
                 let outcome = if e.connect {
                     Outcome::ConnectFailure
                 } else {
@@ -576,9 +597,6 @@ impl Run<'_> {
         );
         headers.insert(names::X_SERVED_BY, headers::served_by());
         headers.insert(http::header::VIA, HeaderValue::from_static(headers::via()));
-        for (k, v) in ctx.iter() {
-            headers.insert(k, v.clone());
-        }
         parts.headers = headers;
         let mut body = GuardedBody::new(
             incoming,
@@ -590,6 +608,7 @@ impl Run<'_> {
         );
         body.prefill().await;
         if let Some(err) = body.failed_before_data() {
+            record(ctx, AttemptOutcome::Error(AttemptError::BodyBeforeData));
             // Headers came but the body broke before its first byte: nothing reached the
             // client yet, so another backend may still serve.
             tracing::warn!(backend = handle.name(), error = %err, "upstream body failed before any data; trying the next backend");
@@ -599,6 +618,7 @@ impl Run<'_> {
             };
         }
         let response = Response::from_parts(parts, BodyExt::boxed(body));
+        record(ctx, AttemptOutcome::Status(status.as_u16()));
         if retryable && more {
             tracing::info!(
                 backend = handle.name(),

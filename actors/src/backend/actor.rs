@@ -393,6 +393,12 @@ impl Actor for BackendActor {
                         warn!(backend = %state.spec.name, error = %e, "model discovery failed; keeping the last good list");
                         state.discovery_failures = state.discovery_failures.saturating_add(1);
                         state.handle.shared().health.lock().discovery_error = Some(e.clone());
+                        state
+                            .handle
+                            .slot()
+                            .events
+                            .discovery_errors
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         for w in waiters {
                             let _ = w.send(Err(e.clone()));
                         }

@@ -14,7 +14,7 @@ use tokio::time::Instant;
 
 use crate::backend::client::{ShardedClient, UpstreamClient};
 use crate::backend::BackendMsg;
-use crate::breaker::{Admission, Breaker};
+use crate::breaker::{Admission, Breaker, BreakerTransition};
 use crate::health::EndpointStatus;
 use crate::kind::{BackendKind, ALL_KINDS};
 use crate::published::BackendSlot;
@@ -361,6 +361,12 @@ impl BackendHandle {
             }
         };
         if let Some(t) = transition {
+            let events = &self.0.slot.events;
+            match t {
+                BreakerTransition::Opened { .. } => &events.breaker_opened,
+                BreakerTransition::Closed => &events.breaker_closed,
+            }
+            .fetch_add(1, Ordering::Relaxed);
             let _ = self.0.actor.cast(BackendMsg::BreakerChanged(t));
         }
         if outcome == Outcome::ConnectFailure {

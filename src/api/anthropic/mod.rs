@@ -20,7 +20,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::SystemTime;
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
+use http::{HeaderName, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use olla_actors::kind::BackendKind;
@@ -34,9 +34,10 @@ use crate::dialect::anthropic::stream::StreamTranslator;
 use crate::dialect::anthropic::{error_body, message_id, response, tokens, upstream_error_message};
 use crate::error::ProxyError;
 use crate::http_util::{full, json_response, Body};
-use crate::proxy::headers::{names, ClientInfo};
+use crate::proxy::headers::ClientInfo;
 use crate::proxy::select::{Candidate, KindFilter};
 use crate::proxy::{self, read_body, Adapt, Forward};
+use crate::telemetry::RequestContext;
 
 /// `X-Olla-Mode`.
 pub const X_OLLA_MODE: HeaderName = HeaderName::from_static("x-olla-mode");
@@ -268,18 +269,18 @@ pub async fn handle(
     req: Request<Incoming>,
     client: ClientInfo,
     tail: &str,
-    ctx: &mut HeaderMap,
+    ctx: &mut RequestContext,
 ) -> Result<Response<Body>, ProxyError> {
-    if let Some(id) = ctx.get(names::X_OLLA_REQUEST_ID).cloned() {
-        ctx.insert(REQUEST_ID, id);
-    }
     let method = req.method().clone();
     let post = method == Method::POST;
     let get = method == Method::GET || method == Method::HEAD;
     match tail {
         "/v1/messages" if post => messages(app, req, client, ctx).await,
         "/v1/messages/count_tokens" if post => count_tokens(app, req, client, ctx).await,
-        "/v1/models" if get => Ok(list_models(app)),
+        "/v1/models" if get => {
+            ctx.route = crate::telemetry::Route::Internal;
+            Ok(list_models(app))
+        }
         "/v1/messages" | "/v1/messages/count_tokens" | "/v1/models" => {
             Err(ProxyError::MethodNotAllowed(method.to_string()))
         }
@@ -311,7 +312,7 @@ async fn messages(
     app: &Arc<App>,
     req: Request<Incoming>,
     client: ClientInfo,
-    ctx: &mut HeaderMap,
+    ctx: &mut RequestContext,
 ) -> Result<Response<Body>, ProxyError> {
     let started = std::time::Instant::now();
     let stats = &app.translators;
@@ -331,7 +332,7 @@ async fn messages_inner(
     app: &Arc<App>,
     req: Request<Incoming>,
     client: ClientInfo,
-    ctx: &mut HeaderMap,
+    ctx: &mut RequestContext,
 ) -> Result<Response<Body>, ProxyError> {
     let stats = &app.translators;
     let (parts, body, value) = read_request(app, req).await?;
@@ -380,17 +381,18 @@ async fn messages_inner(
         .chat()
         .ok_or_else(|| ProxyError::Internal("request could not be translated".into()))?;
     let input_estimate = tokens::estimate(&value);
-    Ok(translate_answer(resp, chat, input_estimate).await)
+    Ok(translate_answer(resp, chat, input_estimate, &ctx.request_id).await)
 }
 
 /// The upstream chat-completions answer as a Messages answer.
-async fn translate_answer(resp: Response<Body>, chat: &ChatRequest, input: u64) -> Response<Body> {
+async fn translate_answer(
+    resp: Response<Body>,
+    chat: &ChatRequest,
+    input: u64,
+    request_id: &str,
+) -> Response<Body> {
     let (mut parts, upstream) = resp.into_parts();
-    let request_id = parts
-        .headers
-        .get(REQUEST_ID)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
+    let request_id = Some(request_id);
     parts.headers.remove(http::header::CONTENT_LENGTH);
     parts.headers.remove(http::header::CONTENT_ENCODING);
     let sse = parts
@@ -403,7 +405,7 @@ async fn translate_answer(resp: Response<Body>, chat: &ChatRequest, input: u64) 
             .await
             .unwrap_or_default();
         let msg = upstream_error_message(&bytes);
-        let body = error_body(parts.status.as_u16(), &msg, request_id.as_deref());
+        let body = error_body(parts.status.as_u16(), &msg, request_id);
         return with_json(parts, body.to_string());
     }
     if sse {
@@ -429,7 +431,7 @@ async fn translate_answer(resp: Response<Body>, chat: &ChatRequest, input: u64) 
         let body = error_body(
             502,
             "the backend's answer is not valid chat-completions JSON",
-            request_id.as_deref(),
+            request_id,
         );
         return with_json(parts, body.to_string());
     };
@@ -464,12 +466,13 @@ async fn count_tokens(
     app: &Arc<App>,
     req: Request<Incoming>,
     client: ClientInfo,
-    ctx: &mut HeaderMap,
+    ctx: &mut RequestContext,
 ) -> Result<Response<Body>, ProxyError> {
     let (parts, _, value) = read_request(app, req).await?;
     let model = request::validate(&value)
         .map_err(ProxyError::BadRequest)?
         .to_string();
+    ctx.model = Some(model.clone());
     let has_llamacpp = app
         .tree
         .published
@@ -489,9 +492,6 @@ async fn count_tokens(
     let mut r = json_response(StatusCode::OK, &json!({"input_tokens": n}));
     r.headers_mut()
         .insert(X_OLLA_TOKEN_COUNT, HeaderValue::from_static(how));
-    if let Some(id) = ctx.get(REQUEST_ID) {
-        r.headers_mut().insert(REQUEST_ID, id.clone());
-    }
     Ok(r)
 }
 
@@ -518,8 +518,10 @@ async fn tokenizer_count(
         false,
     )
     .ok()?;
-    // Routing headers of this side trip are not the answer's.
-    let mut scratch = HeaderMap::new();
+    // This side trip's routing and attempts are not the request's (a scratch context, never
+    // finished or recorded).
+    let mut scratch =
+        RequestContext::new(String::new(), Method::POST, "/tokenize".into(), client.peer);
     let resp = proxy::forward_body(
         app,
         parts,
