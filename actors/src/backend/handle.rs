@@ -272,6 +272,17 @@ impl BackendHandle {
             && self.0.breaker.lock().would_admit(now)
     }
 
+    /// The routing facts of a routable backend, read once: `(priority, weight)`, or `None`
+    /// when it is not routable now (same test as [`BackendHandle::is_routable`]).
+    pub fn routable_now(&self, now: Instant) -> Option<(i64, u32)> {
+        let r = self.0.slot.routing.load();
+        (r.admits()
+            && self.status().is_routable()
+            && !self.parked(now)
+            && self.0.breaker.lock().would_admit(now))
+        .then_some((r.priority, r.weight))
+    }
+
     /// Breaker state name for status output.
     pub fn breaker_state(&self) -> &'static str {
         self.0.breaker.lock().state_name(Instant::now())
@@ -360,11 +371,40 @@ impl BackendHandle {
                 }
             }
         };
+        let balance = &self.0.slot.balance;
+        match outcome {
+            Outcome::Success => {
+                balance.failures.on_success();
+                self.nudge_loaded_check();
+            }
+            Outcome::ConnectFailure | Outcome::Fault => {
+                balance.failures.on_failure(crate::routing::now_ms())
+            }
+            _ => {}
+        }
         if let Some(t) = transition {
             let _ = self.0.actor.cast(BackendMsg::BreakerChanged(t));
         }
         if outcome == Outcome::ConnectFailure {
             self.request_probe();
+        }
+    }
+
+    /// After a served request, asks the actor to re-check loaded models (a request may have
+    /// loaded one), at most once per [`LOADED_NUDGE_MS`].
+    fn nudge_loaded_check(&self) {
+        if self.0.spec.loaded_check_interval.is_none() {
+            return;
+        }
+        let now = crate::routing::now_ms();
+        let last = &self.0.slot.balance.loaded_nudged_ms;
+        let prev = last.load(Ordering::Relaxed);
+        if now.saturating_sub(prev) >= LOADED_NUDGE_MS
+            && last
+                .compare_exchange(prev, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            let _ = self.0.actor.cast(BackendMsg::CheckLoaded);
         }
     }
 
@@ -378,6 +418,9 @@ impl BackendHandle {
         let _ = self.0.actor.cast(BackendMsg::PassiveFailure);
     }
 }
+
+/// Shortest gap between two after-request checks of loaded models.
+pub const LOADED_NUDGE_MS: u64 = 1_000;
 
 /// A place in a backend's wait queue; dropping it leaves the queue.
 pub struct QueueTicket(BackendHandle);
