@@ -98,6 +98,7 @@ async fn route(
         "/internal/status/endpoints" => return Ok(internal::endpoints(app, &req)),
         "/internal/status/models" => return Ok(models::status_models(app, &req)),
         "/internal/stats/translators" => return Ok(anthropic::stats(app)),
+        "/internal/stats/sticky" => return Ok(internal::sticky_stats(app)),
         "/olla/models" | "/olla/models/" => {
             get_only(&req)?;
             return models::list(app, req.uri().query());

@@ -25,10 +25,6 @@ pub const INERT: &[(&str, &str)] = &[
         "proxy.profile",
         "responses are always streamed; the value is only shown in status",
     ),
-    (
-        "proxy.sticky_sessions",
-        "no sticky sessions: every request is balanced afresh",
-    ),
     ("proxy.stream_buffer_size", "ignored"),
     ("proxy.max_retries", "ignored (deprecated in Olla)"),
     ("proxy.retry_backoff", "ignored (deprecated in Olla)"),
@@ -195,12 +191,12 @@ mod tests {
     #[test]
     fn lists_only_the_inert_keys_a_config_sets() {
         let v = yaml(
-            "server:\n  port: 1\n  rate_limits: {burst_size: 5}\nproxy:\n  sticky_sessions: {enabled: true}\ndashboard: {enabled: false}\n",
+            "server:\n  port: 1\n  rate_limits: {burst_size: 5}\nproxy:\n  profile_filter: {include: [a]}\ndashboard: {enabled: false}\n",
         );
         let paths: Vec<_> = present(&v).into_iter().map(|k| k.path).collect();
         assert_eq!(
             paths,
-            vec!["server.rate_limits", "proxy.sticky_sessions", "dashboard"]
+            vec!["server.rate_limits", "proxy.profile_filter", "dashboard"]
         );
         assert!(present(&yaml("server: {port: 1}\n")).is_empty());
         let v = yaml("discovery:\n  static:\n    endpoints:\n      - {name: a}\n      - {name: b, preserve_path: true}\n");

@@ -159,6 +159,10 @@ const ENV_OVERRIDES: &[(&str, &[&str])] = &[
     ("OLLA_PROXY_PROFILE", &["proxy", "profile"]),
     ("OLLA_PROXY_LOAD_BALANCER", &["proxy", "load_balancer"]),
     (
+        "OLLA_PROXY_STICKY_SESSIONS_ENABLED",
+        &["proxy", "sticky_sessions", "enabled"],
+    ),
+    (
         "OLLA_PROXY_CONNECTION_TIMEOUT",
         &["proxy", "connection_timeout"],
     ),
