@@ -555,8 +555,8 @@ async fn cache_aware_keeps_interleaved_conversations_apart_and_a_shared_prompt_s
     let systems = ["You are assistant A.", "You are assistant B."];
     let mut homes: [Option<String>; 2] = [None, None];
     for turn in 0..5 {
-        for i in 0..2 {
-            let r = send(&c, &base, &conversation(systems[i], &turns[i]), &[]).await;
+        for (i, system) in systems.iter().enumerate() {
+            let r = send(&c, &base, &conversation(system, &turns[i]), &[]).await;
             assert_eq!(r.status, 200);
             assert_eq!(r.header("x-olla-routing-balancer"), "cache-aware");
             match &homes[i] {
@@ -592,10 +592,10 @@ async fn cache_aware_keeps_interleaved_conversations_apart_and_a_shared_prompt_s
         (1..8).contains(&on_a),
         "collapsed onto one backend: {first:?}"
     );
-    for n in 0..8 {
+    for (n, home) in first.iter().enumerate() {
         let t = [format!("question {n}"), "an answer".into(), "more".into()];
         let r = send(&c, &base, &conversation(&system, &t), &[]).await;
-        assert_eq!(r.endpoint, first[n], "conversation {n} second turn");
+        assert_eq!(&r.endpoint, home, "conversation {n} second turn");
     }
     d.stop().await;
     a.stop().await;

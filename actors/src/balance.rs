@@ -7,7 +7,8 @@
 //! - `round-robin`: a strict rotation driven by one shared counter;
 //! - `least-connections`: fewest in-flight requests (plus a decaying penalty for recent
 //!   failures, so a backend that answers errors instantly does not attract traffic) per unit of
-//!   weight × status factor; ties rotate;
+//!   weight × status factor; ties rotate (tiers over 16 backends rank their three least loaded
+//!   first and keep the rest in rotated order, so the pick stays O(n));
 //! - `weighted`: smooth weighted round-robin (nginx's algorithm) by `weight` × status factor,
 //!   its running state kept in one atomic per backend (no lock).
 //!
@@ -194,12 +195,40 @@ pub fn order_tier<T: Weighed>(
         Strategy::Weighted => weighted_pick(tier),
         Strategy::Priority => weighted_random(tier, rand01),
         _ => {
-            tier.rotate_left(turn % n);
-            // Stable: equal loads keep the rotated order, so ties rotate.
-            tier.sort_by(|a, b| load(a).total_cmp(&load(b)));
+            if n <= FULL_SORT_MAX {
+                tier.rotate_left(turn % n);
+                // Stable: equal loads keep the rotated order, so ties rotate.
+                tier.sort_by(|a, b| load(a).total_cmp(&load(b)));
+            } else {
+                // A large tier: the first few by load (the pick and its likely failovers),
+                // found by scans that start at the rotating offset (ties rotate); the rest
+                // keep their order. O(n) per place, no sort, no rotation of the whole tier.
+                let offset = turn % n;
+                for place in 0..LARGE_TIER_RANKED.min(n) {
+                    let len = n - place;
+                    let start = offset % len;
+                    let mut best = start;
+                    let mut best_load = load(&tier[place + start]);
+                    for k in 1..len {
+                        let i = (start + k) % len;
+                        let l = load(&tier[place + i]);
+                        if l < best_load {
+                            best = i;
+                            best_load = l;
+                        }
+                    }
+                    tier.swap(place, place + best);
+                }
+            }
         }
     }
 }
+
+/// Tiers up to this size are fully sorted by load; larger ones rank their first
+/// [`LARGE_TIER_RANKED`] candidates.
+pub const FULL_SORT_MAX: usize = 16;
+/// Candidates ranked by load in a tier larger than [`FULL_SORT_MAX`].
+pub const LARGE_TIER_RANKED: usize = 3;
 
 /// Smooth weighted round-robin: every candidate's running weight grows by its share, the
 /// largest goes first and gives back the total. The rest keep their order (failover).
@@ -226,32 +255,20 @@ fn weighted_pick<T: Weighed>(tier: &mut [T]) {
     }
 }
 
-/// Efraimidis–Spirakis: key = u^(1/w); the largest key goes first, which is a pick weighted by
-/// share. The rest follow by key (a weighted random permutation).
+/// Olla's `priority` pick: one weighted random draw by share; the chosen candidate goes first,
+/// the others keep their order for failover.
 fn weighted_random<T: Weighed>(tier: &mut [T], rand01: &mut impl FnMut() -> f64) {
-    let mut keyed: Vec<(f64, usize)> = tier
-        .iter()
-        .enumerate()
-        .map(|(i, c)| (rand01().max(f64::MIN_POSITIVE).powf(1.0 / share(c)), i))
-        .collect();
-    keyed.sort_by(|a, b| b.0.total_cmp(&a.0));
-    apply_permutation(tier, keyed.into_iter().map(|(_, i)| i).collect());
-}
-
-fn apply_permutation<T>(slice: &mut [T], perm: Vec<usize>) {
-    // perm[k] = index (in the original) of the element that goes to position k.
-    let mut pos: Vec<usize> = (0..slice.len()).collect(); // where original i currently sits
-    let mut at: Vec<usize> = (0..slice.len()).collect(); // which original sits at position j
-    for (k, &orig) in perm.iter().enumerate() {
-        let j = pos[orig];
-        if j != k {
-            slice.swap(k, j);
-            let other = at[k];
-            at.swap(k, j);
-            pos[orig] = k;
-            pos[other] = j;
+    let total: f64 = tier.iter().map(share).sum();
+    let mut target = rand01().clamp(0.0, 1.0) * total;
+    let mut chosen = tier.len() - 1;
+    for (i, c) in tier.iter().enumerate() {
+        target -= share(c);
+        if target <= 0.0 {
+            chosen = i;
+            break;
         }
     }
+    tier[..=chosen].rotate_right(1);
 }
 
 /// Moves `cands[i]` to the front of `range`, keeping the others' order.
@@ -447,11 +464,25 @@ mod tests {
     }
 
     #[test]
-    fn permutation_is_applied_exactly() {
-        let mut v = vec!['a', 'b', 'c', 'd'];
-        apply_permutation(&mut v, vec![2, 0, 3, 1]);
-        assert_eq!(v, vec!['c', 'a', 'd', 'b']);
+    fn promote_keeps_the_others_in_order() {
+        let mut v = vec!['c', 'a', 'd', 'b'];
         promote(&mut v, &(1..4), 3);
         assert_eq!(v, vec!['c', 'b', 'a', 'd']);
+        promote(&mut v, &(1..4), 0);
+        assert_eq!(v, vec!['c', 'b', 'a', 'd'], "outside the range: unchanged");
+    }
+
+    #[test]
+    fn a_large_tier_ranks_its_least_loaded_first() {
+        let pool: Vec<C> = (0..40).map(|i| c("x", 1, 1, 40 - i)).collect();
+        let mut v: Vec<&C> = pool.iter().collect();
+        order(
+            &mut v,
+            Strategy::LeastConnections,
+            &AtomicUsize::new(5),
+            fastrand::f64,
+        );
+        let loads: Vec<usize> = v.iter().take(3).map(|c| c.load).collect();
+        assert_eq!(loads, vec![1, 2, 3]);
     }
 }

@@ -784,6 +784,49 @@ mod tests {
     }
 
     #[test]
+    fn balancing_keys_resolve_and_bad_values_are_reported() {
+        let ep = format!("{TWO}      - {{name: a, url: 'http://h:1', type: ollama}}\n");
+        let rt = resolve_text(&format!(
+            "proxy:\n  load_balancer: warm-first\n  warm_first: {{max_wait_ratio: 2, check_interval: 1s}}\n  sticky_sessions: {{enabled: true, idle_ttl_seconds: 60, key_sources: [ip, bogus, session_header]}}\n  cache_aware: {{cache_threshold: 0.5}}\n{ep}"
+        ))
+        .unwrap();
+        let p = &rt.tree.policy;
+        assert_eq!(p.strategy, Strategy::WarmFirst);
+        assert!(p.warm_first_on() && p.warm_first.max_wait_ratio == 2.0);
+        assert_eq!(
+            rt.tree.specs[0].loaded_check_interval,
+            Some(Duration::from_secs(1))
+        );
+        assert!(p.sticky.enabled);
+        assert_eq!(p.sticky.idle_ttl, Duration::from_secs(60));
+        assert_eq!(
+            p.sticky.key_sources,
+            vec![KeySource::Ip, KeySource::SessionHeader],
+            "unknown sources are ignored, order kept"
+        );
+        assert_eq!(p.cache_aware.cache_threshold, 0.5);
+        // Defaults: nothing on, no loaded-model checks.
+        let rt = resolve_text(&ep).unwrap();
+        assert!(!rt.tree.policy.sticky.enabled && !rt.tree.policy.warm_first_on());
+        assert_eq!(rt.tree.specs[0].loaded_check_interval, None);
+        let errs = resolve_text(&format!(
+            "proxy:\n  load_balancer: wieghted\n  warm_first: {{max_wait_ratio: -1}}\n  sticky_sessions: {{enabled: true, key_sources: [nope]}}\n  cache_aware: {{cache_threshold: 2, balance_rel_threshold: 0.5, max_tree_bytes: 10}}\n{ep}"
+        ))
+        .unwrap_err()
+        .join("\n");
+        for want in [
+            "did you mean \"weighted\"",
+            "max_wait_ratio",
+            "key_sources",
+            "cache_threshold",
+            "balance_rel_threshold",
+            "max_tree_bytes",
+        ] {
+            assert!(errs.contains(want), "{want}: {errs}");
+        }
+    }
+
+    #[test]
     fn anthropic_translator_keys() {
         let rt = resolve_text(&format!(
             "translators: {{anthropic: {{passthrough_enabled: false, max_message_size: 0}}}}\n{TWO}      - {{name: a, url: 'http://h:1', type: openai, anthropic_messages_path: /x/v1/messages}}\n      - {{name: b, url: 'http://h:2', type: llamacpp, anthropic_messages_path: ''}}\n"

@@ -156,7 +156,8 @@ pub struct ProxyConfig {
     pub engine: String,
     /// `auto` | `streaming` | `standard`: we always stream; accepted for compatibility.
     pub profile: String,
-    /// `priority` | `round-robin` | `least-connections` (inside priority tiers, always).
+    /// `priority` | `round-robin` | `least-connections` | `weighted` | `warm-first` |
+    /// `cache-aware` (inside priority tiers, always).
     pub load_balancer: String,
     /// Olla's dial timeout; used as the connect timeout unless `timeouts.connect` is set.
     pub connection_timeout: Option<Dur>,

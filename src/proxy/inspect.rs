@@ -253,6 +253,50 @@ pub fn splice_model(body: &Bytes, span: &Range<usize>, name: &str) -> Option<Byt
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn messages_and_prompt_are_located_for_routing() {
+        let body = br#"{"model":"m","messages":[{"role":"system","content":"s"}, {"role":"user","content":"q"}],"stream":true}"#;
+        let f = inspect_body(Some("application/json"), body).unwrap();
+        assert_eq!(
+            prefix_text(&f, body).unwrap(),
+            br#"[{"role":"system","content":"s"}, {"role":"user","content":"q"}]"#
+        );
+        let segs = prompt_segments(&f, body);
+        assert_eq!(
+            segs,
+            vec![
+                &br#"{"role":"system","content":"s"}"#[..],
+                &br#"{"role":"user","content":"q"}"#[..]
+            ]
+        );
+        // `messages` empty or null: `prompt` is hashed instead; a long prompt is blocked.
+        let long = "x".repeat(600);
+        let body = format!(r#"{{"model":"m","messages":[],"prompt":"{long}"}}"#);
+        let f = inspect_body(None, body.as_bytes()).unwrap();
+        assert_eq!(prefix_text(&f, body.as_bytes()).unwrap().len(), 602);
+        assert_eq!(prompt_segments(&f, body.as_bytes()).len(), 3);
+        let body = br#"{"model":"m","messages":null}"#;
+        let f = inspect_body(None, body).unwrap();
+        assert_eq!(prefix_text(&f, body), None);
+        // Not a list: no segments, never an error.
+        let body = br#"{"model":"m","messages":{"a":1}}"#;
+        let f = inspect_body(None, body).unwrap();
+        assert!(prompt_segments(&f, body).is_empty());
+    }
+
+    #[test]
+    fn message_segments_are_bounded() {
+        let items: Vec<String> = (0..MAX_PROMPT_SEGMENTS + 10)
+            .map(|i| i.to_string())
+            .collect();
+        let body = format!(r#"{{"messages":[{}]}}"#, items.join(","));
+        let f = inspect_body(None, body.as_bytes()).unwrap();
+        assert_eq!(
+            prompt_segments(&f, body.as_bytes()).len(),
+            MAX_PROMPT_SEGMENTS
+        );
+    }
     use proptest::prelude::*;
 
     #[test]

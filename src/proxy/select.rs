@@ -155,11 +155,16 @@ fn sample(
     now_ms: u64,
     warmth: bool,
 ) -> Vec<Candidate> {
-    entries
-        .iter()
-        .filter(|e| filter.allows(e.handle.kind()))
-        .filter_map(|e| Candidate::sample(&e.handle, e.native.as_ref(), e.key, now, now_ms, warmth))
-        .collect()
+    let mut out = Vec::with_capacity(entries.len());
+    out.extend(
+        entries
+            .iter()
+            .filter(|e| filter == KindFilter::Any || filter.allows(e.handle.kind()))
+            .filter_map(|e| {
+                Candidate::sample(&e.handle, e.native.as_ref(), e.key, now, now_ms, warmth)
+            }),
+    );
+    out
 }
 
 /// The sticky key of a request, when sticky sessions are on.

@@ -237,7 +237,9 @@ impl BackendHandle {
 
     /// Parked by a 429 right now?
     pub fn parked(&self, now: Instant) -> bool {
-        self.0.parked_until_ms.load(Ordering::Relaxed) > self.now_ms(now)
+        let until = self.0.parked_until_ms.load(Ordering::Relaxed);
+        // Never parked: skip the clock arithmetic (the routing hot path asks every backend).
+        until != 0 && until > self.now_ms(now)
     }
 
     /// Park the backend (live 429 with Retry-After). The wait is the backend's word: clamped to

@@ -113,9 +113,12 @@ impl Match {
     }
 }
 
+/// One shard of nodes, keyed by cumulative hash.
+type Shard = HashMap<u64, Node, foldhash::fast::FixedState>;
+
 /// The prefix trees of every model.
 pub struct PrefixIndex {
-    shards: Vec<Mutex<HashMap<u64, Node, foldhash::fast::FixedState>>>,
+    shards: Vec<Mutex<Shard>>,
     tick: AtomicU64,
     hasher: foldhash::fast::FixedState,
     pub evicted: AtomicU64,
@@ -167,7 +170,7 @@ impl PrefixIndex {
             .collect()
     }
 
-    fn shard(&self, seed: u64) -> &Mutex<HashMap<u64, Node, foldhash::fast::FixedState>> {
+    fn shard(&self, seed: u64) -> &Mutex<Shard> {
         &self.shards[(seed as usize) % SHARDS]
     }
 
@@ -244,7 +247,7 @@ impl PrefixIndex {
 }
 
 /// Drops the least recently used nodes down to 7/8 of `cap` (one O(n) pass per cap/8 inserts).
-fn evict_lru(map: &mut HashMap<u64, Node, foldhash::fast::FixedState>, cap: usize) -> u64 {
+fn evict_lru(map: &mut Shard, cap: usize) -> u64 {
     let keep = cap - cap / 8;
     if map.len() <= keep {
         return 0;
