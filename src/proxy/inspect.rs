@@ -197,7 +197,9 @@ pub const MAX_PROMPT_SEGMENTS: usize = 1024;
 pub fn prompt_segments<'b>(facts: &BodyFacts, body: &'b [u8]) -> Vec<&'b [u8]> {
     if let Some(m) = facts.messages_span.clone().and_then(|r| body.get(r)) {
         if let Ok(items) = serde_json::from_slice::<MessageList<'b>>(m) {
-            return items.0;
+            if !items.0.is_empty() {
+                return items.0;
+            }
         }
     }
     match facts.prompt_span.clone().and_then(|r| body.get(r)) {

@@ -10,9 +10,9 @@
 //! **Residency is not occupancy.** A warm backend (model loaded) avoids a load that costs
 //! seconds, but a warm backend that is busy makes requests queue behind others. The rule:
 //! inside a tier, the least-loaded warm backend with a free slot goes first while its
-//! in-flight count is at most `max_wait_ratio` × (in-flight of the least-loaded cold backend
-//! + 1); beyond that the cold backend takes the overflow. With no warm backend the base
-//! balancer decides, so traffic spreads again when a model is unloaded.
+//! in-flight count is at most `max_wait_ratio` × (one more than the in-flight count of the
+//! least-loaded cold backend); beyond that the cold backend takes the overflow. With no warm
+//! backend the base balancer decides, so traffic spreads again when a model is unloaded.
 
 use std::sync::Arc;
 use std::time::Duration;
