@@ -1,24 +1,28 @@
 //! Criterion benches of the request hot path:
-//! - `pick/select/N`: the whole candidate selection for one request (catalog lookup of the
-//!   model, routability of each backend, priority tiers + balancer) over a published snapshot
-//!   of N backends (1, 10, 100);
-//! - `pick/order/N`: the balancer ordering alone;
+//! - `pick/<policy>/N`: the whole candidate selection for one request (index lookup of the
+//!   model, routability of each backend, tiers, the balancer and its layers, the decision) over
+//!   a published snapshot of N backends in one tier (1, 10, 100), per balancer, and with sticky
+//!   sessions, warm-first and cache-aware layered on;
 //! - `accounting/*`: taking a slot on a backend and reporting the outcome (breaker, in-flight
 //!   counter, stats), with the breaker on and off, against a bare atomic counter as baseline.
 
 use std::hint::black_box;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc as StdArc;
 use std::sync::Arc;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
+use http::{HeaderMap, HeaderValue};
 use olla::app::App;
 use olla::config::ServerSettings;
-use olla::proxy::select::{select, Candidate, KindFilter};
-use olla_actors::balance::{order, Strategy};
+use olla::proxy::inspect::inspect_body;
+use olla::proxy::select::{select, KindFilter, RouteFacts};
+use olla_actors::balance::Strategy;
 use olla_actors::discovery::DiscoveredModel;
 use olla_actors::kind::BackendKind;
 use olla_actors::registry::RegistryMsg;
+use olla_actors::routing::loaded::Loaded;
 use olla_actors::spec::BackendSpec;
 use olla_actors::{EndpointStatus, Outcome, RoutingPolicy, SlotAttempt, Tree, TreeConfig};
 
@@ -55,7 +59,7 @@ async fn app_with(n: usize, breaker: bool) -> Arc<App> {
                 format!("http://127.0.0.1:{}", 1 + i).parse().unwrap(),
                 BackendKind::Ollama,
             );
-            s.priority = if i % 2 == 0 { 100 } else { 50 };
+            s.priority = 100;
             s.check_interval = Duration::from_secs(3600);
             s.check_timeout = Duration::from_millis(1);
             s.discovery.enabled = false;
@@ -103,6 +107,29 @@ async fn app_with(n: usize, breaker: bool) -> Arc<App> {
     Arc::new(App::new(settings(), tree, "least-connections".into()))
 }
 
+/// The balancer configurations benched: `(label, strategy, sticky, warm_first)`.
+const POLICIES: &[(&str, Strategy, bool, bool)] = &[
+    ("priority", Strategy::Priority, false, false),
+    ("round-robin", Strategy::RoundRobin, false, false),
+    (
+        "least-connections",
+        Strategy::LeastConnections,
+        false,
+        false,
+    ),
+    ("weighted", Strategy::Weighted, false, false),
+    ("warm-first", Strategy::WarmFirst, false, false),
+    ("cache-aware", Strategy::CacheAware, false, false),
+    (
+        "least-connections+sticky",
+        Strategy::LeastConnections,
+        true,
+        false,
+    ),
+    ("warm-first+sticky", Strategy::WarmFirst, true, true),
+    ("cache-aware+sticky+warm", Strategy::CacheAware, true, true),
+];
+
 fn bench_pick(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -110,33 +137,56 @@ fn bench_pick(c: &mut Criterion) {
         .build()
         .unwrap();
     let mut group = c.benchmark_group("pick");
+    // A chat request: a system prompt and three turns.
+    let body = bytes::Bytes::from(
+        serde_json::json!({
+            "model": "shared:8b",
+            "stream": true,
+            "messages": [
+                {"role": "system", "content": "You are a helpful assistant. ".repeat(20)},
+                {"role": "user", "content": "What is a radix tree?"},
+                {"role": "assistant", "content": "A compressed trie. ".repeat(10)},
+                {"role": "user", "content": "And a prefix cache?"},
+            ]
+        })
+        .to_string(),
+    );
+    let facts = inspect_body(Some("application/json"), &body).unwrap();
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        "x-olla-session-id",
+        HeaderValue::from_static("session-1234"),
+    );
     for n in [1usize, 10, 100] {
         let app = rt.block_on(app_with(n, true));
-        group.bench_with_input(BenchmarkId::new("select", n), &n, |b, _| {
-            b.to_async(&rt).iter(|| async {
-                let s = select(&app, KindFilter::Any, Some(black_box("shared:8b"))).await;
-                black_box(s.map(|s| s.candidates.len()).unwrap_or(0))
-            })
-        });
-        let cands: Vec<Candidate> = app
-            .tree
-            .published
-            .table()
-            .backends
-            .iter()
-            .map(|h| Candidate {
-                handle: h.clone(),
-                native_model: None,
-            })
-            .collect();
-        let cursor = AtomicUsize::new(0);
-        group.bench_with_input(BenchmarkId::new("order", n), &n, |b, _| {
-            b.iter(|| {
-                let mut v = cands.clone();
-                order(&mut v, Strategy::LeastConnections, &cursor, fastrand::f64);
-                black_box(v.len())
-            })
-        });
+        // Half of the backends report the model loaded.
+        for (i, b) in app.tree.published.table().backends.iter().enumerate() {
+            let loaded = if i % 2 == 0 {
+                Loaded::Models(vec!["shared:8b".to_string()].into())
+            } else {
+                Loaded::Models(Vec::new().into())
+            };
+            b.slot().balance.loaded.store(StdArc::new(loaded));
+        }
+        for &(label, strategy, sticky, warm) in POLICIES {
+            let mut policy = (**app.tree.published.policy.load()).clone();
+            policy.strategy = strategy;
+            policy.sticky.enabled = sticky;
+            policy.warm_first.enabled = warm;
+            app.tree.published.policy.store(StdArc::new(policy));
+            let req = RouteFacts {
+                headers: Some(&headers),
+                peer: Some("127.0.0.1".parse().unwrap()),
+                body: &body,
+                body_facts: Some(&facts),
+            };
+            group.bench_with_input(BenchmarkId::new(label, n), &n, |b, _| {
+                b.to_async(&rt).iter(|| async {
+                    let s = select(&app, KindFilter::Any, Some(black_box("shared:8b")), &req).await;
+                    black_box(s.map(|s| s.candidates.len()).unwrap_or(0))
+                })
+            });
+        }
     }
     group.finish();
 }

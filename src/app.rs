@@ -2,6 +2,7 @@
 //! snapshots) and process-wide counters. One `Arc<App>` is shared by every connection task.
 
 use std::sync::atomic::{AtomicI64, AtomicU64};
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use olla_actors::Tree;
@@ -55,6 +56,7 @@ impl App {
         });
         telemetry.add_source(gate.stats.clone());
         telemetry.add_observer(gate.keys.clone());
+        telemetry.add_source(Arc::new(StickyMetrics(tree.published.clone())));
         Self {
             gate,
             tree,
@@ -81,5 +83,14 @@ impl App {
     pub fn with_control(mut self, control: Control) -> Self {
         self.control = control;
         self
+    }
+}
+
+/// The sticky-session table's counters in `/internal/metrics`.
+struct StickyMetrics(Arc<olla_actors::published::Published>);
+
+impl crate::telemetry::MetricsSource for StickyMetrics {
+    fn render_prometheus(&self, out: &mut String) {
+        self.0.routing.sticky.render_prometheus(out);
     }
 }

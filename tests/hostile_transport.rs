@@ -497,12 +497,12 @@ fn validate(yaml: &str) -> (bool, String) {
 #[test]
 fn validate_config_lists_the_keys_olla_accepts_but_does_not_act_on() {
     let (ok, out) = validate(
-        "server:\n  rate_limits: {per_ip_requests_per_minute: 10, health_requests_per_minute: 5}\n  cors: {enabled: true}\nproxy:\n  sticky_sessions: {enabled: true}\ndashboard: {enabled: false, gate_internal_api: true}\n",
+        "server:\n  rate_limits: {per_ip_requests_per_minute: 10, health_requests_per_minute: 5}\n  cors: {enabled: true}\nproxy:\n  profile_filter: {include: [a]}\ndashboard: {enabled: false, gate_internal_api: true}\n",
     );
     assert!(ok, "{out}");
     for key in [
         "server.rate_limits.health_requests_per_minute",
-        "proxy.sticky_sessions",
+        "proxy.profile_filter",
         "dashboard.gate_internal_api",
     ] {
         assert!(out.contains(key), "{key} missing from:\n{out}");

@@ -1,20 +1,49 @@
-//! Pure selection policies: order the routable candidates of a request by priority tier (highest
-//! first, in every strategy), then inside each tier by the configured balancer. The request walks
-//! the resulting order on failover.
+//! Pure balancing policies inside priority tiers: which backend of a tier goes first, and the
+//! order the request walks on failover. Tiers always come first (highest priority first, in
+//! every strategy); inside a tier the configured strategy orders the candidates:
+//!
+//! - `priority` (Olla's meaning): a weighted random pick by `weight` × status factor
+//!   (healthy 1.0, busy 0.3, warming 0.1);
+//! - `round-robin`: a strict rotation driven by one shared counter;
+//! - `least-connections`: fewest in-flight requests (plus a decaying penalty for recent
+//!   failures, so a backend that answers errors instantly does not attract traffic) per unit of
+//!   weight × status factor; ties rotate (tiers over 16 backends rank their three least loaded
+//!   first and keep the rest in rotated order, so the pick stays O(n));
+//! - `weighted`: smooth weighted round-robin (nginx's algorithm) by `weight` × status factor,
+//!   its running state kept in one atomic per backend (no lock).
+//!
+//! `warm-first` and `cache-aware` are layers over least-connections ([`crate::routing`]).
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::ops::Range;
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 
-/// How candidates inside one priority tier are ordered.
+/// The configured balancer (`proxy.load_balancer`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum Strategy {
-    /// Weighted random by `weight` × status factor (healthy 1.0, busy 0.3, warming 0.1).
+    /// Weighted random by `weight` × status factor.
     #[default]
     Priority,
-    /// Rotate through the tier.
+    /// Strict rotation through the tier.
     RoundRobin,
-    /// Fewest in-flight requests per unit of weight; ties rotate.
+    /// Fewest in-flight requests (+ recent failures) per unit of weight; ties rotate.
     LeastConnections,
+    /// Smooth weighted round-robin by `weight`.
+    Weighted,
+    /// Warm-first over least-connections.
+    WarmFirst,
+    /// Prefix-cache affinity over least-connections.
+    CacheAware,
 }
+
+/// The names `proxy.load_balancer` accepts.
+pub const STRATEGY_NAMES: &[&str] = &[
+    "priority",
+    "round-robin",
+    "least-connections",
+    "weighted",
+    "warm-first",
+    "cache-aware",
+];
 
 impl Strategy {
     pub fn parse(s: &str) -> Option<Self> {
@@ -24,6 +53,9 @@ impl Strategy {
             "least-connections" | "least_connections" | "least-conn" => {
                 Some(Self::LeastConnections)
             }
+            "weighted" | "weighted-round-robin" | "weighted_round_robin" => Some(Self::Weighted),
+            "warm-first" | "warm_first" => Some(Self::WarmFirst),
+            "cache-aware" | "cache_aware" => Some(Self::CacheAware),
             _ => None,
         }
     }
@@ -32,6 +64,25 @@ impl Strategy {
             Self::Priority => "priority",
             Self::RoundRobin => "round-robin",
             Self::LeastConnections => "least-connections",
+            Self::Weighted => "weighted",
+            Self::WarmFirst => "warm-first",
+            Self::CacheAware => "cache-aware",
+        }
+    }
+    /// The base ordering inside a tier (the layered strategies sit on least-connections).
+    pub fn base(self) -> Self {
+        match self {
+            Self::WarmFirst | Self::CacheAware => Self::LeastConnections,
+            s => s,
+        }
+    }
+    /// The `X-Olla-Routing-Pick` reason of a pick made by the base ordering.
+    pub fn reason(self) -> &'static str {
+        match self.base() {
+            Self::Priority => "priority",
+            Self::RoundRobin => "round_robin",
+            Self::Weighted => "weighted",
+            _ => "least_connections",
         }
     }
 }
@@ -43,6 +94,64 @@ pub trait Weighed {
     fn in_flight(&self) -> usize;
     /// 1.0 healthy, less for busy/warming.
     fn traffic_factor(&self) -> f64;
+    /// Recent failures, decayed (counted as extra connections by least-connections).
+    fn failure_penalty(&self) -> f64 {
+        0.0
+    }
+    /// The backend's smooth-weighted-round-robin running weight (`weighted` only).
+    fn swrr(&self) -> Option<&AtomicI64> {
+        None
+    }
+    /// Whether a request can start now without waiting for a slot.
+    fn has_capacity(&self) -> bool {
+        true
+    }
+}
+
+/// The effective share of a candidate: weight × status factor, never zero (a busy or warming
+/// backend gets a reduced share, not none).
+pub fn share<T: Weighed>(c: &T) -> f64 {
+    (f64::from(c.weight().max(1)) * c.traffic_factor()).max(0.01)
+}
+
+/// Least-connections load: (in-flight + failure penalty) per unit of share.
+pub fn load<T: Weighed>(c: &T) -> f64 {
+    (c.in_flight() as f64 + c.failure_penalty()) / share(c)
+}
+
+/// Sorts by priority, highest first, keeping the current order inside a tier (stable; the
+/// candidates usually arrive sorted, which costs one pass).
+pub fn sort_tiers<T: Weighed>(cands: &mut [T]) {
+    if cands.windows(2).any(|w| w[0].priority() < w[1].priority()) {
+        cands.sort_by_key(|c| std::cmp::Reverse(c.priority()));
+    }
+}
+
+/// The tier starting at `start` (its range in `cands`, sorted by [`sort_tiers`]).
+pub fn tier_at<T: Weighed>(cands: &[T], start: usize) -> Range<usize> {
+    let Some(first) = cands.get(start) else {
+        return start..start;
+    };
+    let p = first.priority();
+    let len = cands[start..]
+        .iter()
+        .take_while(|c| c.priority() == p)
+        .count();
+    start..start + len
+}
+
+/// The first tier (in priority order) with a candidate that has capacity, or the top tier when
+/// none has; and whether that is a lower tier than the top one.
+pub fn serving_tier<T: Weighed>(cands: &[T]) -> (Range<usize>, bool) {
+    let top = tier_at(cands, 0);
+    let mut tier = top.clone();
+    while !tier.is_empty() {
+        if cands[tier.clone()].iter().any(|c| c.has_capacity()) {
+            return (tier.clone(), tier.start != 0);
+        }
+        tier = tier_at(cands, tier.end);
+    }
+    (top, false)
 }
 
 /// Orders `cands` in place: tiers by priority descending, each tier by `strategy`.
@@ -54,65 +163,118 @@ pub fn order<T: Weighed>(
     cursor: &AtomicUsize,
     mut rand01: impl FnMut() -> f64,
 ) {
-    cands.sort_by_key(|c| std::cmp::Reverse(c.priority()));
+    sort_tiers(cands);
     let turn = cursor.fetch_add(1, Ordering::Relaxed);
     let mut start = 0;
     while start < cands.len() {
-        let p = cands[start].priority();
-        let end = start
-            + cands[start..]
-                .iter()
-                .take_while(|c| c.priority() == p)
-                .count();
-        let tier = &mut cands[start..end];
-        if tier.len() > 1 {
-            match strategy {
-                Strategy::RoundRobin => tier.rotate_left(turn % tier.len()),
-                Strategy::LeastConnections => {
-                    tier.rotate_left(turn % tier.len());
-                    tier.sort_by(|a, b| {
-                        let la = a.in_flight() as f64
-                            / f64::from(a.weight().max(1))
-                            / a.traffic_factor().max(0.01);
-                        let lb = b.in_flight() as f64
-                            / f64::from(b.weight().max(1))
-                            / b.traffic_factor().max(0.01);
-                        la.total_cmp(&lb)
-                    });
-                }
-                Strategy::Priority => {
-                    // Efraimidis–Spirakis: key = u^(1/w); sorting by key descending gives a
-                    // weighted random permutation.
-                    let mut keyed: Vec<(f64, usize)> = tier
-                        .iter()
-                        .enumerate()
-                        .map(|(i, c)| {
-                            let w = (f64::from(c.weight().max(1)) * c.traffic_factor()).max(1e-6);
-                            (rand01().max(f64::MIN_POSITIVE).powf(1.0 / w), i)
-                        })
-                        .collect();
-                    keyed.sort_by(|a, b| b.0.total_cmp(&a.0));
-                    apply_permutation(tier, keyed.into_iter().map(|(_, i)| i).collect());
-                }
-            }
-        }
-        start = end;
+        let range = tier_at(cands, start);
+        start = range.end;
+        order_tier(&mut cands[range], strategy.base(), turn, &mut rand01);
     }
 }
 
-fn apply_permutation<T>(slice: &mut [T], perm: Vec<usize>) {
-    // perm[k] = index (in the original) of the element that goes to position k.
-    let mut pos: Vec<usize> = (0..slice.len()).collect(); // where original i currently sits
-    let mut at: Vec<usize> = (0..slice.len()).collect(); // which original sits at position j
-    for (k, &orig) in perm.iter().enumerate() {
-        let j = pos[orig];
-        if j != k {
-            slice.swap(k, j);
-            let other = at[k];
-            at.swap(k, j);
-            pos[orig] = k;
-            pos[other] = j;
+/// Orders one tier by `strategy` (a base strategy); `turn` rotates ties and round-robin.
+pub fn order_tier<T: Weighed>(
+    tier: &mut [T],
+    strategy: Strategy,
+    turn: usize,
+    rand01: &mut impl FnMut() -> f64,
+) {
+    let n = tier.len();
+    if n < 2 {
+        if let (Strategy::Weighted, Some(c)) = (strategy, tier.first()) {
+            // Keep a lone backend's running weight from drifting.
+            if let Some(w) = c.swrr() {
+                w.store(0, Ordering::Relaxed);
+            }
         }
+        return;
+    }
+    match strategy {
+        Strategy::RoundRobin => tier.rotate_left(turn % n),
+        Strategy::Weighted => weighted_pick(tier),
+        Strategy::Priority => weighted_random(tier, rand01),
+        _ => {
+            if n <= FULL_SORT_MAX {
+                tier.rotate_left(turn % n);
+                // Stable: equal loads keep the rotated order, so ties rotate.
+                tier.sort_by(|a, b| load(a).total_cmp(&load(b)));
+            } else {
+                // A large tier: the first few by load (the pick and its likely failovers),
+                // found by scans that start at the rotating offset (ties rotate); the rest
+                // keep their order. O(n) per place, no sort, no rotation of the whole tier.
+                let offset = turn % n;
+                for place in 0..LARGE_TIER_RANKED.min(n) {
+                    let len = n - place;
+                    let start = offset % len;
+                    let mut best = start;
+                    let mut best_load = load(&tier[place + start]);
+                    for k in 1..len {
+                        let i = (start + k) % len;
+                        let l = load(&tier[place + i]);
+                        if l < best_load {
+                            best = i;
+                            best_load = l;
+                        }
+                    }
+                    tier.swap(place, place + best);
+                }
+            }
+        }
+    }
+}
+
+/// Tiers up to this size are fully sorted by load; larger ones rank their first
+/// [`LARGE_TIER_RANKED`] candidates.
+pub const FULL_SORT_MAX: usize = 16;
+/// Candidates ranked by load in a tier larger than [`FULL_SORT_MAX`].
+pub const LARGE_TIER_RANKED: usize = 3;
+
+/// Smooth weighted round-robin: every candidate's running weight grows by its share, the
+/// largest goes first and gives back the total. The rest keep their order (failover).
+fn weighted_pick<T: Weighed>(tier: &mut [T]) {
+    let mut total: i64 = 0;
+    let mut best: Option<(usize, i64)> = None;
+    for (i, c) in tier.iter().enumerate() {
+        // Integer shares (×100) keep busy/warming reductions.
+        let w = (share(c) * 100.0).round() as i64;
+        total = total.saturating_add(w);
+        let cur = match c.swrr() {
+            Some(a) => a.fetch_add(w, Ordering::Relaxed).saturating_add(w),
+            None => w,
+        };
+        if best.is_none_or(|(_, b)| cur > b) {
+            best = Some((i, cur));
+        }
+    }
+    if let Some((i, _)) = best {
+        if let Some(a) = tier[i].swrr() {
+            a.fetch_sub(total, Ordering::Relaxed);
+        }
+        tier[..=i].rotate_right(1);
+    }
+}
+
+/// Olla's `priority` pick: one weighted random draw by share; the chosen candidate goes first,
+/// the others keep their order for failover.
+fn weighted_random<T: Weighed>(tier: &mut [T], rand01: &mut impl FnMut() -> f64) {
+    let total: f64 = tier.iter().map(share).sum();
+    let mut target = rand01().clamp(0.0, 1.0) * total;
+    let mut chosen = tier.len() - 1;
+    for (i, c) in tier.iter().enumerate() {
+        target -= share(c);
+        if target <= 0.0 {
+            chosen = i;
+            break;
+        }
+    }
+    tier[..=chosen].rotate_right(1);
+}
+
+/// Moves `cands[i]` to the front of `range`, keeping the others' order.
+pub fn promote<T>(cands: &mut [T], range: &Range<usize>, i: usize) {
+    if range.contains(&i) {
+        cands[range.start..=i].rotate_right(1);
     }
 }
 
@@ -120,15 +282,18 @@ fn apply_permutation<T>(slice: &mut [T], perm: Vec<usize>) {
 mod tests {
     use super::*;
 
-    #[derive(Clone, Debug, PartialEq)]
+    #[derive(Debug)]
     struct C {
         name: &'static str,
         prio: i64,
         weight: u32,
         load: usize,
         factor: f64,
+        penalty: f64,
+        swrr: AtomicI64,
+        full: bool,
     }
-    impl Weighed for C {
+    impl Weighed for &C {
         fn priority(&self) -> i64 {
             self.prio
         }
@@ -141,6 +306,15 @@ mod tests {
         fn traffic_factor(&self) -> f64 {
             self.factor
         }
+        fn failure_penalty(&self) -> f64 {
+            self.penalty
+        }
+        fn swrr(&self) -> Option<&AtomicI64> {
+            Some(&self.swrr)
+        }
+        fn has_capacity(&self) -> bool {
+            !self.full
+        }
     }
     fn c(name: &'static str, prio: i64, weight: u32, load: usize) -> C {
         C {
@@ -149,10 +323,23 @@ mod tests {
             weight,
             load,
             factor: 1.0,
+            penalty: 0.0,
+            swrr: AtomicI64::new(0),
+            full: false,
         }
     }
-    fn names(v: &[C]) -> Vec<&'static str> {
+    fn names(v: &[&C]) -> Vec<&'static str> {
         v.iter().map(|c| c.name).collect()
+    }
+    fn first_of(
+        pool: &[C],
+        s: Strategy,
+        cursor: &AtomicUsize,
+        rng: &mut fastrand::Rng,
+    ) -> &'static str {
+        let mut v: Vec<&C> = pool.iter().collect();
+        order(&mut v, s, cursor, || rng.f64());
+        v[0].name
     }
 
     #[test]
@@ -161,28 +348,30 @@ mod tests {
             Strategy::Priority,
             Strategy::RoundRobin,
             Strategy::LeastConnections,
+            Strategy::Weighted,
         ] {
-            let mut v = vec![c("low", 50, 1, 0), c("high", 100, 1, 99)];
+            let pool = [c("low", 50, 9, 0), c("high", 100, 1, 99)];
+            let mut v: Vec<&C> = pool.iter().collect();
             order(&mut v, s, &AtomicUsize::new(0), fastrand::f64);
             assert_eq!(names(&v), vec!["high", "low"], "{s:?}");
         }
     }
 
     #[test]
-    fn round_robin_rotates_inside_a_tier() {
+    fn round_robin_over_three_rotates_exactly() {
         let cursor = AtomicUsize::new(0);
-        let mut firsts = Vec::new();
-        for _ in 0..4 {
-            let mut v = vec![c("a", 1, 1, 0), c("b", 1, 1, 0)];
-            order(&mut v, Strategy::RoundRobin, &cursor, fastrand::f64);
-            firsts.push(v[0].name);
-        }
-        assert_eq!(firsts, vec!["a", "b", "a", "b"]);
+        let pool = [c("a", 1, 1, 0), c("b", 1, 1, 0), c("c", 1, 1, 0)];
+        let mut rng = fastrand::Rng::with_seed(1);
+        let firsts: Vec<_> = (0..9)
+            .map(|_| first_of(&pool, Strategy::RoundRobin, &cursor, &mut rng))
+            .collect();
+        assert_eq!(firsts, ["a", "b", "c", "a", "b", "c", "a", "b", "c"]);
     }
 
     #[test]
     fn least_connections_prefers_idle_per_weight() {
-        let mut v = vec![c("busy", 1, 1, 5), c("idle", 1, 1, 1), c("big", 1, 10, 9)];
+        let pool = [c("busy", 1, 1, 5), c("idle", 1, 1, 1), c("big", 1, 10, 9)];
+        let mut v: Vec<&C> = pool.iter().collect();
         order(
             &mut v,
             Strategy::LeastConnections,
@@ -193,46 +382,107 @@ mod tests {
     }
 
     #[test]
+    fn least_connections_counts_recent_failures() {
+        // Idle but failing fast vs. one open stream: the failing one must not win.
+        let mut failing = c("failing", 1, 1, 0);
+        failing.penalty = 3.0;
+        let pool = [failing, c("working", 1, 1, 1)];
+        let cursor = AtomicUsize::new(0);
+        let mut rng = fastrand::Rng::with_seed(1);
+        for _ in 0..10 {
+            assert_eq!(
+                first_of(&pool, Strategy::LeastConnections, &cursor, &mut rng),
+                "working"
+            );
+        }
+    }
+
+    #[test]
+    fn least_connections_ties_rotate() {
+        let pool = [c("a", 1, 1, 2), c("b", 1, 1, 2)];
+        let cursor = AtomicUsize::new(0);
+        let mut rng = fastrand::Rng::with_seed(1);
+        let firsts: Vec<_> = (0..4)
+            .map(|_| first_of(&pool, Strategy::LeastConnections, &cursor, &mut rng))
+            .collect();
+        assert_eq!(firsts, ["a", "b", "a", "b"]);
+    }
+
+    #[test]
+    fn weighted_three_to_one_is_exact_and_smooth() {
+        let pool = [c("heavy", 1, 3, 0), c("light", 1, 1, 0)];
+        let cursor = AtomicUsize::new(0);
+        let mut rng = fastrand::Rng::with_seed(1);
+        let firsts: Vec<_> = (0..4000)
+            .map(|_| first_of(&pool, Strategy::Weighted, &cursor, &mut rng))
+            .collect();
+        let heavy = firsts.iter().filter(|n| **n == "heavy").count();
+        assert!((2880..=3120).contains(&heavy), "{heavy}");
+        assert_eq!(heavy, 3000, "smooth WRR is exact over whole cycles");
+        // Smooth: never more than three heavy picks in a row.
+        assert!(firsts.windows(4).all(|w| w.contains(&"light")));
+    }
+
+    #[test]
     fn weighted_random_follows_weights() {
         let cursor = AtomicUsize::new(0);
-        let mut heavy_first = 0;
         let mut rng = fastrand::Rng::with_seed(7);
-        for _ in 0..4000 {
-            let mut v = vec![c("light", 1, 1, 0), c("heavy", 1, 3, 0)];
-            order(&mut v, Strategy::Priority, &cursor, || rng.f64());
-            if v[0].name == "heavy" {
-                heavy_first += 1;
-            }
-        }
-        // Expected 3/4 of the picks.
-        assert!((2800..3200).contains(&heavy_first), "{heavy_first}");
+        let pool = [c("light", 1, 1, 0), c("heavy", 1, 3, 0)];
+        let heavy_first = (0..4000)
+            .filter(|_| first_of(&pool, Strategy::Priority, &cursor, &mut rng) == "heavy")
+            .count();
+        assert!((2880..=3120).contains(&heavy_first), "{heavy_first}");
     }
 
     #[test]
-    fn busy_backends_get_a_reduced_share() {
-        let cursor = AtomicUsize::new(0);
-        let mut rng = fastrand::Rng::with_seed(11);
-        let mut busy_first = 0;
-        for _ in 0..2000 {
-            let mut v = vec![
-                C {
-                    factor: 0.3,
-                    ..c("busy", 1, 1, 0)
-                },
-                c("ok", 1, 1, 0),
-            ];
-            order(&mut v, Strategy::Priority, &cursor, || rng.f64());
-            if v[0].name == "busy" {
-                busy_first += 1;
-            }
+    fn busy_backends_get_a_reduced_share_not_none() {
+        for s in [Strategy::Priority, Strategy::Weighted] {
+            let cursor = AtomicUsize::new(0);
+            let mut rng = fastrand::Rng::with_seed(11);
+            let mut busy = c("busy", 1, 1, 0);
+            busy.factor = 0.3;
+            let pool = [busy, c("ok", 1, 1, 0)];
+            let busy_first = (0..2000)
+                .filter(|_| first_of(&pool, s, &cursor, &mut rng) == "busy")
+                .count();
+            assert!((200..700).contains(&busy_first), "{s:?}: {busy_first}");
         }
-        assert!(busy_first < 700, "{busy_first}");
     }
 
     #[test]
-    fn permutation_is_applied_exactly() {
-        let mut v = vec!['a', 'b', 'c', 'd'];
-        apply_permutation(&mut v, vec![2, 0, 3, 1]);
-        assert_eq!(v, vec!['c', 'a', 'd', 'b']);
+    fn serving_tier_skips_a_full_top_tier_only() {
+        let mut a = c("a", 100, 1, 0);
+        a.full = true;
+        let pool = [a, c("b", 100, 1, 0), c("c", 50, 1, 0)];
+        let v: Vec<&C> = pool.iter().collect();
+        assert_eq!(serving_tier(&v), (0..2, false));
+        let mut a = c("a", 100, 1, 0);
+        a.full = true;
+        let pool = [a, c("c", 50, 1, 0), c("d", 50, 1, 0)];
+        let v: Vec<&C> = pool.iter().collect();
+        assert_eq!(serving_tier(&v), (1..3, true));
+    }
+
+    #[test]
+    fn promote_keeps_the_others_in_order() {
+        let mut v = vec!['c', 'a', 'd', 'b'];
+        promote(&mut v, &(1..4), 3);
+        assert_eq!(v, vec!['c', 'b', 'a', 'd']);
+        promote(&mut v, &(1..4), 0);
+        assert_eq!(v, vec!['c', 'b', 'a', 'd'], "outside the range: unchanged");
+    }
+
+    #[test]
+    fn a_large_tier_ranks_its_least_loaded_first() {
+        let pool: Vec<C> = (0..40).map(|i| c("x", 1, 1, 40 - i)).collect();
+        let mut v: Vec<&C> = pool.iter().collect();
+        order(
+            &mut v,
+            Strategy::LeastConnections,
+            &AtomicUsize::new(5),
+            fastrand::f64,
+        );
+        let loads: Vec<usize> = v.iter().take(3).map(|c| c.load).collect();
+        assert_eq!(loads, vec![1, 2, 3]);
     }
 }

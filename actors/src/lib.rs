@@ -16,7 +16,7 @@
 //! ([`published::Published`]) and the handles' atomics, and report outcomes through the handle
 //! (breaker and counters), which `cast`s to the actor only when a state change needs action.
 //!
-//! Pure logic, unit-tested beside it: [`breaker`], [`health`], [`balance`], [`catalog`],
+//! Pure logic, unit-tested beside it: [`breaker`], [`health`], [`balance`], [`routing`], [`catalog`],
 //! [`discovery`] parsers, [`supervisor::RestartBudget`], [`wait`] (backend-supplied waits: the
 //! rule against unchecked time arithmetic lives there).
 
@@ -31,6 +31,7 @@ pub mod miss;
 pub mod published;
 pub mod registry;
 pub mod router;
+pub mod routing;
 pub mod spec;
 pub mod supervisor;
 pub mod tree;

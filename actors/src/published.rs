@@ -22,6 +22,10 @@ use crate::balance::Strategy;
 use crate::catalog::Catalog;
 use crate::miss::{MissGate, MissSettings};
 use crate::registry::RegistryMsg;
+use crate::routing::loaded::WarmSettings;
+use crate::routing::prefix::CacheSettings;
+use crate::routing::sticky::StickySettings;
+use crate::routing::{BalanceState, RouteIndex, RoutingState};
 use crate::spec::BackendSpec;
 
 /// What to do when a requested model is not in the catalog.
@@ -61,9 +65,20 @@ pub struct RoutingPolicy {
     pub discovery_min_interval: Duration,
     /// How long a name still unknown after a refresh starts no new one.
     pub discovery_negative_ttl: Duration,
+    /// `proxy.sticky_sessions`.
+    pub sticky: StickySettings,
+    /// `proxy.warm_first` (also on under the `warm-first` balancer).
+    pub warm_first: WarmSettings,
+    /// `proxy.cache_aware` (used by the `cache-aware` balancer).
+    pub cache_aware: CacheSettings,
 }
 
 impl RoutingPolicy {
+    /// Whether warm-first ordering applies (the `warm-first` balancer or `warm_first.enabled`).
+    pub fn warm_first_on(&self) -> bool {
+        self.warm_first.enabled || self.strategy == Strategy::WarmFirst
+    }
+
     /// The bounds of discovery on a miss.
     pub fn miss_settings(&self) -> MissSettings {
         MissSettings {
@@ -84,6 +99,9 @@ impl Default for RoutingPolicy {
             discovery_timeout: Duration::from_secs(2),
             discovery_min_interval: Duration::from_secs(5),
             discovery_negative_ttl: Duration::from_secs(30),
+            sticky: StickySettings::default(),
+            warm_first: WarmSettings::default(),
+            cache_aware: CacheSettings::default(),
         }
     }
 }
@@ -125,6 +143,8 @@ impl BackendRouting {
 pub struct BackendSlot {
     pub routing: ArcSwap<BackendRouting>,
     pub(crate) in_flight: AtomicUsize,
+    /// Balancer atomics: failure score, weighted round-robin state, loaded models.
+    pub balance: BalanceState,
     /// Bumped by [`BackendSlot::cut_streams`]; a stream that sees it change is cut.
     cut_generation: AtomicU64,
     /// Wakes the streams waiting on [`BackendSlot::cut_requested`].
@@ -150,6 +170,7 @@ impl BackendSlot {
         Self {
             routing: ArcSwap::from_pointee(BackendRouting::from_spec(spec)),
             in_flight: AtomicUsize::new(0),
+            balance: BalanceState::default(),
             cut_generation: AtomicU64::new(0),
             cut: tokio::sync::Notify::new(),
             events: BackendEvents::default(),
@@ -233,6 +254,8 @@ pub struct Published {
     slots: RwLock<HashMap<String, Arc<BackendSlot>>>,
     /// Bounds discovery on a routing miss.
     pub miss_gate: MissGate,
+    /// The model index, sticky table and prefix trees.
+    pub routing: RoutingState,
 }
 
 impl Published {
@@ -249,7 +272,15 @@ impl Published {
             stale_threshold,
             slots: RwLock::new(HashMap::new()),
             miss_gate: MissGate::default(),
+            routing: RoutingState::default(),
         }
+    }
+
+    /// The model → backends index of the current catalog and table.
+    pub fn route_index(&self) -> Arc<RouteIndex> {
+        let catalog = self.catalog.load_full();
+        let table = self.table.load_full();
+        self.routing.index(&catalog, &table)
     }
 
     /// The backend's slot, created from its spec on first use.

@@ -2,8 +2,15 @@
 //! strategy) and each backend's run-time routing state (enabled, draining, priority, weight),
 //! and publishes both as snapshots ([`crate::published`]). Admin commands and config reloads
 //! change routing only through it; requests never message it, they read the snapshots.
+//!
+//! It also housekeeps the sticky-session table on a timer ([`HOUSEKEEP_EVERY`]): pins idle
+//! past the TTL expire, pins to a backend that is not routable (down, disabled, draining,
+//! quarantined) are purged, and switching sticky sessions off clears the table. Request tasks
+//! read and update the table directly; backend actors purge their own pins on a health
+//! transition.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
@@ -43,6 +50,31 @@ pub enum RouterMsg {
     Route(String, RoutingChange, RpcReplyPort<Option<BackendRouting>>),
     /// Fails the router on purpose (exercises the root's budget: the tree's last resort).
     Crash(String),
+    /// Expire and purge sticky-session pins (timer).
+    Housekeep,
+}
+
+/// How often the router housekeeps the sticky-session table.
+pub const HOUSEKEEP_EVERY: Duration = Duration::from_secs(1);
+
+/// One housekeeping pass over the sticky table; returns the pins removed.
+pub fn housekeep(published: &Published) -> u64 {
+    let policy = published.policy.load();
+    let sticky = &published.routing.sticky;
+    if sticky.is_empty() {
+        return 0;
+    }
+    if !policy.sticky.enabled {
+        return sticky.clear();
+    }
+    let mut removed = sticky.expire(policy.sticky.idle_ttl, crate::routing::now_ms());
+    let now = tokio::time::Instant::now();
+    for b in &published.table().backends {
+        if !b.is_routable(now) {
+            removed += sticky.purge_backend(b.name());
+        }
+    }
+    removed
 }
 
 pub struct RouterActor;
@@ -60,9 +92,18 @@ impl Actor for RouterActor {
         Ok(published)
     }
 
+    async fn post_start(
+        &self,
+        myself: ActorRef<RouterMsg>,
+        _published: &mut Arc<Published>,
+    ) -> Result<(), ActorProcessingErr> {
+        myself.send_after(HOUSEKEEP_EVERY, || RouterMsg::Housekeep);
+        Ok(())
+    }
+
     async fn handle(
         &self,
-        _myself: ActorRef<RouterMsg>,
+        myself: ActorRef<RouterMsg>,
         msg: RouterMsg,
         published: &mut Arc<Published>,
     ) -> Result<(), ActorProcessingErr> {
@@ -79,6 +120,10 @@ impl Actor for RouterActor {
                 let _ = reply.send(next);
             }
             RouterMsg::Crash(why) => return Err(format!("router asked to crash: {why}").into()),
+            RouterMsg::Housekeep => {
+                housekeep(published);
+                myself.send_after(HOUSEKEEP_EVERY, || RouterMsg::Housekeep);
+            }
         }
         Ok(())
     }

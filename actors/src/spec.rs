@@ -41,6 +41,9 @@ pub struct BackendSpec {
     /// `Some` for an endpoint with `auth`: it receives only its type's API paths plus these
     /// `allowed_paths` entries (prefixes or globs). `None`: any path is forwarded.
     pub path_allowlist: Option<Vec<String>>,
+    /// How often the backend's actor asks which models are loaded (warm-first routing);
+    /// `None` = never.
+    pub loaded_check_interval: Option<Duration>,
 }
 
 /// Active health-check hysteresis and backoff.
@@ -238,6 +241,7 @@ impl BackendSpec {
             discovery: DiscoverySettings::default(),
             h2c: false,
             path_allowlist: None,
+            loaded_check_interval: None,
         }
     }
 

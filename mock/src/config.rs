@@ -36,6 +36,9 @@ pub struct MockConfig {
     pub retry_after: Option<String>,
     /// Fault applied only to the model-list routes (`/v1/models`, `/api/tags`, `/api/v0/models`).
     pub models_fault: Fault,
+    /// Models reported loaded (Ollama `/api/ps`, LM Studio `state`); `None` = every served
+    /// model.
+    pub loaded: Option<Vec<String>>,
 }
 
 impl Default for MockConfig {
@@ -51,11 +54,17 @@ impl Default for MockConfig {
             health_delay_ms: 0,
             retry_after: None,
             models_fault: Fault::None,
+            loaded: None,
         }
     }
 }
 
 impl MockConfig {
+    /// The models reported loaded now.
+    pub fn loaded_models(&self) -> &[String] {
+        self.loaded.as_deref().unwrap_or(&self.models)
+    }
+
     /// Applies a partial JSON object on top of `self`: only the keys present change.
     /// Unknown keys are rejected so a typo does not silently do nothing.
     pub fn merged(&self, patch: &[u8]) -> Result<MockConfig, String> {

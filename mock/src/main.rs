@@ -54,6 +54,9 @@ struct Args {
     /// Retry-After value sent with fault errors and a health 429.
     #[arg(long)]
     retry_after: Option<String>,
+    /// Models reported loaded (`/api/ps`, LM Studio `state`), comma-separated; default: all.
+    #[arg(long, value_delimiter = ',')]
+    loaded: Option<Vec<String>>,
 }
 
 impl Args {
@@ -74,6 +77,7 @@ impl Args {
             health_delay_ms: self.health_delay_ms,
             retry_after: self.retry_after.clone(),
             models_fault: self.models_fault.clone(),
+            loaded: self.loaded.clone(),
         }
     }
 }

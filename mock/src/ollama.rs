@@ -60,7 +60,7 @@ pub(crate) fn tags_body(models: &[String]) -> String {
     s
 }
 
-/// `GET /api/ps`: every served model is reported loaded.
+/// `GET /api/ps`: the models reported loaded (every served one unless configured).
 pub(crate) fn ps_body(models: &[String]) -> String {
     let mut s = String::with_capacity(16 + models.len() * 384);
     s.push_str(r#"{"models":["#);

@@ -71,7 +71,7 @@ pub(crate) fn models_body(name: &str, models: &[String]) -> String {
 }
 
 /// `GET /api/v0/models` (LM Studio's REST API).
-pub(crate) fn lmstudio_models_body(models: &[String]) -> String {
+pub(crate) fn lmstudio_models_body(models: &[String], loaded: &[String]) -> String {
     let mut s = String::with_capacity(64 + models.len() * 256);
     s.push_str(r#"{"object":"list","data":["#);
     for (i, m) in models.iter().enumerate() {
@@ -86,8 +86,13 @@ pub(crate) fn lmstudio_models_body(models: &[String]) -> String {
         };
         let _ = write!(
             s,
-            r#"{{"id":{id},"object":"model","type":"{kind}","publisher":{publisher},"arch":{arch},"compatibility_type":"gguf","quantization":"Q4_K_M","state":"loaded","max_context_length":{CTX_LEN}}}"#,
+            r#"{{"id":{id},"object":"model","type":"{kind}","publisher":{publisher},"arch":{arch},"compatibility_type":"gguf","quantization":"Q4_K_M","state":"{state}","max_context_length":{CTX_LEN}}}"#,
             id = json_str(m),
+            state = if loaded.contains(m) {
+                "loaded"
+            } else {
+                "not-loaded"
+            },
             publisher = json_str(&meta.publisher),
             arch = json_str(&meta.family),
         );
@@ -571,7 +576,7 @@ mod tests {
         assert_eq!(v["data"][1]["owned_by"], "gpu\"1");
         assert_eq!(v["data"][1]["max_model_len"], 4096);
         assert_eq!(v["models"][1]["name"], "llama3:8b");
-        let v = parse(&lmstudio_models_body(&models));
+        let v = parse(&lmstudio_models_body(&models, &models));
         assert_eq!(v["data"][0]["type"], "llm");
         assert_eq!(v["data"][0]["state"], "loaded");
         assert_eq!(v["data"][0]["max_context_length"], 4096);

@@ -46,9 +46,9 @@ impl Live {
                 .as_deref()
                 .and_then(|v| HeaderValue::from_str(v).ok()),
             openai_models: openai::models_body(&cfg.name, &cfg.models).into(),
-            lmstudio_models: openai::lmstudio_models_body(&cfg.models).into(),
+            lmstudio_models: openai::lmstudio_models_body(&cfg.models, cfg.loaded_models()).into(),
             tags: ollama::tags_body(&cfg.models).into(),
-            ps: ollama::ps_body(&cfg.models).into(),
+            ps: ollama::ps_body(cfg.loaded_models()).into(),
             cfg,
         }
     }

@@ -7,6 +7,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Instant as StdInstant, SystemTime};
 
 use http::{HeaderValue, Request, Response, StatusCode};
+use olla_actors::routing::loaded::Loaded;
 use olla_actors::{BackendHandle, EndpointStatus};
 use serde::Serialize;
 use serde_json::{json, Value};
@@ -225,6 +226,10 @@ struct EndpointSummary {
     /// Set when the endpoint's last model list was cut at `max_models_per_endpoint`.
     #[serde(skip_serializing_if = "Option::is_none")]
     discovery_warning: Option<String>,
+    /// Models resident now (warm-first checks): a list, `["*"]` for a backend that serves
+    /// every listed model without loading, absent when not known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    loaded_models: Option<Vec<String>>,
 }
 
 struct Snapshot {
@@ -375,6 +380,11 @@ pub fn endpoints<B>(app: &App, req: &Request<B>) -> Response<Body> {
                 last_error: quarantined.or_else(|| s.health.last_error.clone()),
                 discovery_error: s.health.discovery_error.clone(),
                 discovery_warning: s.health.discovery_warning.clone(),
+                loaded_models: match &**s.h.slot().balance.loaded.load() {
+                    Loaded::Unknown => None,
+                    Loaded::Always => Some(vec!["*".to_string()]),
+                    Loaded::Models(list) => Some(list.to_vec()),
+                },
             }
         })
         .collect();
@@ -394,6 +404,19 @@ pub fn endpoints<B>(app: &App, req: &Request<B>) -> Response<Body> {
         "routable_count": routable,
     });
     cached_json(req, &body)
+}
+
+/// `/internal/stats/sticky`: Olla's shape when sticky sessions are on, `{"enabled":false}`
+/// when off.
+pub fn sticky_stats(app: &App) -> Response<Body> {
+    let published = &app.tree.published;
+    let policy = published.policy.load();
+    let body = if policy.sticky.enabled {
+        published.routing.sticky.stats_json(&policy.sticky)
+    } else {
+        json!({"enabled": false})
+    };
+    json_response(StatusCode::OK, &body)
 }
 
 pub fn status<B>(app: &App, req: &Request<B>) -> Response<Body> {

@@ -132,6 +132,7 @@ async fn route(
                 &app.telemetry.recent.document(limit, in_flight),
             ));
         }
+        "/internal/stats/sticky" => return Ok(internal::sticky_stats(app)),
         "/olla/models" | "/olla/models/" => {
             get_only(&req)?;
             return models::list(app, req.uri().query());

@@ -20,10 +20,6 @@ pub const INERT: &[(&str, &str)] = &[
         "proxy.profile",
         "responses are always streamed; the value is only shown in status",
     ),
-    (
-        "proxy.sticky_sessions",
-        "no sticky sessions: every request is balanced afresh",
-    ),
     ("proxy.stream_buffer_size", "ignored"),
     ("proxy.max_retries", "ignored (deprecated in Olla)"),
     ("proxy.retry_backoff", "ignored (deprecated in Olla)"),
@@ -193,14 +189,14 @@ mod tests {
     #[test]
     fn lists_only_the_inert_keys_a_config_sets() {
         let v = yaml(
-            "server:\n  port: 1\n  rate_limits: {burst_size: 5, health_requests_per_minute: 9}\nproxy:\n  sticky_sessions: {enabled: true}\ndashboard: {enabled: false, gate_internal_api: true}\n",
+            "server:\n  port: 1\n  rate_limits: {burst_size: 5, health_requests_per_minute: 9}\nproxy:\n  profile_filter: {include: [a]}\ndashboard: {enabled: false, gate_internal_api: true}\n",
         );
         let paths: Vec<_> = present(&v).into_iter().map(|k| k.path).collect();
         assert_eq!(
             paths,
             vec![
                 "server.rate_limits.health_requests_per_minute",
-                "proxy.sticky_sessions",
+                "proxy.profile_filter",
                 "dashboard.gate_internal_api"
             ]
         );

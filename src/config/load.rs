@@ -159,6 +159,10 @@ const ENV_OVERRIDES: &[(&str, &[&str])] = &[
     ("OLLA_PROXY_PROFILE", &["proxy", "profile"]),
     ("OLLA_PROXY_LOAD_BALANCER", &["proxy", "load_balancer"]),
     (
+        "OLLA_PROXY_STICKY_SESSIONS_ENABLED",
+        &["proxy", "sticky_sessions", "enabled"],
+    ),
+    (
         "OLLA_PROXY_CONNECTION_TIMEOUT",
         &["proxy", "connection_timeout"],
     ),
@@ -351,11 +355,16 @@ mod tests {
     fn env_overrides_apply() {
         let c = parse(
             "server:\n  port: 1\n",
-            &env(&[("OLLA_SERVER_PORT", "9999"), ("OLLA_LOG_LEVEL", "debug")]),
+            &env(&[
+                ("OLLA_SERVER_PORT", "9999"),
+                ("OLLA_LOG_LEVEL", "debug"),
+                ("OLLA_PROXY_STICKY_SESSIONS_ENABLED", "true"),
+            ]),
         )
         .unwrap();
         assert_eq!(c.server.port, 9999);
         assert_eq!(c.logging.level, "debug");
+        assert!(c.proxy.sticky_sessions.enabled);
         let c = parse(
             "",
             &env(&[

@@ -8,9 +8,12 @@ use std::time::Duration;
 
 use http::{HeaderName, HeaderValue, Uri};
 use ipnet::IpNet;
-use olla_actors::balance::Strategy;
+use olla_actors::balance::{Strategy, STRATEGY_NAMES};
 use olla_actors::kind::{BackendKind, ALL_KINDS};
 use olla_actors::published::{Fallback, ModelRouting, RoutingPolicy};
+use olla_actors::routing::loaded::WarmSettings;
+use olla_actors::routing::prefix::CacheSettings;
+use olla_actors::routing::sticky::{KeySource, StickySettings};
 use olla_actors::spec::{
     sanitized_url, BackendSpec, BreakerSettings, ConcurrencyLimits, DiscoverySettings,
     HealthSettings, ModelFilter, UpstreamTimeouts,
@@ -150,12 +153,14 @@ pub fn resolve(config: &Config) -> Result<Runtime, Vec<String>> {
     let p = &config.proxy;
     let strategy = Strategy::parse(&p.load_balancer).unwrap_or_else(|| {
         errors.push(format!(
-            "proxy.load_balancer: unknown balancer {:?}{} (valid: priority, round-robin, least-connections)",
+            "proxy.load_balancer: unknown balancer {:?}{} (valid: {})",
             p.load_balancer,
-            suggest(&p.load_balancer, &["priority", "round-robin", "least-connections"])
+            suggest(&p.load_balancer, STRATEGY_NAMES),
+            STRATEGY_NAMES.join(", ")
         ));
         Strategy::Priority
     });
+    let (sticky, warm_first, cache_aware) = balancing(p, strategy, &mut errors);
     if !["olla", "sherpa"].contains(&p.engine.as_str()) {
         errors.push(format!(
             "proxy.engine: unknown engine {:?} (valid: olla, sherpa)",
@@ -301,6 +306,9 @@ pub fn resolve(config: &Config) -> Result<Runtime, Vec<String>> {
                 discovery_timeout: rs.options.discovery_timeout.0,
                 discovery_min_interval: rs.options.discovery_min_interval.0,
                 discovery_negative_ttl: rs.options.discovery_negative_ttl.0,
+                sticky,
+                warm_first,
+                cache_aware,
             },
             model_aliases,
             stale_threshold: config.model_registry.unification.stale_threshold.0,
@@ -534,7 +542,74 @@ pub fn endpoint_spec(
         },
         h2c: ep.h2c,
         path_allowlist: ep.auth.is_some().then(|| ep.allowed_paths.clone()),
+        loaded_check_interval: (p.warm_first.enabled
+            || Strategy::parse(&p.load_balancer) == Some(Strategy::WarmFirst))
+        .then_some(p.warm_first.check_interval.0),
     })
+}
+
+/// Sticky sessions, warm-first and cache-aware settings; bad values are reported.
+fn balancing(
+    p: &crate::config::schema::ProxyConfig,
+    strategy: Strategy,
+    errors: &mut Vec<String>,
+) -> (StickySettings, WarmSettings, CacheSettings) {
+    let st = &p.sticky_sessions;
+    let key_sources: Vec<KeySource> = st
+        .key_sources
+        .iter()
+        .filter_map(|s| KeySource::parse(s))
+        .collect();
+    if st.enabled && key_sources.is_empty() {
+        errors.push(
+            "proxy.sticky_sessions.key_sources: none of the sources is known (valid: session_header, prefix_hash, auth_header, ip)".to_string(),
+        );
+    }
+    let sticky = StickySettings {
+        enabled: st.enabled,
+        idle_ttl: Duration::from_secs(st.idle_ttl_seconds),
+        max_sessions: st.max_sessions,
+        key_sources,
+        prefix_hash_bytes: st.prefix_hash_bytes,
+    };
+    let w = &p.warm_first;
+    if !w.max_wait_ratio.is_finite() || w.max_wait_ratio < 0.0 {
+        errors.push(format!(
+            "proxy.warm_first.max_wait_ratio: must be a number ≥ 0, got {}",
+            w.max_wait_ratio
+        ));
+    }
+    if w.check_interval.0 < Duration::from_millis(100) {
+        errors.push("proxy.warm_first.check_interval: must be at least 100ms".to_string());
+    }
+    let warm = WarmSettings {
+        enabled: w.enabled || strategy == Strategy::WarmFirst,
+        max_wait_ratio: w.max_wait_ratio,
+        check_interval: w.check_interval.0,
+    };
+    let c = &p.cache_aware;
+    if !(0.0..=1.0).contains(&c.cache_threshold) {
+        errors.push(format!(
+            "proxy.cache_aware.cache_threshold: must be between 0 and 1, got {}",
+            c.cache_threshold
+        ));
+    }
+    if !c.balance_rel_threshold.is_finite() || c.balance_rel_threshold < 1.0 {
+        errors.push(format!(
+            "proxy.cache_aware.balance_rel_threshold: must be at least 1, got {}",
+            c.balance_rel_threshold
+        ));
+    }
+    if c.max_tree_bytes < 1 << 20 {
+        errors.push("proxy.cache_aware.max_tree_bytes: must be at least 1 MiB".to_string());
+    }
+    let cache = CacheSettings {
+        cache_threshold: c.cache_threshold,
+        balance_abs_threshold: c.balance_abs_threshold,
+        balance_rel_threshold: c.balance_rel_threshold,
+        max_tree_bytes: usize::try_from(c.max_tree_bytes).unwrap_or(usize::MAX),
+    };
+    (sticky, warm, cache)
 }
 
 fn timeouts(
@@ -717,6 +792,49 @@ mod tests {
         assert!(all.contains("scheme \"ftp\""), "{all}");
         assert!(all.contains("did you mean \"ollama\""), "{all}");
         assert!(all.contains("endpoints[2] (c).url"), "{all}");
+    }
+
+    #[test]
+    fn balancing_keys_resolve_and_bad_values_are_reported() {
+        let ep = format!("{TWO}      - {{name: a, url: 'http://h:1', type: ollama}}\n");
+        let rt = resolve_text(&format!(
+            "proxy:\n  load_balancer: warm-first\n  warm_first: {{max_wait_ratio: 2, check_interval: 1s}}\n  sticky_sessions: {{enabled: true, idle_ttl_seconds: 60, key_sources: [ip, bogus, session_header]}}\n  cache_aware: {{cache_threshold: 0.5}}\n{ep}"
+        ))
+        .unwrap();
+        let p = &rt.tree.policy;
+        assert_eq!(p.strategy, Strategy::WarmFirst);
+        assert!(p.warm_first_on() && p.warm_first.max_wait_ratio == 2.0);
+        assert_eq!(
+            rt.tree.specs[0].loaded_check_interval,
+            Some(Duration::from_secs(1))
+        );
+        assert!(p.sticky.enabled);
+        assert_eq!(p.sticky.idle_ttl, Duration::from_secs(60));
+        assert_eq!(
+            p.sticky.key_sources,
+            vec![KeySource::Ip, KeySource::SessionHeader],
+            "unknown sources are ignored, order kept"
+        );
+        assert_eq!(p.cache_aware.cache_threshold, 0.5);
+        // Defaults: nothing on, no loaded-model checks.
+        let rt = resolve_text(&ep).unwrap();
+        assert!(!rt.tree.policy.sticky.enabled && !rt.tree.policy.warm_first_on());
+        assert_eq!(rt.tree.specs[0].loaded_check_interval, None);
+        let errs = resolve_text(&format!(
+            "proxy:\n  load_balancer: wieghted\n  warm_first: {{max_wait_ratio: -1}}\n  sticky_sessions: {{enabled: true, key_sources: [nope]}}\n  cache_aware: {{cache_threshold: 2, balance_rel_threshold: 0.5, max_tree_bytes: 10}}\n{ep}"
+        ))
+        .unwrap_err()
+        .join("\n");
+        for want in [
+            "did you mean \"weighted\"",
+            "max_wait_ratio",
+            "key_sources",
+            "cache_threshold",
+            "balance_rel_threshold",
+            "max_tree_bytes",
+        ] {
+            assert!(errs.contains(want), "{want}: {errs}");
+        }
     }
 
     #[test]

@@ -254,7 +254,8 @@ pub struct ProxyConfig {
     pub engine: String,
     /// `auto` | `streaming` | `standard`: we always stream; accepted for compatibility.
     pub profile: String,
-    /// `priority` | `round-robin` | `least-connections` (inside priority tiers, always).
+    /// `priority` | `round-robin` | `least-connections` | `weighted` | `warm-first` |
+    /// `cache-aware` (inside priority tiers, always).
     pub load_balancer: String,
     /// Olla's dial timeout; used as the connect timeout unless `timeouts.connect` is set.
     pub connection_timeout: Option<Dur>,
@@ -274,6 +275,10 @@ pub struct ProxyConfig {
     pub retry: RetryConfig,
     pub profile_filter: IncludeExclude,
     pub sticky_sessions: StickyConfig,
+    /// Ours: prefer backends that have the requested model loaded.
+    pub warm_first: WarmFirstConfig,
+    /// Ours: prefix-cache affinity of the `cache-aware` balancer.
+    pub cache_aware: CacheAwareConfig,
     /// Ours: the three split timeouts plus an optional total.
     pub timeouts: TimeoutsConfig,
     /// Ours: breaker defaults for every endpoint.
@@ -306,6 +311,8 @@ impl Default for ProxyConfig {
             retry: RetryConfig::default(),
             profile_filter: IncludeExclude::default(),
             sticky_sessions: StickyConfig::default(),
+            warm_first: WarmFirstConfig::default(),
+            cache_aware: CacheAwareConfig::default(),
             timeouts: TimeoutsConfig::default(),
             circuit_breaker: BreakerConfig::default(),
             health: HealthConfig::default(),
@@ -351,6 +358,53 @@ pub struct StickyConfig {
     pub max_sessions: u64,
     pub key_sources: Vec<String>,
     pub prefix_hash_bytes: u64,
+}
+
+/// `proxy.warm_first`: a warm backend (model loaded) with a free slot goes first while its
+/// in-flight count is at most `max_wait_ratio` × (the least-loaded cold backend's + 1).
+#[derive(Clone, Debug, Deserialize, Serialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct WarmFirstConfig {
+    /// Layer warm-first over any balancer (`load_balancer: warm-first` turns it on too).
+    pub enabled: bool,
+    pub max_wait_ratio: f64,
+    /// How often each backend is asked which models it has loaded.
+    pub check_interval: Dur,
+}
+
+impl Default for WarmFirstConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            max_wait_ratio: 4.0,
+            check_interval: Dur::secs(5),
+        }
+    }
+}
+
+/// `proxy.cache_aware`: tuning of the `cache-aware` balancer.
+#[derive(Clone, Debug, Deserialize, Serialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheAwareConfig {
+    /// Share of the prompt that must match a backend's cached prefix (0..=1).
+    pub cache_threshold: f64,
+    /// Load is skewed when max − min in-flight exceeds this …
+    pub balance_abs_threshold: usize,
+    /// … and max > min × this (≥ 1); then the least-loaded backend wins.
+    pub balance_rel_threshold: f64,
+    /// Memory bound of the prefix trees, bytes.
+    pub max_tree_bytes: u64,
+}
+
+impl Default for CacheAwareConfig {
+    fn default() -> Self {
+        Self {
+            cache_threshold: 0.3,
+            balance_abs_threshold: 32,
+            balance_rel_threshold: 1.5,
+            max_tree_bytes: 64 << 20,
+        }
+    }
 }
 
 impl Default for StickyConfig {

@@ -26,6 +26,10 @@ pub struct BodyFacts {
     pub stream: bool,
     /// Byte range of the model's JSON string (quotes included) in the body.
     pub model_span: Option<Range<usize>>,
+    /// Byte range of the raw JSON value of `messages` (sticky keys, cache-aware routing).
+    pub messages_span: Option<Range<usize>>,
+    /// Byte range of the raw JSON value of `prompt`.
+    pub prompt_span: Option<Range<usize>>,
 }
 
 /// Go's `encoding/json` key match: equal under simple case folding (`ſ` folds to `s`, the
@@ -44,6 +48,8 @@ fn go_key_eq(key: &str, field: &str) -> bool {
 struct TopLevel<'a> {
     models: Vec<&'a RawValue>,
     stream: Option<&'a RawValue>,
+    messages: Option<&'a RawValue>,
+    prompt: Option<&'a RawValue>,
     /// The body is JSON but not an object.
     not_object: bool,
 }
@@ -68,6 +74,10 @@ impl<'de> Visitor<'de> for TopVisitor {
                 }
             } else if go_key_eq(&key, "stream") {
                 top.stream = Some(value);
+            } else if key == "messages" {
+                top.messages = Some(value);
+            } else if key == "prompt" {
+                top.prompt = Some(value);
             }
         }
         Ok(top)
@@ -164,7 +174,69 @@ pub fn inspect_body(content_type: Option<&str>, body: &[u8]) -> Result<BodyFacts
     if let Some(raw) = top.stream {
         facts.stream = raw.get() == "true";
     }
+    facts.messages_span = top.messages.and_then(|m| span_of(body, m.get()));
+    facts.prompt_span = top.prompt.and_then(|p| span_of(body, p.get()));
     Ok(facts)
+}
+
+/// The raw JSON text sticky sessions hash for `prefix_hash`: `messages`, or `prompt` when
+/// `messages` is absent, `[]` or null.
+pub fn prefix_text<'b>(facts: &BodyFacts, body: &'b [u8]) -> Option<&'b [u8]> {
+    let get = |span: &Option<Range<usize>>| span.clone().and_then(|r| body.get(r));
+    get(&facts.messages_span)
+        .filter(|m| !matches!(m.trim_ascii(), b"[]" | b"null"))
+        .or_else(|| get(&facts.prompt_span).filter(|p| p.trim_ascii() != b"null"))
+}
+
+/// Most messages split out for cache-aware routing (a longer conversation is matched on its
+/// head).
+pub const MAX_PROMPT_SEGMENTS: usize = 1024;
+
+/// The prompt as segments for cache-aware routing: each message's raw JSON text in order, or
+/// fixed blocks of a `prompt`. Borrowed from the body; bounded in count.
+pub fn prompt_segments<'b>(facts: &BodyFacts, body: &'b [u8]) -> Vec<&'b [u8]> {
+    if let Some(m) = facts.messages_span.clone().and_then(|r| body.get(r)) {
+        if let Ok(items) = serde_json::from_slice::<MessageList<'b>>(m) {
+            if !items.0.is_empty() {
+                return items.0;
+            }
+        }
+    }
+    match facts.prompt_span.clone().and_then(|r| body.get(r)) {
+        Some(p) if p.trim_ascii() != b"null" => p
+            .chunks(olla_actors::routing::prefix::PROMPT_BLOCK)
+            .take(MAX_PROMPT_SEGMENTS)
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// A JSON array's elements as raw slices, at most [`MAX_PROMPT_SEGMENTS`] kept.
+struct MessageList<'a>(Vec<&'a [u8]>);
+
+impl<'de> serde::Deserialize<'de> for MessageList<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = MessageList<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a list of messages")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Self::Value, A::Error> {
+                let mut out = Vec::new();
+                while let Some(item) = seq.next_element::<&'de RawValue>()? {
+                    if out.len() < MAX_PROMPT_SEGMENTS {
+                        out.push(item.get().as_bytes());
+                    }
+                }
+                Ok(MessageList(out))
+            }
+        }
+        d.deserialize_seq(V)
+    }
 }
 
 /// The body with the model's value at `span` replaced by `name` (JSON-escaped); every other
@@ -183,6 +255,50 @@ pub fn splice_model(body: &Bytes, span: &Range<usize>, name: &str) -> Option<Byt
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn messages_and_prompt_are_located_for_routing() {
+        let body = br#"{"model":"m","messages":[{"role":"system","content":"s"}, {"role":"user","content":"q"}],"stream":true}"#;
+        let f = inspect_body(Some("application/json"), body).unwrap();
+        assert_eq!(
+            prefix_text(&f, body).unwrap(),
+            br#"[{"role":"system","content":"s"}, {"role":"user","content":"q"}]"#
+        );
+        let segs = prompt_segments(&f, body);
+        assert_eq!(
+            segs,
+            vec![
+                &br#"{"role":"system","content":"s"}"#[..],
+                &br#"{"role":"user","content":"q"}"#[..]
+            ]
+        );
+        // `messages` empty or null: `prompt` is hashed instead; a long prompt is blocked.
+        let long = "x".repeat(600);
+        let body = format!(r#"{{"model":"m","messages":[],"prompt":"{long}"}}"#);
+        let f = inspect_body(None, body.as_bytes()).unwrap();
+        assert_eq!(prefix_text(&f, body.as_bytes()).unwrap().len(), 602);
+        assert_eq!(prompt_segments(&f, body.as_bytes()).len(), 3);
+        let body = br#"{"model":"m","messages":null}"#;
+        let f = inspect_body(None, body).unwrap();
+        assert_eq!(prefix_text(&f, body), None);
+        // Not a list: no segments, never an error.
+        let body = br#"{"model":"m","messages":{"a":1}}"#;
+        let f = inspect_body(None, body).unwrap();
+        assert!(prompt_segments(&f, body).is_empty());
+    }
+
+    #[test]
+    fn message_segments_are_bounded() {
+        let items: Vec<String> = (0..MAX_PROMPT_SEGMENTS + 10)
+            .map(|i| i.to_string())
+            .collect();
+        let body = format!(r#"{{"messages":[{}]}}"#, items.join(","));
+        let f = inspect_body(None, body.as_bytes()).unwrap();
+        assert_eq!(
+            prompt_segments(&f, body.as_bytes()).len(),
+            MAX_PROMPT_SEGMENTS
+        );
+    }
     use proptest::prelude::*;
 
     #[test]

@@ -163,11 +163,19 @@ fn set(headers: &mut HeaderMap, name: HeaderName, value: &str) {
     }
 }
 
-/// Adds the routing decision headers.
+/// Adds the routing decision headers: Olla's model routing trio (when the request named a
+/// model), the balancer and its pick, and the sticky-session headers (when enabled).
 pub fn decision_headers(headers: &mut HeaderMap, d: &Decision) {
-    set(headers, names::X_OLLA_ROUTING_STRATEGY, d.strategy);
-    set(headers, names::X_OLLA_ROUTING_DECISION, d.action);
-    set(headers, names::X_OLLA_ROUTING_REASON, d.reason);
+    for (name, value) in [
+        (names::X_OLLA_ROUTING_STRATEGY, d.strategy),
+        (names::X_OLLA_ROUTING_DECISION, d.action),
+        (names::X_OLLA_ROUTING_REASON, d.reason),
+    ] {
+        if !value.is_empty() {
+            set(headers, name, value);
+        }
+    }
+    d.balance_headers(headers);
 }
 
 /// An upstream exchange that produced no response head.
@@ -258,13 +266,20 @@ pub async fn forward_body(
     ctx.stream = facts.stream;
     app.gate
         .check_model(&parts.extensions, facts.model.as_deref())?;
-    let selection = match select::select(app, fwd.filter, facts.model.as_deref()).await {
-        Ok(s) => s,
-        Err((e, decision)) => {
-            ctx.decision = decision;
-            return Err(e);
-        }
+    let route_facts = select::RouteFacts {
+        headers: Some(&parts.headers),
+        peer: Some(client.peer),
+        body,
+        body_facts: Some(facts),
     };
+    let selection =
+        match select::select(app, fwd.filter, facts.model.as_deref(), &route_facts).await {
+            Ok(s) => s,
+            Err((e, decision)) => {
+                ctx.decision = decision;
+                return Err(e);
+            }
+        };
     ctx.decision.clone_from(&selection.decision);
     let mut candidates = match adapt {
         Some(a) => a.choose(selection.candidates),
@@ -414,7 +429,7 @@ impl Run<'_> {
             .join(path)
             .map_err(|e| ProxyError::Internal(format!("cannot build upstream URL: {e}")))?;
         let body = match (&cand.native_model, &self.facts.model) {
-            (Some(native), Some(requested)) if native != requested => {
+            (Some(native), Some(requested)) if **native != **requested => {
                 // The span was found in the client's body; an adapted body is inspected anew.
                 let span = match &adapted {
                     None => self.facts.model_span.clone(),

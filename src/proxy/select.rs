@@ -1,19 +1,25 @@
-//! Candidate selection for one request: which backends may serve it (route scope, model
-//! availability in the catalog, aliases, routability now), the routing decision reported in the
-//! `X-Olla-Routing-*` headers, and the order to try them in (priority tiers, then the balancer).
+//! Candidate selection for one request, the thin adapter over [`olla_actors::routing`]: which
+//! backends may serve it (route scope, the model's endpoints from the published index,
+//! aliases, routability now), the routing decision reported in the `X-Olla-Routing-*` and
+//! `X-Olla-Sticky-*` headers, and the order to try them in (priority tiers, then the sticky,
+//! cache-aware and warm-first layers over the balancer).
 
-use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
 use std::sync::Arc;
 
-use olla_actors::balance::{self, Weighed};
-use olla_actors::catalog::{Availability, Catalog};
+use http::header::HeaderName;
+use http::{HeaderMap, HeaderValue};
 use olla_actors::kind::BackendKind;
-use olla_actors::published::{Fallback, ModelRouting};
-use olla_actors::BackendHandle;
+use olla_actors::published::{Fallback, ModelRouting, RoutingPolicy};
+use olla_actors::routing::sticky::{session_key, KeyFacts, KeySource, StickyOutcome};
+use olla_actors::routing::{self, CacheLayer, Entry, Layers, RouteIndex, StickyLayer};
 use tokio::time::Instant;
 
 use crate::app::App;
 use crate::error::ProxyError;
+use crate::proxy::inspect::{self, BodyFacts};
+
+pub use olla_actors::routing::Candidate;
 
 /// Which backend types a route reaches.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -45,34 +51,86 @@ impl KindFilter {
     }
 }
 
-/// A backend chosen for a request, with the model name it knows the requested model by.
-#[derive(Clone)]
-pub struct Candidate {
-    pub handle: BackendHandle,
-    pub native_model: Option<String>,
-}
-
-impl Weighed for Candidate {
-    fn priority(&self) -> i64 {
-        self.handle.priority()
-    }
-    fn weight(&self) -> u32 {
-        self.handle.weight()
-    }
-    fn in_flight(&self) -> usize {
-        self.handle.in_flight()
-    }
-    fn traffic_factor(&self) -> f64 {
-        self.handle.status().traffic_factor()
-    }
-}
-
-/// The `X-Olla-Routing-*` values.
+/// `X-Olla-Sticky-Session`, `X-Olla-Sticky-Key-Source`, `X-Olla-Session-ID`.
 #[derive(Clone, Debug)]
+pub struct StickyHeaders {
+    pub outcome: StickyOutcome,
+    /// Omitted when the outcome is `disabled`.
+    pub source: Option<KeySource>,
+    /// Echoed only when the key came from the session header.
+    pub session_id: Option<HeaderValue>,
+}
+
+/// The routing decision of a request, rendered by [`crate::proxy::decision_headers`].
+#[derive(Clone, Debug, Default)]
 pub struct Decision {
+    /// `X-Olla-Routing-Strategy`: the model routing strategy (empty: no model in the request).
     pub strategy: &'static str,
+    /// `X-Olla-Routing-Decision`: routed / fallback / rejected.
     pub action: &'static str,
+    /// `X-Olla-Routing-Reason`: the model routing reason (Olla's values).
     pub reason: &'static str,
+    /// `X-Olla-Routing-Balancer`: the configured balancer.
+    pub balancer: &'static str,
+    /// `X-Olla-Routing-Pick`: why the first backend was chosen (`least_connections`,
+    /// `weighted`, `round_robin`, `priority`, `tier_fallback`, `sticky_hit`, `prefix_match`,
+    /// `least_loaded`, `load_balance`, `warm`, `warm_saturated`).
+    pub pick: &'static str,
+    /// Present when sticky sessions are on.
+    pub sticky: Option<StickyHeaders>,
+}
+
+/// `X-Olla-Routing-Balancer`.
+pub const X_OLLA_ROUTING_BALANCER: HeaderName = HeaderName::from_static("x-olla-routing-balancer");
+/// `X-Olla-Routing-Pick`.
+pub const X_OLLA_ROUTING_PICK: HeaderName = HeaderName::from_static("x-olla-routing-pick");
+/// `X-Olla-Sticky-Session`.
+pub const X_OLLA_STICKY_SESSION: HeaderName = HeaderName::from_static("x-olla-sticky-session");
+/// `X-Olla-Sticky-Key-Source`.
+pub const X_OLLA_STICKY_KEY_SOURCE: HeaderName =
+    HeaderName::from_static("x-olla-sticky-key-source");
+/// `X-Olla-Session-ID` (request and response).
+pub const X_OLLA_SESSION_ID: HeaderName = HeaderName::from_static("x-olla-session-id");
+
+impl Decision {
+    /// Adds the balancer and sticky headers (the model routing ones are added by
+    /// [`crate::proxy::decision_headers`]).
+    pub fn balance_headers(&self, headers: &mut HeaderMap) {
+        if !self.balancer.is_empty() {
+            headers.insert(
+                X_OLLA_ROUTING_BALANCER,
+                HeaderValue::from_static(self.balancer),
+            );
+        }
+        if !self.pick.is_empty() {
+            headers.insert(X_OLLA_ROUTING_PICK, HeaderValue::from_static(self.pick));
+        }
+        if let Some(s) = &self.sticky {
+            headers.insert(
+                X_OLLA_STICKY_SESSION,
+                HeaderValue::from_static(s.outcome.as_str()),
+            );
+            if let Some(src) = s.source {
+                headers.insert(
+                    X_OLLA_STICKY_KEY_SOURCE,
+                    HeaderValue::from_static(src.as_str()),
+                );
+            }
+            if let Some(id) = &s.session_id {
+                headers.insert(X_OLLA_SESSION_ID, id.clone());
+            }
+        }
+    }
+}
+
+/// What a request offers the routing layers: the headers and peer sticky keys come from, and
+/// the body (for `prefix_hash` keys and cache-aware routing).
+#[derive(Clone, Copy, Default)]
+pub struct RouteFacts<'a> {
+    pub headers: Option<&'a HeaderMap>,
+    pub peer: Option<IpAddr>,
+    pub body: &'a [u8],
+    pub body_facts: Option<&'a BodyFacts>,
 }
 
 fn strategy_name(m: ModelRouting) -> &'static str {
@@ -83,21 +141,88 @@ fn strategy_name(m: ModelRouting) -> &'static str {
     }
 }
 
-/// The endpoints of a model (aliases included) among the backends in scope.
-fn scoped<'c>(
-    catalog: &'c Catalog,
-    requested: &str,
-    scope: &HashSet<&str>,
-) -> Vec<&'c Availability> {
-    let mut found = catalog.resolve(requested);
-    found.retain(|a| scope.contains(a.backend.as_str()));
-    found
-}
-
 /// The outcome of selection.
 pub struct Selection {
     pub candidates: Vec<Candidate>,
     pub decision: Option<Decision>,
+}
+
+/// Samples the routable entries in scope.
+fn sample(
+    entries: &[Entry],
+    filter: KindFilter,
+    now: Instant,
+    now_ms: u64,
+    warmth: bool,
+) -> Vec<Candidate> {
+    let mut out = Vec::with_capacity(entries.len());
+    out.extend(
+        entries
+            .iter()
+            .filter(|e| filter == KindFilter::Any || filter.allows(e.handle.kind()))
+            .filter_map(|e| {
+                Candidate::sample(&e.handle, e.native.as_ref(), e.key, now, now_ms, warmth)
+            }),
+    );
+    out
+}
+
+/// The sticky key of a request, when sticky sessions are on.
+fn sticky_key(
+    policy: &RoutingPolicy,
+    model: Option<&str>,
+    req: &RouteFacts,
+) -> Option<routing::sticky::SessionKey> {
+    if !policy.sticky.enabled {
+        return None;
+    }
+    let header = |name: &HeaderName| {
+        req.headers
+            .and_then(|h| h.get(name))
+            .map(HeaderValue::as_bytes)
+    };
+    let facts = KeyFacts {
+        session_id: header(&X_OLLA_SESSION_ID),
+        prefix: req
+            .body_facts
+            .and_then(|f| inspect::prefix_text(f, req.body)),
+        authorization: header(&http::header::AUTHORIZATION),
+        peer: req.peer,
+        model,
+    };
+    session_key(&policy.sticky, &facts)
+}
+
+/// The sticky headers of a request before (or without) a pick.
+fn sticky_headers(
+    policy: &RoutingPolicy,
+    key: Option<&routing::sticky::SessionKey>,
+    outcome: Option<StickyOutcome>,
+    req: &RouteFacts,
+) -> Option<StickyHeaders> {
+    if !policy.sticky.enabled {
+        return None;
+    }
+    let Some(key) = key else {
+        return Some(StickyHeaders {
+            outcome: StickyOutcome::Disabled,
+            source: None,
+            session_id: None,
+        });
+    };
+    let session_id = (key.source == KeySource::SessionHeader)
+        .then(|| {
+            req.headers
+                .and_then(|h| h.get(&X_OLLA_SESSION_ID))
+                .and_then(|v| v.to_str().ok())
+                .and_then(crate::proxy::headers::echo_value)
+        })
+        .flatten();
+    Some(StickyHeaders {
+        outcome: outcome.unwrap_or(StickyOutcome::Miss),
+        source: Some(key.source),
+        session_id,
+    })
 }
 
 /// Picks and orders the candidates. On rejection, the error comes with its decision.
@@ -105,52 +230,52 @@ pub async fn select(
     app: &Arc<App>,
     filter: KindFilter,
     model: Option<&str>,
+    req: &RouteFacts<'_>,
 ) -> Result<Selection, (ProxyError, Option<Decision>)> {
     let published = &app.tree.published;
-    let table = published.table();
-    let in_scope: Vec<&BackendHandle> = table
-        .backends
-        .iter()
-        .filter(|b| filter.allows(b.kind()))
-        .collect();
-    if in_scope.is_empty() {
-        return Err((
-            match filter.provider_name() {
-                Some(p) => ProxyError::NoProviderEndpoints(p.to_string()),
-                None => ProxyError::NoHealthyEndpoints,
-            },
-            None,
-        ));
-    }
+    let mut index = published.route_index();
     let policy = published.policy.load_full();
+    let key = sticky_key(&policy, model, req);
+    let reject = |e: ProxyError, strategy: &'static str, action: &'static str, reason| {
+        (
+            e,
+            Some(Decision {
+                strategy,
+                action,
+                reason,
+                balancer: policy.strategy.as_str(),
+                pick: "",
+                sticky: sticky_headers(&policy, key.as_ref(), None, req),
+            }),
+        )
+    };
+    if !index.all.iter().any(|e| filter.allows(e.handle.kind())) {
+        let e = match filter.provider_name() {
+            Some(p) => ProxyError::NoProviderEndpoints(p.to_string()),
+            None => ProxyError::NoHealthyEndpoints,
+        };
+        return Err(reject(e, "", "", ""));
+    }
     let strategy = strategy_name(policy.model_routing);
     let now = Instant::now();
-    let all_routable = || -> Vec<Candidate> {
-        in_scope
-            .iter()
-            .filter(|b| b.is_routable(now))
-            .map(|b| Candidate {
-                handle: (*b).clone(),
-                native_model: None,
-            })
-            .collect()
-    };
+    let now_ms = routing::now_ms();
+    let warmth = policy.warm_first_on();
 
-    let (mut candidates, decision) = match model {
-        None => (all_routable(), None),
+    let (mut candidates, action, reason) = match model {
+        None => (sample(&index.all, filter, now, now_ms, false), "", ""),
         Some(requested) => {
-            let scope: HashSet<&str> = in_scope.iter().map(|b| b.name()).collect();
-            let first = published.catalog.load_full();
-            let refreshed;
-            let mut catalog: &Catalog = &first;
-            let mut available = scoped(catalog, requested, &scope);
-            if available.is_empty() && policy.model_routing == ModelRouting::Discovery {
+            let in_scope = |idx: &RouteIndex| -> bool {
+                idx.lookup(requested)
+                    .is_some_and(|(e, _)| e.iter().any(|e| filter.allows(e.handle.kind())))
+            };
+            if !in_scope(&index) && policy.model_routing == ModelRouting::Discovery {
                 // Discovery on a miss: re-fetch the model lists, then decide; the gate bounds
                 // how often (minimum interval, negative cache, one shared refresh).
-                let names: Vec<String> = in_scope
+                let names: Vec<String> = index
+                    .all
                     .iter()
-                    .filter(|b| b.is_routable(now))
-                    .map(|b| b.name().to_string())
+                    .filter(|e| filter.allows(e.handle.kind()) && e.handle.is_routable(now))
+                    .map(|e| e.handle.name().to_string())
                     .collect();
                 let settings = policy.miss_settings();
                 let refresh_app = app.clone();
@@ -162,103 +287,115 @@ pub async fn select(
                 };
                 let gate = &published.miss_gate;
                 if gate.refresh_on_miss(requested, &settings, refresh).await {
-                    refreshed = published.catalog.load_full();
-                    catalog = &refreshed;
-                    available = scoped(catalog, requested, &scope);
-                    if available.is_empty() {
+                    index = published.route_index();
+                    if !in_scope(&index) {
                         gate.remember_missing(requested, Instant::now(), &settings);
                     }
                 }
             }
-            if !available.is_empty() {
-                // One pass over the backends, looking each up among the model's endpoints.
-                let by_backend: HashMap<&str, &str> = available
-                    .iter()
-                    .map(|a| (a.backend.as_str(), a.native_name.as_str()))
-                    .collect();
-                let routable: Vec<Candidate> = in_scope
-                    .iter()
-                    .filter_map(|b| {
-                        let native = by_backend.get(b.name())?;
-                        b.is_routable(now).then(|| Candidate {
-                            handle: (*b).clone(),
-                            native_model: Some(native.to_string()),
-                        })
-                    })
-                    .collect();
-                if routable.is_empty() {
-                    return Err((
-                        ProxyError::ModelUnavailable(requested.to_string()),
-                        Some(Decision {
-                            strategy,
-                            action: "rejected",
-                            reason: "model_unavailable",
-                        }),
-                    ));
-                }
-                let reason = if catalog.is_alias(requested) {
-                    "alias_resolved"
-                } else {
-                    "model_found"
-                };
-                (
-                    routable,
-                    Some(Decision {
-                        strategy,
-                        action: "routed",
-                        reason,
-                    }),
-                )
-            } else {
-                let catalog_covers = in_scope
-                    .iter()
-                    .any(|b| catalog.backends.contains_key(b.name()));
-                if !catalog_covers {
-                    // Nothing discovered for these backends (discovery off or not yet done):
-                    // the catalog cannot say no, so any compatible backend may serve.
-                    (
-                        all_routable(),
-                        Some(Decision {
-                            strategy,
-                            action: "fallback",
-                            reason: "no_model_catalog",
-                        }),
-                    )
-                } else if policy.model_routing == ModelRouting::Optimistic
-                    && policy.fallback == Fallback::All
+            match index.lookup(requested) {
+                Some((entries, alias))
+                    if entries.iter().any(|e| filter.allows(e.handle.kind())) =>
                 {
-                    (
-                        all_routable(),
-                        Some(Decision {
+                    let routable = sample(entries, filter, now, now_ms, warmth);
+                    if routable.is_empty() {
+                        return Err(reject(
+                            ProxyError::ModelUnavailable(requested.to_string()),
                             strategy,
-                            action: "fallback",
-                            reason: "model_not_found_fallback",
-                        }),
-                    )
-                } else {
-                    return Err((
-                        ProxyError::ModelNotFound(requested.to_string()),
-                        Some(Decision {
+                            "rejected",
+                            "model_unavailable",
+                        ));
+                    }
+                    let reason = if alias {
+                        "alias_resolved"
+                    } else {
+                        "model_found"
+                    };
+                    (routable, "routed", reason)
+                }
+                _ => {
+                    let catalog = index.catalog();
+                    let catalog_covers = index.all.iter().any(|e| {
+                        filter.allows(e.handle.kind())
+                            && catalog.backends.contains_key(e.handle.name())
+                    });
+                    if !catalog_covers {
+                        // Nothing discovered for these backends (discovery off or not yet
+                        // done): the catalog cannot say no, so any compatible backend may serve.
+                        (
+                            sample(&index.all, filter, now, now_ms, false),
+                            "fallback",
+                            "no_model_catalog",
+                        )
+                    } else if policy.model_routing == ModelRouting::Optimistic
+                        && policy.fallback == Fallback::All
+                    {
+                        (
+                            sample(&index.all, filter, now, now_ms, false),
+                            "fallback",
+                            "model_not_found_fallback",
+                        )
+                    } else {
+                        return Err(reject(
+                            ProxyError::ModelNotFound(requested.to_string()),
                             strategy,
-                            action: "rejected",
-                            reason: "model_not_found",
-                        }),
-                    ));
+                            "rejected",
+                            "model_not_found",
+                        ));
+                    }
                 }
             }
         }
     };
+    let strategy = if model.is_some() { strategy } else { "" };
     if candidates.is_empty() {
-        return Err((ProxyError::NoHealthyEndpoints, decision));
+        return Err(reject(
+            ProxyError::NoHealthyEndpoints,
+            strategy,
+            action,
+            reason,
+        ));
     }
-    balance::order(
+    let segments: Vec<&[u8]>;
+    let state = &published.routing;
+    let cache = match (policy.strategy, model, req.body_facts) {
+        (olla_actors::balance::Strategy::CacheAware, Some(m), Some(f)) => {
+            segments = inspect::prompt_segments(f, req.body);
+            (!segments.is_empty()).then(|| CacheLayer {
+                index: &state.prefix,
+                settings: &policy.cache_aware,
+                model: m,
+                segments: &segments,
+            })
+        }
+        _ => None,
+    };
+    let layers = Layers {
+        sticky: key.map(|key| StickyLayer {
+            table: &state.sticky,
+            settings: &policy.sticky,
+            key,
+            now_ms,
+        }),
+        cache,
+        warm: warmth.then_some(&policy.warm_first),
+    };
+    let plan = routing::plan(
         &mut candidates,
         policy.strategy,
+        &layers,
         &published.cursor,
         fastrand::f64,
     );
     Ok(Selection {
         candidates,
-        decision,
+        decision: Some(Decision {
+            strategy,
+            action,
+            reason,
+            balancer: policy.strategy.as_str(),
+            pick: plan.reason,
+            sticky: sticky_headers(&policy, key.as_ref(), plan.sticky.map(|s| s.0), req),
+        }),
     })
 }

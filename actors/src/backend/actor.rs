@@ -18,6 +18,7 @@ use crate::health::{EndpointStatus, HealthTracker, ProbeResult};
 use crate::kind::BackendKind;
 use crate::published::Published;
 use crate::registry::RegistryMsg;
+use crate::routing::loaded::{loaded_path, parse_loaded, Loaded};
 use crate::spec::BackendSpec;
 use crate::wait::parse_retry_after;
 use crate::wait::system_after;
@@ -51,6 +52,13 @@ pub enum BackendMsg {
     /// Fails the actor on purpose by panicking (exercises supervision of panics).
     Panic(String),
     GetHandle(RpcReplyPort<BackendHandle>),
+    /// Ask which models are loaded if `token` is current (the warm-first timer).
+    LoadedTick {
+        token: u64,
+    },
+    /// Ask which models are loaded now (after a served request).
+    CheckLoaded,
+    LoadedDone(Result<Loaded, String>),
 }
 
 pub struct BackendArgs {
@@ -72,6 +80,29 @@ pub struct BackendState {
     discovery_failures: u32,
     has_models: bool,
     refresh_waiters: Vec<RpcReplyPort<Result<usize, String>>>,
+    loaded_token: u64,
+    loaded_running: bool,
+}
+
+/// Sends a loaded-models answer back; a task dropped before answering reports that.
+struct LoadedReporter(Option<ActorRef<BackendMsg>>);
+
+impl LoadedReporter {
+    fn send(mut self, r: Result<Loaded, String>) {
+        if let Some(a) = self.0.take() {
+            let _ = a.cast(BackendMsg::LoadedDone(r));
+        }
+    }
+}
+
+impl Drop for LoadedReporter {
+    fn drop(&mut self) {
+        if let Some(a) = self.0.take() {
+            let _ = a.cast(BackendMsg::LoadedDone(Err(
+                "loaded-models check ended without a result".into(),
+            )));
+        }
+    }
 }
 
 /// Sends a probe result back; if the task is dropped (panic) before sending, reports that.
@@ -172,6 +203,61 @@ impl BackendState {
         });
     }
 
+    /// Asks the backend which models it has loaded (warm-first), in a spawned task.
+    fn start_loaded_check(&mut self, myself: &ActorRef<BackendMsg>) {
+        if self.loaded_running
+            || self.spec.loaded_check_interval.is_none()
+            || !self.handle.status().is_routable()
+        {
+            return;
+        }
+        let kind = self.kind();
+        if kind == BackendKind::Auto {
+            return;
+        }
+        let Some(path) = loaded_path(kind) else {
+            self.handle
+                .slot()
+                .balance
+                .loaded
+                .store(Arc::new(Loaded::Always));
+            return;
+        };
+        self.loaded_running = true;
+        let handle = self.handle.clone();
+        let spec = self.spec.clone();
+        let reporter = LoadedReporter(Some(myself.clone()));
+        tokio::spawn(async move {
+            let result = match spec.join(path) {
+                Err(e) => Err(format!("bad URL: {e}")),
+                Ok(uri) => {
+                    match discovery::get(handle.client(), &spec, uri, spec.check_timeout).await {
+                        Ok((status, _, body)) if status.is_success() => parse_loaded(kind, &body),
+                        Ok((status, _, _)) => Err(format!("{path} answered {status}")),
+                        Err(e) => Err(e.to_string()),
+                    }
+                }
+            };
+            reporter.send(result);
+        });
+    }
+
+    fn schedule_loaded_check(&mut self, myself: &ActorRef<BackendMsg>) {
+        if let Some(every) = self.spec.loaded_check_interval {
+            self.loaded_token += 1;
+            let token = self.loaded_token;
+            myself.send_after(every, move || BackendMsg::LoadedTick { token });
+        }
+    }
+
+    /// Pins of sticky sessions to this backend go when it stops being routable.
+    fn purge_sticky_pins(&self) {
+        let purged = self.published.routing.sticky.purge_backend(&self.spec.name);
+        if purged > 0 {
+            debug!(backend = %self.spec.name, purged, "purged sticky-session pins");
+        }
+    }
+
     fn schedule_probe(&mut self, myself: &ActorRef<BackendMsg>, after: Duration) {
         self.probe_token += 1;
         let token = self.probe_token;
@@ -256,6 +342,8 @@ impl Actor for BackendActor {
             discovery_failures: 0,
             has_models,
             refresh_waiters: Vec::new(),
+            loaded_token: 0,
+            loaded_running: false,
         })
     }
 
@@ -265,6 +353,7 @@ impl Actor for BackendActor {
         state: &mut BackendState,
     ) -> Result<(), ActorProcessingErr> {
         state.start_probe(&myself);
+        state.schedule_loaded_check(&myself);
         Ok(())
     }
 
@@ -302,7 +391,11 @@ impl Actor for BackendActor {
                 if let Some((old, new)) = step.changed {
                     if new.is_routable() {
                         info!(backend = %state.spec.name, from = old.as_str(), to = new.as_str(), "backend is routable");
+                        state.start_loaded_check(&myself);
                     } else {
+                        if old.is_routable() {
+                            state.purge_sticky_pins();
+                        }
                         warn!(backend = %state.spec.name, from = old.as_str(), to = new.as_str(),
                               error = state.tracker.last_error().unwrap_or(""), "backend is not routable");
                     }
@@ -429,6 +522,9 @@ impl Actor for BackendActor {
                             h.consecutive_failures = state.tracker.consecutive_failures();
                         }
                         if let Some((old, new)) = step.changed {
+                            if old.is_routable() && !new.is_routable() {
+                                state.purge_sticky_pins();
+                            }
                             warn!(backend = %state.spec.name, from = old.as_str(), to = new.as_str(),
                                   error = state.tracker.last_error().unwrap_or(""),
                                   "live connection refused; backend is not routable");
@@ -467,6 +563,27 @@ impl Actor for BackendActor {
             }
             BackendMsg::GetHandle(reply) => {
                 let _ = reply.send(state.handle.clone());
+            }
+            BackendMsg::LoadedTick { token } => {
+                if token == state.loaded_token {
+                    state.start_loaded_check(&myself);
+                    state.schedule_loaded_check(&myself);
+                }
+            }
+            BackendMsg::CheckLoaded => state.start_loaded_check(&myself),
+            BackendMsg::LoadedDone(result) => {
+                state.loaded_running = false;
+                let loaded = match result {
+                    Ok(l) => l,
+                    Err(e) => {
+                        debug!(backend = %state.spec.name, error = %e, "loaded-models check failed");
+                        Loaded::Unknown
+                    }
+                };
+                let slot = state.handle.slot();
+                if **slot.balance.loaded.load() != loaded {
+                    slot.balance.loaded.store(Arc::new(loaded));
+                }
             }
         }
         Ok(())

@@ -237,7 +237,9 @@ impl BackendHandle {
 
     /// Parked by a 429 right now?
     pub fn parked(&self, now: Instant) -> bool {
-        self.0.parked_until_ms.load(Ordering::Relaxed) > self.now_ms(now)
+        let until = self.0.parked_until_ms.load(Ordering::Relaxed);
+        // Never parked: skip the clock arithmetic (the routing hot path asks every backend).
+        until != 0 && until > self.now_ms(now)
     }
 
     /// Park the backend (live 429 with Retry-After). The wait is the backend's word: clamped to
@@ -270,6 +272,17 @@ impl BackendHandle {
             && self.status().is_routable()
             && !self.parked(now)
             && self.0.breaker.lock().would_admit(now)
+    }
+
+    /// The routing facts of a routable backend, read once: `(priority, weight)`, or `None`
+    /// when it is not routable now (same test as [`BackendHandle::is_routable`]).
+    pub fn routable_now(&self, now: Instant) -> Option<(i64, u32)> {
+        let r = self.0.slot.routing.load();
+        (r.admits()
+            && self.status().is_routable()
+            && !self.parked(now)
+            && self.0.breaker.lock().would_admit(now))
+        .then_some((r.priority, r.weight))
     }
 
     /// Breaker state name for status output.
@@ -360,6 +373,17 @@ impl BackendHandle {
                 }
             }
         };
+        let balance = &self.0.slot.balance;
+        match outcome {
+            Outcome::Success => {
+                balance.failures.on_success();
+                self.nudge_loaded_check();
+            }
+            Outcome::ConnectFailure | Outcome::Fault => {
+                balance.failures.on_failure(crate::routing::now_ms())
+            }
+            _ => {}
+        }
         if let Some(t) = transition {
             let events = &self.0.slot.events;
             match t {
@@ -374,6 +398,24 @@ impl BackendHandle {
         }
     }
 
+    /// After a served request, asks the actor to re-check loaded models (a request may have
+    /// loaded one), at most once per [`LOADED_NUDGE_MS`].
+    fn nudge_loaded_check(&self) {
+        if self.0.spec.loaded_check_interval.is_none() {
+            return;
+        }
+        let now = crate::routing::now_ms();
+        let last = &self.0.slot.balance.loaded_nudged_ms;
+        let prev = last.load(Ordering::Relaxed);
+        if now.saturating_sub(prev) >= LOADED_NUDGE_MS
+            && last
+                .compare_exchange(prev, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            let _ = self.0.actor.cast(BackendMsg::CheckLoaded);
+        }
+    }
+
     /// Resets the breaker (backend proven back by probes).
     pub fn reset_breaker(&self) {
         self.0.breaker.lock().reset();
@@ -384,6 +426,9 @@ impl BackendHandle {
         let _ = self.0.actor.cast(BackendMsg::PassiveFailure);
     }
 }
+
+/// Shortest gap between two after-request checks of loaded models.
+pub const LOADED_NUDGE_MS: u64 = 1_000;
 
 /// A place in a backend's wait queue; dropping it leaves the queue.
 pub struct QueueTicket(BackendHandle);
