@@ -32,11 +32,21 @@ pub struct App {
     pub control: Control,
     /// `/olla/anthropic` counters (`/internal/stats/translators`).
     pub translators: crate::api::anthropic::TranslatorStats,
+    /// The OTLP trace exporter when `telemetry.otlp` is on (started with the app; a config
+    /// reload does not change it).
+    pub tracer: Option<std::sync::Arc<crate::telemetry::trace::TraceExporter>>,
 }
 
 impl App {
     pub fn new(settings: ServerSettings, tree: Tree, balancer: String) -> Self {
+        // The exporter's task needs a runtime; outside one (some unit tests) tracing stays off.
+        let tracer = settings
+            .otlp
+            .as_ref()
+            .filter(|_| tokio::runtime::Handle::try_current().is_ok())
+            .map(crate::telemetry::trace::TraceExporter::start);
         Self {
+            tracer,
             settings,
             tree,
             started_at: SystemTime::now(),

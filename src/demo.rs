@@ -62,6 +62,8 @@ pub async fn run(port: u16, stop: impl Future<Output = ()>) -> Result<(), String
             proxy_profile: "auto".into(),
             trusted_proxies: Vec::new(),
             anthropic: Default::default(),
+            otlp: None,
+            inject_stream_usage: false,
         },
         tree: TreeConfig {
             specs: vec![

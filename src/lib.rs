@@ -17,6 +17,7 @@ pub mod format;
 pub mod http_util;
 pub mod proxy;
 pub mod server;
+pub mod telemetry;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

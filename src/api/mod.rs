@@ -40,6 +40,8 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> 
         ctx.insert(crate::proxy::headers::names::X_OLLA_REQUEST_ID, v);
     }
     let path = req.uri().path().to_string();
+    let trace = crate::telemetry::trace::wire::begin(app.tracer.as_ref(), req.headers());
+    let method = req.method().clone();
     let anthropic = path.starts_with("/olla/anthropic/");
     app.stats.requests.fetch_add(1, Ordering::Relaxed);
     app.stats.active.fetch_add(1, Ordering::Relaxed);
@@ -48,7 +50,8 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> 
         app.stats.size_violations.fetch_add(1, Ordering::Relaxed);
         Err(ProxyError::HeadersTooLarge(app.settings.max_header_size))
     } else {
-        route(&app, req, peer, &path, &mut ctx).await
+        let routed = route(&app, req, peer, &path, &mut ctx);
+        crate::telemetry::trace::wire::scope(trace.clone(), routed).await
     };
     let mut resp = match result {
         Ok(r) => r,
@@ -67,7 +70,7 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> 
             resp.headers_mut().insert(k, v.clone());
         }
     }
-    resp
+    crate::telemetry::trace::wire::finish(app.tracer.as_ref(), trace, resp, &method, &path, &rid)
 }
 
 struct ActiveGuard(Arc<App>);

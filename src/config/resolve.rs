@@ -53,6 +53,10 @@ pub struct ServerSettings {
     /// (`rate_limits.trust_proxy_headers` and `trusted_proxy_cidrs`); empty = none.
     pub trusted_proxies: Vec<IpNet>,
     pub anthropic: AnthropicSettings,
+    /// `telemetry.otlp` with the `OTEL_*` environment; `None` = tracing off.
+    pub otlp: Option<crate::telemetry::trace::OtlpSettings>,
+    /// `proxy.inject_stream_usage`.
+    pub inject_stream_usage: bool,
 }
 
 /// `translators.anthropic`, resolved.
@@ -239,6 +243,11 @@ pub fn resolve(config: &Config) -> Result<Runtime, Vec<String>> {
 
     let admin = resolve_admin(&config.admin).map_err(|mut e| errors.append(&mut e));
     let trusted_proxies = trusted_proxies(&s.rate_limits, &mut errors);
+    let otlp = crate::telemetry::trace::config::resolve_otlp(
+        &config.telemetry.otlp,
+        &|k| std::env::var(k).ok(),
+        &mut errors,
+    );
     if !errors.is_empty() {
         return Err(errors);
     }
@@ -270,6 +279,8 @@ pub fn resolve(config: &Config) -> Result<Runtime, Vec<String>> {
             proxy_profile: p.profile.clone(),
             trusted_proxies,
             anthropic,
+            otlp,
+            inject_stream_usage: p.inject_stream_usage,
         },
         tree: TreeConfig {
             specs,
