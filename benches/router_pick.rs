@@ -40,6 +40,8 @@ fn settings() -> ServerSettings {
         proxy_profile: "auto".into(),
         trusted_proxies: Vec::new(),
         anthropic: Default::default(),
+        otlp: None,
+        inject_stream_usage: false,
     }
 }
 
