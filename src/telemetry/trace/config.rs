@@ -399,6 +399,39 @@ mod tests {
     }
 
     #[test]
+    fn yaml_keys_reach_the_settings_and_mistakes_are_reported() {
+        let yaml = "telemetry:\n  otlp:\n    endpoint: http://c:4318\n    headers: {x-key: k}\n    timeout: 3s\n    sample_ratio: 0.5\n    max_queue: 10\n    max_batch: 5\n    batch_interval: 1s\n    service_name: edge\nproxy:\n  inject_stream_usage: true\n";
+        let cfg = crate::config::parse(yaml, &|_| None).unwrap();
+        assert!(cfg.proxy.inject_stream_usage);
+        let s = run(&cfg.telemetry.otlp, &[]).unwrap().unwrap();
+        assert_eq!(s.traces_url, "http://c:4318/v1/traces");
+        assert_eq!(s.headers[0].0, "x-key");
+        assert_eq!(s.timeout, Duration::from_secs(3));
+        assert_eq!(s.sampler.root_ratio, 0.5);
+        assert_eq!((s.max_queue, s.max_batch), (10, 5));
+        assert_eq!(s.batch_interval, Duration::from_secs(1));
+        assert_eq!(s.service_name, "edge");
+        let unknown = crate::config::parse("telemetry:\n  otlp:\n    endpont: x\n", &|_| None);
+        assert!(unknown.unwrap_err().contains("endpont"));
+        let bad = crate::config::parse("telemetry:\n  otlp:\n    endpoint: ftp://c\n", &|_| None)
+            .unwrap();
+        let errs = crate::config::resolve(&bad).unwrap_err();
+        assert!(
+            errs.iter()
+                .any(|e| e.starts_with("telemetry.otlp.endpoint")),
+            "{errs:?}"
+        );
+        assert!(
+            crate::config::resolve(&crate::config::parse("", &|_| None).unwrap())
+                .unwrap()
+                .server
+                .otlp
+                .is_none_or(|_| std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT").is_ok()
+                    || std::env::var("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").is_ok())
+        );
+    }
+
+    #[test]
     fn samplers_by_name() {
         assert_eq!(
             parse_env_sampler("always_off", None).unwrap().root_ratio,
