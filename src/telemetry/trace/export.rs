@@ -23,7 +23,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use prost::Message;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use super::config::OtlpSettings;
@@ -79,9 +79,16 @@ pub type ExportFuture = Pin<Box<dyn Future<Output = Result<(), String>> + Send>>
 /// The transport of the exporter (HTTP in the daemon, anything in tests).
 pub type ExportSink = Arc<dyn Fn(Bytes) -> ExportFuture + Send + Sync>;
 
+/// What the queue carries.
+enum Item {
+    Request(Box<RequestSpanInput>),
+    /// Export what is batched now, then answer.
+    Flush(oneshot::Sender<()>),
+}
+
 /// Handle of the running exporter; cheap to share (`Arc`).
 pub struct TraceExporter {
-    tx: mpsc::Sender<RequestSpanInput>,
+    tx: mpsc::Sender<Item>,
     stats: Arc<ExportStats>,
     sampler: Sampler,
 }
@@ -125,14 +132,21 @@ impl TraceExporter {
     /// Queues a finished, sampled request for export without waiting; when the queue is full
     /// its spans are dropped and counted.
     pub fn submit(&self, input: RequestSpanInput) {
-        if let Err(e) = self.tx.try_send(input) {
-            let input = match e {
-                mpsc::error::TrySendError::Full(i) | mpsc::error::TrySendError::Closed(i) => i,
-            };
-            self.stats
-                .dropped
-                .fetch_add(1 + input.attempts.len() as u64, Ordering::Relaxed);
+        let spans = 1 + input.attempts.len() as u64;
+        if self.tx.try_send(Item::Request(Box::new(input))).is_err() {
+            self.stats.dropped.fetch_add(spans, Ordering::Relaxed);
         }
+    }
+
+    /// Exports what is queued, waiting at most `within` (graceful shutdown).
+    pub async fn flush(&self, within: Duration) {
+        let (tx, rx) = oneshot::channel();
+        let _ = tokio::time::timeout(within, async {
+            if self.tx.send(Item::Flush(tx)).await.is_ok() {
+                let _ = rx.await;
+            }
+        })
+        .await;
     }
 
     pub fn stats(&self) -> &Arc<ExportStats> {
@@ -173,7 +187,7 @@ pub fn encode(resource: &Resource, batch: &[RequestSpanInput]) -> Bytes {
 }
 
 struct Batcher {
-    rx: mpsc::Receiver<RequestSpanInput>,
+    rx: mpsc::Receiver<Item>,
     sink: ExportSink,
     stats: Arc<ExportStats>,
     max_batch: usize,
@@ -186,15 +200,27 @@ impl Batcher {
     async fn run(mut self) {
         let mut batch = Vec::with_capacity(self.max_batch.min(1024));
         loop {
-            let Some(first) = self.rx.recv().await else {
-                return;
+            let flushed = match self.rx.recv().await {
+                None => return,
+                Some(Item::Flush(done)) => {
+                    let _ = done.send(());
+                    continue;
+                }
+                Some(Item::Request(first)) => {
+                    batch.push(*first);
+                    None
+                }
             };
-            batch.push(first);
+            let mut flushed = flushed;
             let deadline = Instant::now() + self.interval;
             let mut closed = false;
             while batch.len() < self.max_batch {
                 match tokio::time::timeout_at(deadline, self.rx.recv()).await {
-                    Ok(Some(i)) => batch.push(i),
+                    Ok(Some(Item::Request(i))) => batch.push(*i),
+                    Ok(Some(Item::Flush(done))) => {
+                        flushed = Some(done);
+                        break;
+                    }
                     Ok(None) => {
                         closed = true;
                         break;
@@ -218,6 +244,9 @@ impl Batcher {
                     self.stats.export_errors.fetch_add(1, Ordering::Relaxed);
                     self.stats.dropped.fetch_add(spans, Ordering::Relaxed);
                 }
+            }
+            if let Some(done) = flushed {
+                let _ = done.send(());
             }
             if closed {
                 return;
@@ -417,6 +446,20 @@ mod tests {
         assert_eq!(spans[0].trace_id, vec![1; 16]);
         assert_eq!(spans[1].parent_span_id, vec![1; 8]);
         assert_eq!(exp.stats().dropped.load(Ordering::Relaxed), 0);
+        task.abort();
+    }
+
+    #[tokio::test]
+    async fn flush_exports_without_waiting_for_the_interval() {
+        let (url, got, task) = receiver().await;
+        let mut s = settings(&url);
+        s.batch_interval = Duration::from_secs(3600);
+        s.max_batch = 100;
+        let exp = TraceExporter::start(&s);
+        exp.submit(input(1));
+        exp.flush(Duration::from_secs(10)).await;
+        assert_eq!(exp.stats().exported.load(Ordering::Relaxed), 3);
+        assert_eq!(got.lock().len(), 1);
         task.abort();
     }
 
