@@ -242,10 +242,18 @@ async fn forward_with_stream_usage(
         return forward_body(app, parts, &body, &facts, client, fwd, None, ctx).await;
     }
     let counts = crate::telemetry::trace::wire::usage_counts();
-    match stream_usage::inject_include_usage(&body) {
+    let injection = if body.len() <= INSPECT_INLINE_MAX {
+        stream_usage::inject_include_usage(&body)
+    } else {
+        let b = body.clone();
+        tokio::task::spawn_blocking(move || stream_usage::inject_include_usage(&b))
+            .await
+            .unwrap_or(Injection::NotApplicable)
+    };
+    match injection {
         Injection::Injected(new_body) => {
             // The splice moved the model's bytes: find them again.
-            let facts = inspect_body(Some("application/json"), &new_body)?;
+            let facts = inspect(Some("application/json"), &new_body).await?;
             let resp = forward_body(app, parts, &new_body, &facts, client, fwd, None, ctx).await?;
             Ok(stream_usage::filter_response(resp, true, counts))
         }
