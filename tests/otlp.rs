@@ -247,3 +247,52 @@ async fn a_dead_collector_leaves_requests_unaffected() {
     d.stop().await;
     m.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_leaving_mid_stream_still_ends_its_span_once_as_an_error() {
+    let (url, got, rx_task) = receiver().await;
+    let m = paced_mock("m1", 200, 20).await;
+    let otel = format!("telemetry: {{otlp: {{endpoint: \"{url}\", batch_interval: 50ms}}}}\n");
+    let d = daemon(&config(
+        &[endpoint("m1", &m.url(), "openai", 100, "")],
+        &otel,
+    ))
+    .await;
+    wait_routable(&d, &["m1"], true).await;
+    let c = client();
+    let mut r = c
+        .post(format!("http://{}/olla/proxy/v1/chat/completions", d.addr))
+        .header("traceparent", format!("00-{TRACE}-00f067aa0ba902b7-01"))
+        .body(chat("m", true))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.chunk().await.unwrap().is_some(), "the stream started");
+    drop(r);
+    wait_until(Duration::from_secs(10), "the request span", || {
+        let n = got.lock().iter().filter(|s| s.kind == 2).count();
+        async move { n >= 1 }
+    })
+    .await;
+    // Stopping flushes the exporter: a second submission (a bug) would be in by then.
+    d.stop().await;
+    let spans = got.lock().clone();
+    let servers: Vec<&Span> = spans.iter().filter(|s| s.kind == 2).collect();
+    assert_eq!(servers.len(), 1, "submitted once");
+    let s = servers[0];
+    assert_eq!(hex(&s.trace_id), TRACE);
+    let status = s.status.as_ref().expect("an error status");
+    assert_eq!(status.code, 2);
+    assert!(
+        status.message.contains("client went away"),
+        "{}",
+        status.message
+    );
+    assert!(matches!(
+        attr(s, "gen_ai.server.time_to_first_token"),
+        Some(AnyValue::DoubleValue(_))
+    ));
+    m.stop().await;
+    rx_task.abort();
+}
