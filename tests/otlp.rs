@@ -112,7 +112,7 @@ async fn request_and_attempt_spans_continue_the_clients_trace() {
 
     // Both backends saw the client's trace with their own attempt span as the parent.
     let parent_of = |m: &MockServer| {
-        let req = m.last_work().unwrap();
+        let req = m.last_work().expect("the backend received the request");
         let tp = req
             .headers
             .iter()
@@ -210,11 +210,10 @@ async fn request_and_attempt_spans_continue_the_clients_trace() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_collector_leaves_requests_unaffected() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    // A collector that accepts connections and never answers (held, so no other socket of the
+    // test can take its port).
+    let stuck = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = stuck.local_addr().unwrap().port();
     let m = paced_mock("m1", 2, 0).await;
     let otel = format!(
         "telemetry: {{otlp: {{endpoint: \"http://127.0.0.1:{port}\", batch_interval: 20ms, timeout: 500ms, max_queue: 4}}}}\n"
@@ -246,6 +245,7 @@ async fn a_dead_collector_leaves_requests_unaffected() {
     assert_eq!(stats.exported.load(Ordering::Relaxed), 0);
     d.stop().await;
     m.stop().await;
+    drop(stuck);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
