@@ -11,6 +11,7 @@ down, requests are unaffected."""
 from __future__ import annotations
 
 import json
+import socket
 import threading
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -18,7 +19,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-from conftest import free_port, mock_backend, wait_until
+from conftest import mock_backend, wait_until
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 CLIENT_SPAN = "00f067aa0ba902b7"
@@ -189,7 +190,10 @@ def test_request_and_attempt_spans_reach_the_collector_with_the_clients_trace(ol
 
 def test_requests_are_unaffected_when_the_receiver_is_down(olla_mock, olla):
     m = olla_mock("gpu", models=(MODEL,), tokens=TOKENS, token_delay_ms=1)
-    dead = free_port()  # nothing listens here
+    # Bound but not listening: connections are refused, and no other process can take the port.
+    hold = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    hold.bind(("127.0.0.1", 0))
+    dead = hold.getsockname()[1]
     o = olla([mock_backend(m, "openai-compatible")],
              overrides={"telemetry": {"otlp": {"endpoint": f"http://127.0.0.1:{dead}",
                                                "batch_interval": "50ms", "timeout": "500ms"}}})
@@ -200,3 +204,4 @@ def test_requests_are_unaffected_when_the_receiver_is_down(olla_mock, olla):
         assert "[DONE]" in body
     assert header(m._get_json("/_mock/last_work"), "traceparent") is not None
     assert o.is_running()
+    hold.close()
