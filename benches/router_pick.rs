@@ -46,6 +46,8 @@ fn settings() -> ServerSettings {
         trusted_proxies: Vec::new(),
         anthropic: Default::default(),
         gate: Default::default(),
+        otlp: None,
+        inject_stream_usage: false,
     }
 }
 

@@ -40,10 +40,19 @@ pub struct App {
     pub gate: crate::gate::Gate,
     /// Metrics, the recent-requests ring, finish observers and extra metrics sources.
     pub telemetry: crate::telemetry::Telemetry,
+    /// The OTLP trace exporter when `telemetry.otlp` is on (started with the app; a config
+    /// reload does not change it).
+    pub tracer: Option<std::sync::Arc<crate::telemetry::trace::TraceExporter>>,
 }
 
 impl App {
     pub fn new(settings: ServerSettings, tree: Tree, balancer: String) -> Self {
+        // The exporter's task needs a runtime; outside one (some unit tests) tracing stays off.
+        let tracer = settings
+            .otlp
+            .as_ref()
+            .filter(|_| tokio::runtime::Handle::try_current().is_ok())
+            .map(crate::telemetry::trace::TraceExporter::start);
         let gate = crate::gate::Gate::new(
             &settings.gate,
             settings.trusted_proxies.clone(),
@@ -57,8 +66,12 @@ impl App {
         telemetry.add_source(gate.stats.clone());
         telemetry.add_observer(gate.keys.clone());
         telemetry.add_source(Arc::new(StickyMetrics(tree.published.clone())));
+        if let Some(t) = &tracer {
+            telemetry.add_source(t.stats().clone());
+        }
         Self {
             gate,
+            tracer,
             tree,
             started_at: SystemTime::now(),
             started: std::time::Instant::now(),

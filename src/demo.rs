@@ -64,6 +64,8 @@ pub async fn run(port: u16, stop: impl Future<Output = ()>) -> Result<(), String
             trusted_proxies: Vec::new(),
             anthropic: Default::default(),
             gate: Default::default(),
+            otlp: None,
+            inject_stream_usage: false,
         },
         tree: TreeConfig {
             specs: vec![

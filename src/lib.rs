@@ -261,6 +261,9 @@ impl Daemon {
                 }
             }
         }
+        if let Some(tracer) = &self.app.tracer {
+            tracer.flush(std::time::Duration::from_secs(2)).await;
+        }
     }
 
     /// Stops accepting, drains in-flight requests (up to the shutdown timeout), stops the tree.

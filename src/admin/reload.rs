@@ -162,5 +162,14 @@ fn restart_needed(old: &crate::config::Config, new: &crate::config::Config) -> V
     ) {
         out.push("dashboard");
     }
+    if !same(
+        serde_json::to_value(&old.telemetry),
+        serde_json::to_value(&new.telemetry),
+    ) {
+        out.push("telemetry");
+    }
+    if old.proxy.inject_stream_usage != new.proxy.inject_stream_usage {
+        out.push("proxy.inject_stream_usage");
+    }
     out
 }

@@ -35,7 +35,9 @@ pub const FAULT_PANIC: &str = "x-olla-fault-panic";
 pub async fn handle(app: Arc<App>, mut req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
     let rid = request_id(req.headers().get("x-request-id"));
     let path = req.uri().path().to_string();
-    let ctx = RequestContext::new(rid, req.method().clone(), path.clone(), peer.ip());
+    let trace = crate::telemetry::trace::wire::begin(app.tracer.as_ref(), &path, req.headers());
+    let method = req.method().clone();
+    let ctx = RequestContext::new(rid.clone(), method.clone(), path.clone(), peer.ip());
     let mut finisher = Finisher::new(app.clone(), ctx);
     let anthropic = path.starts_with("/olla/anthropic/");
     app.stats.requests.fetch_add(1, Ordering::Relaxed);
@@ -48,7 +50,11 @@ pub async fn handle(app: Arc<App>, mut req: Request<Incoming>, peer: SocketAddr)
                 req.extensions_mut().insert(Caller(key.clone()));
             }
             let span = finisher.span();
-            let routed = route(&app, req, peer, &path, finisher.ctx()).instrument(span);
+            let routed = crate::telemetry::trace::wire::scope(
+                trace.clone(),
+                route(&app, req, peer, &path, finisher.ctx()),
+            )
+            .instrument(span);
             let result = match catch_unwind(routed).await {
                 Ok(r) => r,
                 Err(panic) => {
@@ -82,7 +88,8 @@ pub async fn handle(app: Arc<App>, mut req: Request<Incoming>, peer: SocketAddr)
         }
     };
     pass.finish(&mut resp);
-    finisher.into_response(resp)
+    let resp = finisher.into_response(resp);
+    crate::telemetry::trace::wire::finish(app.tracer.as_ref(), trace, resp, &method, &path, &rid)
 }
 
 struct ActiveGuard(Arc<App>);

@@ -60,6 +60,10 @@ pub struct ServerSettings {
     pub anthropic: AnthropicSettings,
     /// CORS, rate limits, inbound keys, `/internal` access, TLS.
     pub gate: crate::gate::GateSettings,
+    /// `telemetry.otlp` with the `OTEL_*` environment; `None` = tracing off.
+    pub otlp: Option<crate::telemetry::trace::OtlpSettings>,
+    /// `proxy.inject_stream_usage`.
+    pub inject_stream_usage: bool,
 }
 
 /// `translators.anthropic`, resolved.
@@ -252,6 +256,11 @@ pub fn resolve(config: &Config) -> Result<Runtime, Vec<String>> {
     let dashboard =
         crate::dashboard::resolve(&config.dashboard).map_err(|mut e| errors.append(&mut e));
     let gate = crate::gate::settings::resolve(config, &mut errors);
+    let otlp = crate::telemetry::trace::config::resolve_otlp(
+        &config.telemetry.otlp,
+        &|k| std::env::var(k).ok(),
+        &mut errors,
+    );
     if !errors.is_empty() {
         return Err(errors);
     }
@@ -285,6 +294,8 @@ pub fn resolve(config: &Config) -> Result<Runtime, Vec<String>> {
             trusted_proxies,
             anthropic,
             gate,
+            otlp,
+            inject_stream_usage: p.inject_stream_usage,
         },
         tree: TreeConfig {
             specs,

@@ -37,6 +37,7 @@ pub struct Config {
 #[serde(deny_unknown_fields, default)]
 pub struct TelemetryConfig {
     pub metrics: MetricsConfig,
+    pub otlp: OtlpConfig,
 }
 
 /// `telemetry.metrics`.
@@ -291,6 +292,9 @@ pub struct ProxyConfig {
     pub queue_timeout: Option<Dur>,
     /// Ours: cap of any wait a backend asks for (`Retry-After`), per endpoint overridable.
     pub max_retry_after: Dur,
+    /// Ours: ask OpenAI streaming requests for usage (`stream_options.include_usage`) and hide
+    /// the extra usage chunk from clients that did not ask for it.
+    pub inject_stream_usage: bool,
 }
 
 impl Default for ProxyConfig {
@@ -320,6 +324,7 @@ impl Default for ProxyConfig {
             queue_size: None,
             queue_timeout: None,
             max_retry_after: Dur::secs(3600),
+            inject_stream_usage: false,
         }
     }
 }
@@ -790,4 +795,27 @@ impl Default for SupervisionConfig {
             quarantine_max_backoff: Dur::secs(3600),
         }
     }
+}
+
+/// `telemetry.otlp`: OpenTelemetry traces over OTLP/HTTP (off without an endpoint). Unset keys
+/// fall back to the `OTEL_*` environment variables (`telemetry::trace::config`).
+#[derive(Clone, Debug, Default, Deserialize, Serialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct OtlpConfig {
+    /// Collector base URL (`http://collector:4318`); spans go to `<endpoint>/v1/traces`.
+    pub endpoint: Option<String>,
+    /// Extra request headers (e.g. an API key of a hosted collector).
+    pub headers: BTreeMap<String, String>,
+    /// Per export request (default 10s).
+    pub timeout: Option<Dur>,
+    /// Share of root requests traced, 0..=1 (parent-based: a client's sampled flag wins).
+    pub sample_ratio: Option<f64>,
+    /// Finished requests waiting for export at most (default 2048); beyond, spans are dropped.
+    pub max_queue: Option<usize>,
+    /// Requests per export at most (default 512).
+    pub max_batch: Option<usize>,
+    /// A batch leaves this long after its first request at the latest (default 5s).
+    pub batch_interval: Option<Dur>,
+    /// `service.name` of the spans (default `OTEL_SERVICE_NAME`, else `olla`).
+    pub service_name: Option<String>,
 }

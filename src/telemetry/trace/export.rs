@@ -1,0 +1,491 @@
+//! The OTLP/HTTP trace exporter: a bounded queue and one background task that batches
+//! finished requests, builds their spans, and POSTs `ExportTraceServiceRequest` protobuf to the
+//! collector's `/v1/traces` (`Content-Type: application/x-protobuf`).
+//!
+//! Drop policy: [`TraceExporter::submit`] never waits. When the queue (`max_queue` requests) is
+//! full, or the collector fails, times out or answers non-2xx, the spans are dropped and
+//! counted (`dropped`; `export_errors` counts failed exports). Nothing is retried and nothing
+//! else is buffered, so a dead or slow collector costs a counter increment per request and
+//! bounded memory (`max_queue` inputs plus one batch in flight). Span encoding happens in the
+//! task, not on the request path.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Request};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use prost::Message;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+
+use super::config::OtlpSettings;
+use super::context::{Sampler, TraceIdentity};
+use super::proto::{
+    ExportTraceServiceRequest, InstrumentationScope, KeyValue, Resource, ResourceSpans, ScopeSpans,
+};
+use super::span::{build_spans, RequestSpanInput};
+
+/// Export counters (spans, not requests).
+#[derive(Debug, Default)]
+pub struct ExportStats {
+    /// Spans the collector accepted.
+    pub exported: AtomicU64,
+    /// Spans dropped: queue full, exporter gone, or their export failed.
+    pub dropped: AtomicU64,
+    /// Exports that failed (connection, timeout, non-2xx).
+    pub export_errors: AtomicU64,
+}
+
+impl ExportStats {
+    /// Prometheus text 0.0.4 for these counters.
+    pub fn render_prometheus(&self, out: &mut String) {
+        use std::fmt::Write;
+        for (name, help, v) in [
+            (
+                "olla_otlp_spans_exported_total",
+                "Spans accepted by the OTLP collector.",
+                &self.exported,
+            ),
+            (
+                "olla_otlp_spans_dropped_total",
+                "Spans dropped (export queue full or export failed).",
+                &self.dropped,
+            ),
+            (
+                "olla_otlp_export_errors_total",
+                "OTLP exports that failed (connection, timeout, non-2xx).",
+                &self.export_errors,
+            ),
+        ] {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
+                v.load(Ordering::Relaxed)
+            );
+        }
+    }
+}
+
+/// Sends one encoded export request; `Err` carries why it failed.
+pub type ExportFuture = Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
+/// The transport of the exporter (HTTP in the daemon, anything in tests).
+pub type ExportSink = Arc<dyn Fn(Bytes) -> ExportFuture + Send + Sync>;
+
+/// What the queue carries.
+enum Item {
+    Request(Box<RequestSpanInput>),
+    /// Export what is batched now, then answer.
+    Flush(oneshot::Sender<()>),
+}
+
+/// Handle of the running exporter; cheap to share (`Arc`).
+pub struct TraceExporter {
+    tx: mpsc::Sender<Item>,
+    stats: Arc<ExportStats>,
+    sampler: Sampler,
+}
+
+impl TraceExporter {
+    /// Starts the exporter over HTTP on the current tokio runtime.
+    pub fn start(settings: &OtlpSettings) -> Arc<Self> {
+        Self::with_sink(settings, http_sink(settings))
+    }
+
+    /// Starts the exporter with a given transport.
+    pub fn with_sink(settings: &OtlpSettings, sink: ExportSink) -> Arc<Self> {
+        let (tx, rx) = mpsc::channel(settings.max_queue);
+        let stats = Arc::new(ExportStats::default());
+        let batcher = Batcher {
+            rx,
+            sink,
+            stats: stats.clone(),
+            max_batch: settings.max_batch,
+            interval: settings.batch_interval,
+            timeout: settings.timeout,
+            resource: resource(&settings.service_name),
+        };
+        tokio::spawn(batcher.run());
+        Arc::new(Self {
+            tx,
+            stats,
+            sampler: settings.sampler,
+        })
+    }
+
+    /// The trace identity of an incoming request (from its `traceparent`/`tracestate`).
+    pub fn begin(&self, headers: &HeaderMap) -> TraceIdentity {
+        TraceIdentity::from_headers(
+            headers.get("traceparent").map(|v| v.as_bytes()),
+            headers.get("tracestate").map(|v| v.as_bytes()),
+            &self.sampler,
+        )
+    }
+
+    /// Queues a finished, sampled request for export without waiting; when the queue is full
+    /// its spans are dropped and counted.
+    pub fn submit(&self, input: RequestSpanInput) {
+        let spans = 1 + input.attempts.len() as u64;
+        if self.tx.try_send(Item::Request(Box::new(input))).is_err() {
+            self.stats.dropped.fetch_add(spans, Ordering::Relaxed);
+        }
+    }
+
+    /// Exports what is queued, waiting at most `within` (graceful shutdown).
+    pub async fn flush(&self, within: Duration) {
+        let (tx, rx) = oneshot::channel();
+        let _ = tokio::time::timeout(within, async {
+            if self.tx.send(Item::Flush(tx)).await.is_ok() {
+                let _ = rx.await;
+            }
+        })
+        .await;
+    }
+
+    pub fn stats(&self) -> &Arc<ExportStats> {
+        &self.stats
+    }
+}
+
+fn resource(service_name: &str) -> Resource {
+    Resource {
+        attributes: vec![
+            KeyValue::string("service.name", service_name),
+            KeyValue::string("service.version", env!("CARGO_PKG_VERSION")),
+            KeyValue::string("telemetry.sdk.name", "olla"),
+            KeyValue::string("telemetry.sdk.language", "rust"),
+            KeyValue::string("telemetry.sdk.version", env!("CARGO_PKG_VERSION")),
+        ],
+    }
+}
+
+/// Encodes finished requests as one `ExportTraceServiceRequest`.
+pub fn encode(resource: &Resource, batch: &[RequestSpanInput]) -> Bytes {
+    let spans = batch.iter().flat_map(build_spans).collect();
+    let req = ExportTraceServiceRequest {
+        resource_spans: vec![ResourceSpans {
+            resource: Some(resource.clone()),
+            scope_spans: vec![ScopeSpans {
+                scope: Some(InstrumentationScope {
+                    name: "olla".into(),
+                    version: env!("CARGO_PKG_VERSION").into(),
+                }),
+                spans,
+                schema_url: String::new(),
+            }],
+            schema_url: String::new(),
+        }],
+    };
+    Bytes::from(req.encode_to_vec())
+}
+
+struct Batcher {
+    rx: mpsc::Receiver<Item>,
+    sink: ExportSink,
+    stats: Arc<ExportStats>,
+    max_batch: usize,
+    interval: Duration,
+    timeout: Duration,
+    resource: Resource,
+}
+
+impl Batcher {
+    async fn run(mut self) {
+        let mut batch = Vec::with_capacity(self.max_batch.min(1024));
+        loop {
+            let flushed = match self.rx.recv().await {
+                None => return,
+                Some(Item::Flush(done)) => {
+                    let _ = done.send(());
+                    continue;
+                }
+                Some(Item::Request(first)) => {
+                    batch.push(*first);
+                    None
+                }
+            };
+            let mut flushed = flushed;
+            let deadline = Instant::now() + self.interval;
+            let mut closed = false;
+            while batch.len() < self.max_batch {
+                match tokio::time::timeout_at(deadline, self.rx.recv()).await {
+                    Ok(Some(Item::Request(i))) => batch.push(*i),
+                    Ok(Some(Item::Flush(done))) => {
+                        flushed = Some(done);
+                        break;
+                    }
+                    Ok(None) => {
+                        closed = true;
+                        break;
+                    }
+                    Err(_) => break,
+                }
+            }
+            let spans: u64 = batch.iter().map(|i| 1 + i.attempts.len() as u64).sum();
+            let body = encode(&self.resource, &batch);
+            batch.clear();
+            match tokio::time::timeout(self.timeout, (self.sink)(body)).await {
+                Ok(Ok(())) => {
+                    self.stats.exported.fetch_add(spans, Ordering::Relaxed);
+                }
+                outcome => {
+                    let why = match outcome {
+                        Ok(Err(e)) => e,
+                        _ => format!("no answer within {:?}", self.timeout),
+                    };
+                    tracing::debug!(error = %why, spans, "OTLP export failed; spans dropped");
+                    self.stats.export_errors.fetch_add(1, Ordering::Relaxed);
+                    self.stats.dropped.fetch_add(spans, Ordering::Relaxed);
+                }
+            }
+            if let Some(done) = flushed {
+                let _ = done.send(());
+            }
+            if closed {
+                return;
+            }
+        }
+    }
+}
+
+/// Largest collector answer read (the answer is only checked for its status).
+const MAX_ANSWER: usize = 64 * 1024;
+
+/// POSTs to the collector over HTTP/1.1 (TLS for `https://`).
+pub fn http_sink(settings: &OtlpSettings) -> ExportSink {
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(settings.timeout));
+    let tls = match HttpsConnectorBuilder::new().with_native_roots() {
+        Ok(b) => b,
+        Err(_) => HttpsConnectorBuilder::new().with_webpki_roots(),
+    };
+    let connector: HttpsConnector<HttpConnector> =
+        tls.https_or_http().enable_http1().wrap_connector(http);
+    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new())
+        .pool_timer(TokioTimer::new())
+        .pool_idle_timeout(Duration::from_secs(30))
+        .pool_max_idle_per_host(2)
+        .build(connector);
+    let url = settings.traces_url.clone();
+    let headers = settings.headers.clone();
+    Arc::new(move |body: Bytes| {
+        let client = client.clone();
+        let mut req = Request::new(Full::new(body));
+        *req.method_mut() = http::Method::POST;
+        *req.uri_mut() = url.clone();
+        for (k, v) in &headers {
+            req.headers_mut().insert(k.clone(), v.clone());
+        }
+        req.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/x-protobuf"),
+        );
+        Box::pin(async move {
+            let resp = client
+                .request(req)
+                .await
+                .map_err(|e| format!("cannot reach the collector: {e}"))?;
+            let status = resp.status();
+            // Read (bounded) so the connection can be reused.
+            let _ = Limited::new(resp.into_body(), MAX_ANSWER).collect().await;
+            if status.is_success() {
+                Ok(())
+            } else {
+                Err(format!("collector answered {status}"))
+            }
+        })
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::context::{SpanId, TraceId};
+    use super::super::proto::ExportTraceServiceRequest;
+    use super::super::span::tests::sample_input;
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+
+    fn settings(url: &str) -> OtlpSettings {
+        OtlpSettings {
+            traces_url: url.parse().unwrap(),
+            headers: vec![(
+                http::HeaderName::from_static("x-tenant"),
+                http::HeaderValue::from_static("t1"),
+            )],
+            timeout: Duration::from_secs(2),
+            sampler: Sampler::default(),
+            max_queue: 4,
+            max_batch: 3,
+            batch_interval: Duration::from_millis(50),
+            service_name: "olla-test".into(),
+        }
+    }
+
+    fn input(n: u8) -> RequestSpanInput {
+        let mut i = sample_input();
+        i.trace_id = TraceId([n; 16]);
+        i.span_id = SpanId([n; 8]);
+        i
+    }
+
+    async fn wait_for(cond: impl Fn() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !cond() {
+            assert!(Instant::now() < deadline, "condition not met in time");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stuck_collector_drops_without_blocking() {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let c = calls.clone();
+        let sink: ExportSink = Arc::new(move |_| {
+            c.fetch_add(1, Ordering::SeqCst);
+            Box::pin(async {
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+                Ok(())
+            })
+        });
+        let mut s = settings("http://127.0.0.1:1/v1/traces");
+        s.max_batch = 1;
+        let exp = TraceExporter::with_sink(&s, sink);
+        exp.submit(input(1));
+        // The task takes the first request and hangs in the export.
+        wait_for(|| calls.load(Ordering::SeqCst) == 1).await;
+        let started = std::time::Instant::now();
+        for n in 0..100 {
+            exp.submit(input(n));
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "submit never waits"
+        );
+        // 4 fit in the queue, 96 requests of 3 spans each are dropped at once.
+        assert_eq!(exp.stats().dropped.load(Ordering::Relaxed), 96 * 3);
+        // The export times out (paused time advances): its 3 spans are dropped too.
+        wait_for(|| exp.stats().export_errors.load(Ordering::Relaxed) >= 1).await;
+        assert!(exp.stats().dropped.load(Ordering::Relaxed) >= 97 * 3);
+        let mut text = String::new();
+        exp.stats().render_prometheus(&mut text);
+        assert!(text.contains("# TYPE olla_otlp_spans_dropped_total counter"));
+        assert!(text.contains("\nolla_otlp_export_errors_total "));
+    }
+
+    /// A tiny OTLP/HTTP receiver: records each decoded request and its headers.
+    async fn receiver() -> (
+        String,
+        Arc<parking_lot::Mutex<Vec<(HeaderMap, ExportTraceServiceRequest)>>>,
+        tokio::task::JoinHandle<()>,
+    ) {
+        use hyper::service::service_fn;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let got = Arc::new(parking_lot::Mutex::new(Vec::new()));
+        let g = got.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((sock, _)) = listener.accept().await else {
+                    return;
+                };
+                let g = g.clone();
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req: Request<hyper::body::Incoming>| {
+                        let g = g.clone();
+                        async move {
+                            assert_eq!(req.uri().path(), "/v1/traces");
+                            let headers = req.headers().clone();
+                            let body = req.into_body().collect().await?.to_bytes();
+                            let decoded = ExportTraceServiceRequest::decode(body).unwrap();
+                            g.lock().push((headers, decoded));
+                            Ok::<_, hyper::Error>(http::Response::new(Full::new(Bytes::new())))
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(sock), svc)
+                        .await;
+                });
+            }
+        });
+        (format!("http://{addr}/v1/traces"), got, task)
+    }
+
+    #[tokio::test]
+    async fn exports_batches_to_a_collector() {
+        let (url, got, task) = receiver().await;
+        let mut s = settings(&url);
+        s.max_queue = 16;
+        let exp = TraceExporter::start(&s);
+        for n in 1..=5 {
+            exp.submit(input(n));
+        }
+        wait_for(|| exp.stats().exported.load(Ordering::Relaxed) == 15).await;
+        let got = got.lock();
+        assert_eq!(got.len(), 2, "batches of at most 3 requests");
+        let (headers, first) = &got[0];
+        assert_eq!(headers["content-type"], "application/x-protobuf");
+        assert_eq!(headers["x-tenant"], "t1");
+        let rs = &first.resource_spans[0];
+        let res = rs.resource.as_ref().unwrap();
+        assert!(res.attributes.iter().any(|kv| kv.key == "service.name"
+            && kv.value.as_ref().and_then(|v| v.value.as_ref())
+                == Some(&super::super::proto::any_value::Value::StringValue(
+                    "olla-test".into()
+                ))));
+        let spans = &rs.scope_spans[0].spans;
+        assert_eq!(spans.len(), 9);
+        assert_eq!(spans[0].trace_id, vec![1; 16]);
+        assert_eq!(spans[1].parent_span_id, vec![1; 8]);
+        assert_eq!(exp.stats().dropped.load(Ordering::Relaxed), 0);
+        task.abort();
+    }
+
+    #[tokio::test]
+    async fn flush_exports_without_waiting_for_the_interval() {
+        let (url, got, task) = receiver().await;
+        let mut s = settings(&url);
+        s.batch_interval = Duration::from_secs(3600);
+        s.max_batch = 100;
+        let exp = TraceExporter::start(&s);
+        exp.submit(input(1));
+        exp.flush(Duration::from_secs(10)).await;
+        assert_eq!(exp.stats().exported.load(Ordering::Relaxed), 3);
+        assert_eq!(got.lock().len(), 1);
+        task.abort();
+    }
+
+    #[tokio::test]
+    async fn a_closed_port_counts_errors_and_never_blocks() {
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let exp = TraceExporter::start(&settings(&format!("http://127.0.0.1:{port}/v1/traces")));
+        let started = std::time::Instant::now();
+        for n in 0..50 {
+            exp.submit(input(n));
+        }
+        assert!(started.elapsed() < Duration::from_millis(500));
+        wait_for(|| {
+            let s = exp.stats();
+            s.dropped.load(Ordering::Relaxed) == 150 && s.export_errors.load(Ordering::Relaxed) >= 1
+        })
+        .await;
+        assert_eq!(exp.stats().exported.load(Ordering::Relaxed), 0);
+    }
+}
+
+impl crate::telemetry::MetricsSource for ExportStats {
+    fn render_prometheus(&self, out: &mut String) {
+        ExportStats::render_prometheus(self, out);
+    }
+}
