@@ -518,6 +518,21 @@ async fn sweep(limiter: Weak<Limiter>, every: Duration) {
     }
 }
 
+impl crate::telemetry::MetricsSource for SecurityStats {
+    fn render_prometheus(&self, out: &mut String) {
+        SecurityStats::render_prometheus(self, out);
+    }
+}
+
+/// Charges the tokens a finished response reported to the key that sent it (tokens/min).
+impl crate::telemetry::FinishObserver for KeyRing {
+    fn on_finish(&self, rec: &crate::telemetry::FinishRecord) {
+        if rec.key_name.is_some() {
+            self.charge_usage(rec.key_name.as_deref(), rec.tokens_in, rec.tokens_out);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -559,20 +574,5 @@ mod tests {
         assert!(out.contains("olla_security_status 1\n"));
         assert_eq!(s.status_json()["violations"]["rate_limits"], 3);
         assert_eq!(s.status_json()["status"], "normal");
-    }
-}
-
-impl crate::telemetry::MetricsSource for SecurityStats {
-    fn render_prometheus(&self, out: &mut String) {
-        SecurityStats::render_prometheus(self, out);
-    }
-}
-
-/// Charges the tokens a finished response reported to the key that sent it (tokens/min).
-impl crate::telemetry::FinishObserver for KeyRing {
-    fn on_finish(&self, rec: &crate::telemetry::FinishRecord) {
-        if rec.key_name.is_some() {
-            self.charge_usage(rec.key_name.as_deref(), rec.tokens_in, rec.tokens_out);
-        }
     }
 }

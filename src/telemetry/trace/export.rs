@@ -306,6 +306,12 @@ pub fn http_sink(settings: &OtlpSettings) -> ExportSink {
     })
 }
 
+impl crate::telemetry::MetricsSource for ExportStats {
+    fn render_prometheus(&self, out: &mut String) {
+        ExportStats::render_prometheus(self, out);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::context::{SpanId, TraceId};
@@ -481,11 +487,5 @@ mod tests {
         })
         .await;
         assert_eq!(exp.stats().exported.load(Ordering::Relaxed), 0);
-    }
-}
-
-impl crate::telemetry::MetricsSource for ExportStats {
-    fn render_prometheus(&self, out: &mut String) {
-        ExportStats::render_prometheus(self, out);
     }
 }
