@@ -169,6 +169,19 @@ impl ModelFilter {
 pub fn glob_match(pattern: &str, text: &str) -> bool {
     let p: Vec<char> = pattern.to_lowercase().chars().collect();
     let t: Vec<char> = text.to_lowercase().chars().collect();
+    glob_match_chars(&p, &t)
+}
+
+/// Case-sensitive glob match: `*` matches any run of characters, `?` one; everything else
+/// literally.
+pub fn glob_match_exact(pattern: &str, text: &str) -> bool {
+    let p: Vec<char> = pattern.chars().collect();
+    let t: Vec<char> = text.chars().collect();
+    glob_match_chars(&p, &t)
+}
+
+/// The matcher behind both: backtracks to the last `*` only, so it is linear in practice.
+fn glob_match_chars(p: &[char], t: &[char]) -> bool {
     let (mut pi, mut ti) = (0, 0);
     let (mut star, mut mark) = (None, 0);
     while ti < t.len() {

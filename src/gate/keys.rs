@@ -139,29 +139,9 @@ pub fn key_spec(entry: &ApiKeyConfig) -> Result<KeySpec, String> {
     })
 }
 
-/// `*` matches any run of characters, `?` one; everything else literally (case-sensitive).
-pub fn glob_match(pattern: &str, text: &str) -> bool {
-    let (p, t): (Vec<char>, Vec<char>) = (pattern.chars().collect(), text.chars().collect());
-    let (mut pi, mut ti) = (0, 0);
-    let (mut star, mut mark) = (None, 0);
-    while ti < t.len() {
-        if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
-            pi += 1;
-            ti += 1;
-        } else if pi < p.len() && p[pi] == '*' {
-            star = Some(pi);
-            mark = ti;
-            pi += 1;
-        } else if let Some(s) = star {
-            pi = s + 1;
-            mark += 1;
-            ti = mark;
-        } else {
-            return false;
-        }
-    }
-    p[pi..].iter().all(|c| *c == '*')
-}
+/// Key model globs: `*` matches any run of characters, `?` one; everything else literally
+/// (case-sensitive).
+pub use olla_actors::spec::glob_match_exact as glob_match;
 
 /// A refilling budget: `capacity` units, `capacity` per minute back. The level may go below
 /// zero (tokens charged after the fact); spending needs a positive level.
