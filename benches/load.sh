@@ -24,6 +24,9 @@
 #   STREAMS=3000     concurrent streams held per proxy in the memory phase (0 = skip); each
 #                    proxied stream holds two sockets, so keep 2*STREAMS under `ulimit -n`
 #   PEERS="haproxy nginx"  peer proxies measured beside olla
+#   OLLA_CONFIG_EXTRA=     YAML appended to olla's config (top-level sections), to measure what a
+#                    feature costs, e.g. $'telemetry: {metrics: {enabled: false}}'
+#   CLIENT_KEY=      sent as `Authorization: Bearer` by wrk and the checks (with auth.keys set)
 #   SKIP_BUILD=0     1 = use the existing target/release binaries
 #   KEEP_LOGS=0      1 = keep the work directory (configs, logs, raw wrk output)
 #
@@ -42,6 +45,12 @@ WRK_CPU=${WRK_CPU:-0}
 SERVER_CPUS=${SERVER_CPUS:-}
 SSE_STREAMS=${SSE_STREAMS:-10}
 STREAMS=${STREAMS:-3000}
+AUTH_ARGS=()
+WRK_AUTH_LINE=
+if [ -n "${CLIENT_KEY:-}" ]; then
+    AUTH_ARGS=(-H "Authorization: Bearer $CLIENT_KEY")
+    WRK_AUTH_LINE="wrk.headers[\"Authorization\"] = \"Bearer $CLIENT_KEY\""
+fi
 read -r -a PEER_LIST <<<"${PEERS:-haproxy nginx}"
 SKIP_BUILD=${SKIP_BUILD:-0}
 KEEP_LOGS=${KEEP_LOGS:-0}
@@ -200,6 +209,7 @@ discovery:
       - {name: mock-a, url: "http://127.0.0.1:$PORT_A", type: openai-compatible, priority: 100, check_interval: $OLLA_CHECK_INTERVAL}
       - {name: mock-b, url: "http://127.0.0.1:$PORT_B", type: openai-compatible, priority: 100, check_interval: $OLLA_CHECK_INTERVAL}
 logging: {level: warn}
+${OLLA_CONFIG_EXTRA:-}
 EOF
 "${PIN[@]}" "$BIN/olla" -c "$WORK/olla.yaml" >"$WORK/olla.log" 2>&1 &
 OLLA_PID=$!; PIDS+=($!)
@@ -284,7 +294,7 @@ DIRECT=http://127.0.0.1:$PORT_A
 olla_routable() {
     kill -0 "$OLLA_PID" || die "olla exited: $(tail -5 "$WORK/olla.log")"
     curl -sf --max-time 2 "$OLLA/internal/status/endpoints" | grep -q '"routable_count":2' &&
-        curl -sf --max-time 2 "$OLLA/olla/proxy/v1/models" | grep -q "\"id\":\"$MODEL\""
+        curl -sf --max-time 2 "${AUTH_ARGS[@]}" "$OLLA/olla/proxy/v1/models" | grep -q "\"id\":\"$MODEL\""
 }
 haproxy_ready() {
     kill -0 "$HAP_PID" || die "haproxy exited: $(tail -5 "$WORK/haproxy.log")"
@@ -308,7 +318,7 @@ fi
 spread() { # spread URL -> distinct X-Mock-Name values over 6 requests
     local i
     for i in 1 2 3 4 5 6; do
-        curl -sf --max-time 5 -o /dev/null -D - -H 'Content-Type: application/json' \
+        curl -sf --max-time 5 -o /dev/null -D - -H 'Content-Type: application/json' "${AUTH_ARGS[@]}" \
             -d "{\"model\":\"$MODEL\",\"stream\":false,\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}" "$1" |
             tr -d '\r' | awk -F': ' 'tolower($1)=="x-mock-name"{print $2}'
     done | sort -u | tr '\n' ' '
@@ -331,6 +341,7 @@ for mode in json sse; do
     cat >"$WORK/$mode.lua" <<EOF
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
+$WRK_AUTH_LINE
 wrk.body = '{"model":"$MODEL","stream":$stream,"messages":[{"role":"user","content":"Say hello in sixteen tokens."}]}'
 EOF
 done

@@ -21,6 +21,7 @@ Usage:
 
 import argparse
 import json
+import os
 import socket
 import statistics
 import sys
@@ -78,7 +79,8 @@ def one_stream(url, body, timeout):
     req = (
         f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\n"
         "Content-Type: application/json\r\nAccept: text/event-stream\r\n"
-        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+        + (f"Authorization: Bearer {os.environ['CLIENT_KEY']}\r\n" if os.environ.get("CLIENT_KEY") else "")
+        + f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
     ).encode() + body
     sock = socket.create_connection((host, port), timeout=timeout)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
