@@ -11,6 +11,20 @@
 #   SERVER_CPUS=1 STREAMS=9000 bash benches/load.sh         # memory at 9k streams
 #   DURATION=5s ROUNDS=1 STREAMS=0 bash benches/load.sh     # quick look, no stream phase
 #   STRICT=1 bash benches/load.sh                           # exit 1 if a bar fails
+#   SERVER_CPUS=1 TLS=1 bash benches/load.sh                # olla vs haproxy/nginx terminating TLS
+#   SERVER_CPUS=1 OLLA_SERVER_EXTRA='rate_limits: {global_requests_per_minute: 100000000,
+#       per_ip_requests_per_minute: 100000000, burst_size: 1000000}' bash benches/load.sh
+#                                                           # what checking rate limits costs
+#
+# TLS=1: olla, haproxy and nginx terminate TLS on their client port with one throwaway
+# certificate for 127.0.0.1 (ECDSA P-256, signed by a throwaway CA; both made with the openssl
+# CLI in the work directory at run time and deleted with it). The mocks stay plain HTTP, and so
+# does direct: it is the limit. wrk speaks https:// (it does not verify certificates); every
+# curl check verifies against the CA file. wrk keeps its connections alive, so each pays one
+# handshake and then reuses it for the whole run: the handshake cost is amortised, as it is for
+# clients with a connection pool, and what the rps and p99 ratios show is the per-request cost of
+# TLS records. The SSE gap check speaks TLS too (handshake outside the timings); the held-streams
+# phase is skipped under TLS=1 (olla-hold speaks plain TCP only).
 #
 # Knobs (environment):
 #   DURATION=10s     wrk duration of each measurement (wrk syntax: 10s, 1m)
@@ -27,6 +41,14 @@
 #   OLLA_CONFIG_EXTRA=     YAML appended to olla's config (top-level sections), to measure what a
 #                    feature costs, e.g. $'telemetry: {metrics: {enabled: false}}'
 #   CLIENT_KEY=      sent as `Authorization: Bearer` by wrk and the checks (with auth.keys set)
+#   OLLA_SERVER_EXTRA=  YAML keys spliced into olla's one-line `server: {host: ..., port: ...}`
+#                    mapping (flow style, comma-separated `key: value` pairs), e.g. the
+#                    rate_limits above. Set limits far above the load: the point is the cost of
+#                    checking, not of refusing (any 429 shows in the errors column). With a
+#                    per-IP limit the script dies unless olla's proxy responses carry
+#                    X-RateLimit-Limit/Remaining/Reset (olla sends them only with a per-IP limit),
+#                    and the report gives olla's rate-limit refusal count after the run.
+#   TLS=0            1 = olla and the peers terminate TLS (see above); needs openssl
 #   SKIP_BUILD=0     1 = use the existing target/release binaries
 #   KEEP_LOGS=0      1 = keep the work directory (configs, logs, raw wrk output)
 #
@@ -45,6 +67,16 @@ WRK_CPU=${WRK_CPU:-0}
 SERVER_CPUS=${SERVER_CPUS:-}
 SSE_STREAMS=${SSE_STREAMS:-10}
 STREAMS=${STREAMS:-3000}
+TLS=${TLS:-0}
+case $TLS in 0 | 1) ;; *) printf '[load] ERROR: TLS must be 0 or 1, not %s\n' "$TLS" >&2; exit 1 ;; esac
+# One line, so it fits in the flow mapping `server: {...}`.
+OLLA_SERVER_EXTRA=${OLLA_SERVER_EXTRA:-}
+OLLA_SERVER_EXTRA=${OLLA_SERVER_EXTRA//$'\n'/ }
+# Rate limits configured (RATE_LIMITS) and a per-IP limit among them (RATE_PER_IP: olla then
+# adds X-RateLimit-* headers to proxy responses, which the script checks).
+RATE_LIMITS=0; RATE_PER_IP=0
+[[ $OLLA_SERVER_EXTRA == *rate_limits* ]] && RATE_LIMITS=1
+[[ $OLLA_SERVER_EXTRA =~ per_ip_requests_per_minute:[[:space:]]*[\"\']?[1-9] ]] && RATE_PER_IP=1
 AUTH_ARGS=()
 WRK_AUTH_LINE=
 if [ -n "${CLIENT_KEY:-}" ]; then
@@ -128,6 +160,7 @@ have() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ] || [ -x "/usr/
 need=()
 have wrk || need+=(wrk)
 for peer in "${PEER_LIST[@]}"; do have "$peer" || need+=("$peer"); done
+if [ "$TLS" = 1 ]; then have openssl || need+=(openssl); fi
 if [ "${#need[@]}" -gt 0 ]; then
     SUDO=()
     [ "$(id -u)" = 0 ] || SUDO=(sudo)
@@ -171,6 +204,31 @@ LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
 PIN=()
 [ -n "$SERVER_CPUS" ] && PIN=(taskset -c "$SERVER_CPUS")
 
+# TLS=1: a throwaway CA and a certificate for 127.0.0.1 (ECDSA P-256), made here and deleted
+# with $WORK. CA_ARGS goes to every curl (and sse_gaps.py) that talks to olla, haproxy or nginx.
+CA_ARGS=()
+SCHEME=http
+if [ "$TLS" = 1 ]; then
+    (
+        cd "$WORK" &&
+        openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out ca.key &&
+        openssl req -x509 -new -key ca.key -sha256 -days 2 -subj '/CN=olla load.sh throwaway CA' \
+            -addext 'basicConstraints=critical,CA:TRUE' -addext 'keyUsage=critical,keyCertSign,cRLSign' \
+            -out ca.pem &&
+        openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out server.key &&
+        openssl req -new -key server.key -subj '/CN=127.0.0.1' -out server.csr &&
+        printf '%s\n' 'basicConstraints=critical,CA:FALSE' 'keyUsage=critical,digitalSignature' \
+            'extendedKeyUsage=serverAuth' 'subjectAltName=IP:127.0.0.1' >server.ext &&
+        openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 -sha256 \
+            -extfile server.ext -out server.pem &&
+        cat server.pem server.key >hap.pem && # haproxy wants certificate and key in one file
+        chmod 600 ca.key server.key hap.pem &&
+        openssl verify -CAfile ca.pem server.pem
+    ) >"$WORK/tls-gen.log" 2>&1 || die "cannot make the throwaway certificates: $(tail -5 "$WORK/tls-gen.log")"
+    CA_ARGS=(--cacert "$WORK/ca.pem")
+    SCHEME=https
+fi
+
 free_ports() { # free_ports N -> N free 127.0.0.1 TCP ports
     python3 - "$1" <<'EOF'
 import socket, sys
@@ -198,8 +256,13 @@ start_mock a; PORT_A=$MOCK_PORT
 start_mock b; PORT_B=$MOCK_PORT
 read -r OLLA_PORT HAP_PORT HAP_STATS_PORT NGX_PORT < <(free_ports 4)
 
+OLLA_SERVER="host: 127.0.0.1, port: $OLLA_PORT"
+if [ "$TLS" = 1 ]; then
+    OLLA_SERVER+=", tls: {cert_file: \"$WORK/server.pem\", key_file: \"$WORK/server.key\"}"
+fi
+if [ -n "$OLLA_SERVER_EXTRA" ]; then OLLA_SERVER+=", $OLLA_SERVER_EXTRA"; fi
 cat >"$WORK/olla.yaml" <<EOF
-server: {host: 127.0.0.1, port: $OLLA_PORT}
+server: {$OLLA_SERVER}
 proxy: {load_balancer: round-robin$OLLA_PROXY_EXTRA}
 discovery:
   type: static
@@ -214,6 +277,10 @@ EOF
 "${PIN[@]}" "$BIN/olla" -c "$WORK/olla.yaml" >"$WORK/olla.log" 2>&1 &
 OLLA_PID=$!; PIDS+=($!)
 
+# TLS=1: haproxy offers h2 and http/1.1 in ALPN, as olla does (nginx 1.22 offers http/1.1 here);
+# wrk speaks HTTP/1.1 only, so the offers do not change the measurement.
+HAP_BIND_TLS=
+if [ "$TLS" = 1 ]; then HAP_BIND_TLS=" ssl crt $WORK/hap.pem alpn h2,http/1.1"; fi
 cat >"$WORK/haproxy.cfg" <<EOF
 global
     maxconn 9500
@@ -226,7 +293,7 @@ defaults
     timeout client 300s
     timeout server 300s
 frontend llm_in
-    bind 127.0.0.1:$HAP_PORT
+    bind 127.0.0.1:$HAP_PORT$HAP_BIND_TLS
     default_backend llm
 frontend stats
     bind 127.0.0.1:$HAP_STATS_PORT
@@ -245,6 +312,14 @@ HAP_PID=$!; PIDS+=($!)
 # nginx: one worker (the servers share one core when pinned), upstream keep-alive, no
 # response buffering (so SSE streams through), no access log (olla and haproxy keep none here).
 mkdir -p "$WORK/nginx-tmp"
+NGX_LISTEN_TLS=
+NGX_TLS_CONF=
+if [ "$TLS" = 1 ]; then
+    NGX_LISTEN_TLS=" ssl"
+    # nginx 1.22's built-in default stops at TLS 1.2; olla (rustls) and haproxy offer 1.2 and 1.3.
+    NGX_TLS_CONF=$'\n'"        ssl_certificate $WORK/server.pem;"$'\n'"        ssl_certificate_key $WORK/server.key;"
+    NGX_TLS_CONF+=$'\n'"        ssl_protocols TLSv1.2 TLSv1.3;"
+fi
 cat >"$WORK/nginx.conf" <<EOF
 worker_processes 1;
 worker_rlimit_nofile 20000;
@@ -266,7 +341,7 @@ http {
         keepalive 64;
     }
     server {
-        listen 127.0.0.1:$NGX_PORT;
+        listen 127.0.0.1:$NGX_PORT$NGX_LISTEN_TLS;$NGX_TLS_CONF
         location / {
             proxy_pass http://llm;
             proxy_http_version 1.1;
@@ -286,25 +361,26 @@ if [[ " ${PEER_LIST[*]} " == *" nginx "* ]]; then
     NGX_PID=$!; PIDS+=($!)
 fi
 
-OLLA=http://127.0.0.1:$OLLA_PORT
-HAP=http://127.0.0.1:$HAP_PORT
-NGX=http://127.0.0.1:$NGX_PORT
+OLLA=$SCHEME://127.0.0.1:$OLLA_PORT
+HAP=$SCHEME://127.0.0.1:$HAP_PORT
+NGX=$SCHEME://127.0.0.1:$NGX_PORT
 DIRECT=http://127.0.0.1:$PORT_A
 
 olla_routable() {
     kill -0 "$OLLA_PID" || die "olla exited: $(tail -5 "$WORK/olla.log")"
-    curl -sf --max-time 2 "$OLLA/internal/status/endpoints" | grep -q '"routable_count":2' &&
-        curl -sf --max-time 2 "${AUTH_ARGS[@]}" "$OLLA/olla/proxy/v1/models" | grep -q "\"id\":\"$MODEL\""
+    curl -sf --max-time 2 "${CA_ARGS[@]}" "$OLLA/internal/status/endpoints" | grep -q '"routable_count":2' &&
+        curl -sf --max-time 2 "${CA_ARGS[@]}" "${AUTH_ARGS[@]}" "$OLLA/olla/proxy/v1/models" |
+        grep -q "\"id\":\"$MODEL\""
 }
 haproxy_ready() {
     kill -0 "$HAP_PID" || die "haproxy exited: $(tail -5 "$WORK/haproxy.log")"
-    curl -sf --max-time 2 "$HAP/health" >/dev/null &&
+    curl -sf --max-time 2 "${CA_ARGS[@]}" "$HAP/health" >/dev/null &&
         [ "$(curl -sf --max-time 2 "http://127.0.0.1:$HAP_STATS_PORT/stats;csv" |
             awk -F, '$1=="llm" && ($2=="a" || $2=="b") && $18=="UP"' | wc -l)" = 2 ]
 }
 nginx_ready() {
     kill -0 "$NGX_PID" || die "nginx exited: $(tail -5 "$WORK/nginx-error.log")"
-    curl -sf --max-time 2 "$NGX/health" >/dev/null
+    curl -sf --max-time 2 "${CA_ARGS[@]}" "$NGX/health" >/dev/null
 }
 wait_until 30 "olla to route to both mocks and list model $MODEL" olla_routable
 wait_until 30 "haproxy to answer with both servers UP" haproxy_ready
@@ -318,19 +394,58 @@ fi
 spread() { # spread URL -> distinct X-Mock-Name values over 6 requests
     local i
     for i in 1 2 3 4 5 6; do
-        curl -sf --max-time 5 -o /dev/null -D - -H 'Content-Type: application/json' "${AUTH_ARGS[@]}" \
+        curl -sf --max-time 5 -o /dev/null -D - "${CA_ARGS[@]}" -H 'Content-Type: application/json' "${AUTH_ARGS[@]}" \
             -d "{\"model\":\"$MODEL\",\"stream\":false,\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}" "$1" |
             tr -d '\r' | awk -F': ' 'tolower($1)=="x-mock-name"{print $2}'
     done | sort -u | tr '\n' ' '
 }
-SPREAD_OLLA=$(spread "$OLLA/olla/proxy/v1/chat/completions")
-SPREAD_HAP=$(spread "$HAP/v1/chat/completions")
+SPREAD_OLLA=$(spread "$OLLA/olla/proxy/v1/chat/completions") ||
+    die "a chat completion through olla failed (see $WORK/olla.log)"
+SPREAD_HAP=$(spread "$HAP/v1/chat/completions") || die "a chat completion through haproxy failed"
 log "backends hit: olla -> [$SPREAD_OLLA], haproxy -> [$SPREAD_HAP]"
 [ "$SPREAD_OLLA" = "a b " ] || die "olla did not use both mocks: [$SPREAD_OLLA]"
 [ "$SPREAD_HAP" = "a b " ] || die "haproxy did not use both mocks: [$SPREAD_HAP]"
 if [ -n "$NGX_PID" ]; then
-    SPREAD_NGX=$(spread "$NGX/v1/chat/completions")
+    SPREAD_NGX=$(spread "$NGX/v1/chat/completions") || die "a chat completion through nginx failed"
     [ "$SPREAD_NGX" = "a b " ] || die "nginx did not use both mocks: [$SPREAD_NGX]"
+fi
+
+# Rate limits: the limiter must be active, or the run measures nothing. Olla adds
+# X-RateLimit-Limit/Remaining/Reset to proxy responses when a per-IP limit is set.
+RL_HEADERS=
+if [ "$RATE_LIMITS" = 1 ]; then
+    RL_HEADERS=$(curl -sf --max-time 5 -o /dev/null -D - "${CA_ARGS[@]}" -H 'Content-Type: application/json' \
+        "${AUTH_ARGS[@]}" -d "{\"model\":\"$MODEL\",\"stream\":false,\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}" \
+        "$OLLA/olla/proxy/v1/chat/completions" | tr -d '\r' | awk -F': ' '
+            tolower($1) == "x-ratelimit-limit" { l = $2 }
+            tolower($1) == "x-ratelimit-remaining" { r = $2 }
+            tolower($1) == "x-ratelimit-reset" { t = $2 }
+            END { if (l != "" && r != "" && t != "") printf "X-RateLimit-Limit %s, -Remaining %s, -Reset %s", l, r, t }') ||
+        die "the rate-limit check request through olla failed"
+    if [ "$RATE_PER_IP" = 1 ]; then
+        [ -n "$RL_HEADERS" ] ||
+            die "rate limits are configured but olla's proxy response has no X-RateLimit-Limit/Remaining/Reset headers (is the limiter active? OLLA_SERVER_EXTRA='$OLLA_SERVER_EXTRA')"
+        log "rate limiter active: $RL_HEADERS"
+    else
+        log "note: no per-IP limit, so olla sends no X-RateLimit-* headers; the global limit cannot be confirmed from headers"
+    fi
+fi
+
+# TLS=1: what each proxy negotiates with an OpenSSL client (the library wrk uses); this also
+# verifies each certificate chain against the throwaway CA.
+TLS_INFO=
+if [ "$TLS" = 1 ]; then
+    for t in olla "${PEER_LIST[@]}"; do
+        case $t in olla) port=$OLLA_PORT ;; haproxy) port=$HAP_PORT ;; nginx) port=$NGX_PORT ;; *) continue ;; esac
+        info=$(openssl s_client -connect "127.0.0.1:$port" -CAfile "$WORK/ca.pem" -verify_return_error \
+            -brief </dev/null 2>&1 | awk -F': ' '
+                $1 == "Protocol version" { p = $2 } $1 == "Ciphersuite" { c = $2 }
+                $1 == "Verification" { v = $2 }
+                END { if (v == "OK" && p != "") printf "%s %s", p, c }')
+        [ -n "$info" ] || die "TLS handshake with $t on port $port failed or did not verify against $WORK/ca.pem"
+        TLS_INFO+="${TLS_INFO:+ | }$t $info"
+    done
+    log "TLS: $TLS_INFO"
 fi
 
 # ---------------------------------------------------------------------------------------------
@@ -457,6 +572,7 @@ done
 log "SSE gap check: $SSE_STREAMS streams per target, 20 tokens 20 ms apart"
 set +e
 python3 "$ROOT/benches/sse_gaps.py" -n "$SSE_STREAMS" --model "$MODEL" --max-diff-ms "$GAP_BAR_MS" --check olla \
+    "${CA_ARGS[@]}" \
     "direct=$DIRECT/v1/chat/completions" "olla=$OLLA/olla/proxy/v1/chat/completions" \
     "haproxy=$HAP/v1/chat/completions" ${NGX_PID:+"nginx=$NGX/v1/chat/completions"} >"$WORK/sse-gaps.txt" 2>&1
 gap_rc=$?
@@ -467,7 +583,13 @@ set -e
 # 5b. Memory per stream: STREAMS concurrent slow streams held open through each target
 # ---------------------------------------------------------------------------------------------
 declare -A HOLD
-if [ "$STREAMS" -gt 0 ]; then
+HOLD_STREAMS=$STREAMS
+if [ "$STREAMS" -gt 0 ] && [ "$TLS" = 1 ]; then
+    # olla-hold opens plain TCP connections only; it would get no answer from a TLS port.
+    log "held-streams phase skipped: TLS=1 and olla-hold speaks plain TCP only"
+    HOLD_STREAMS=0
+fi
+if [ "$HOLD_STREAMS" -gt 0 ]; then
     for port in "$PORT_A" "$PORT_B"; do
         curl -sf --max-time 5 -H 'Content-Type: application/json' -d '{"tokens":100,"token_delay_ms":50}' \
             "http://127.0.0.1:$port/_mock/config" | grep -q '"token_delay_ms":50' ||
@@ -492,12 +614,32 @@ fi
 # ---------------------------------------------------------------------------------------------
 # 6. Report
 # ---------------------------------------------------------------------------------------------
+# Rate limits: how many requests olla's limiter refused over the whole run (should be none).
+RL_REFUSED=
+if [ "$RATE_LIMITS" = 1 ]; then
+    RL_REFUSED=$(curl -sf --max-time 5 "${CA_ARGS[@]}" "$OLLA/internal/status" | python3 -c \
+        'import json, sys; print(json.load(sys.stdin)["security"]["violations"]["rate_limits"])') ||
+        RL_REFUSED=unknown
+fi
 commit=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
 dirty=$(git -C "$ROOT" status --porcelain --untracked-files=no 2>/dev/null | wc -l)
 report "olla load benchmark  started $STARTED, finished $(date -u +%Y-%m-%dT%H:%M:%SZ)  commit $commit$([ "$dirty" = 0 ] || echo " (+$dirty modified files)")"
 report "host: $(nproc) CPUs, load average at start: $LOAD_START, at end: $(cut -d' ' -f1-3 /proc/loadavg)"
 report "wrk -t1 -c$CONNS -d$DURATION --latency (pinned to CPU $WRK_CPU), warm-up $WARMUP, $ROUNDS interleaved rounds, medians shown"
 report "servers: $([ -n "$SERVER_CPUS" ] && echo "pinned to CPUs $SERVER_CPUS" || echo "not pinned") | olla-mock x2 (16 tokens, no delay); direct = one mock; olla round-robin and haproxy roundrobin over both"
+# With the TLS / OLLA_SERVER_EXTRA knobs set, say so (without them, the header is as before).
+if [ "$TLS" = 1 ] || [ -n "$OLLA_SERVER_EXTRA" ]; then
+    if [ "$TLS" = 1 ]; then
+        report "mode: tls | $(IFS=,; echo "olla,${PEER_LIST[*]}" | sed 's/,/, /g') terminate TLS (ECDSA P-256 certificate, throwaway CA); direct and the mocks plain HTTP; wrk keeps its connections alive (handshakes amortised)"
+        report "tls negotiated with an OpenSSL client: $TLS_INFO"
+    else
+        report "mode: plain TCP"
+    fi
+    [ -z "$OLLA_SERVER_EXTRA" ] || report "server extra (olla's server: mapping): $OLLA_SERVER_EXTRA"
+    if [ "$RATE_LIMITS" = 1 ]; then
+        report "rate limits: ${RL_HEADERS:-no X-RateLimit-* headers (no per-IP limit)} on olla's proxy responses; requests refused by olla's limiter over the whole run: $RL_REFUSED"
+    fi
+fi
 report ""
 report "$(printf '%-5s %-8s %10s %9s %9s %7s   %-20s %s' mode target rps p50_ms p99_ms errors 'cpu% wrk/proxy/mocks' 'cpu_us/req proxy/mocks')"
 for mode in "${MODES[@]}"; do
@@ -549,6 +691,14 @@ for mode in "${MODES[@]}"; do
     fi
 done
 report ""
+if [ "$RATE_LIMITS" = 1 ]; then
+    if [ "$RL_REFUSED" = 0 ]; then
+        verdicts+=("PASS  rate limits on and no request refused by olla's limiter")
+    else
+        verdicts+=("FAIL  rate limits: olla's limiter refused $RL_REFUSED requests (limits must be far above the load)")
+        fails=$((fails + 1))
+    fi
+fi
 report "SSE inter-event gaps (mocks reconfigured: 20 tokens, 20 ms apart; $SSE_STREAMS streams per target, sequential, interleaved):"
 while IFS= read -r line; do report "  $line"; done <"$WORK/sse-gaps.txt"
 if [ "$gap_rc" = 0 ]; then
@@ -557,7 +707,7 @@ else
     verdicts+=("FAIL  sse  gaps through olla differ from direct by more than ${GAP_BAR_MS} ms")
     fails=$((fails + 1))
 fi
-if [ "$STREAMS" -gt 0 ]; then
+if [ "$HOLD_STREAMS" -gt 0 ]; then
     report ""
     report "$STREAMS concurrent SSE streams held per target (100 tokens, 50 ms apart; ramp 3 s):"
     report "$(printf '  %-8s %6s %7s %9s %9s %10s %9s %9s %9s %9s' target ok failed idle_MB peak_MB KB/stream ttft_p50 ttft_p99 added_p50 added_p99)"
@@ -578,6 +728,9 @@ if [ "$STREAMS" -gt 0 ]; then
         fi
     done
     report "  (direct = the mock's own memory; KB/stream = (peak - idle) / streams)"
+elif [ "$STREAMS" -gt 0 ]; then
+    report ""
+    report "held-streams phase ($STREAMS streams) skipped: TLS=1 and olla-hold speaks plain TCP only"
 fi
 report ""
 for v in "${verdicts[@]}"; do report "$v"; done

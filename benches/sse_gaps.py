@@ -7,6 +7,10 @@ timestamps every `data:` line at the moment the recv() that completed it
 returned. Streams to the targets are interleaved (a, b, a, b, ...) so a busy
 machine affects every target alike.
 
+An https:// target is reached over TLS (the ssl module, HTTP/1.1 offered in ALPN, the
+certificate verified against --cacert or the system roots); the handshake completes before
+the clock starts, as the TCP connect does.
+
 Reports per target: TTFB (request sent -> first `data:` line), the median /
 p99 / max gap between consecutive `data:` lines (pooled over all streams) and
 the median stream duration. The first target is the reference: for every other
@@ -16,13 +20,14 @@ check fails, 2 on a protocol error.
 
 Usage:
   sse_gaps.py [-n STREAMS] [--model M] [--max-diff-ms 1] [--check NAME,...] \
-      NAME=http://127.0.0.1:PORT/path [NAME=URL ...]
+      [--cacert CA.pem] NAME=http[s]://127.0.0.1:PORT/path [NAME=URL ...]
 """
 
 import argparse
 import json
 import os
 import socket
+import ssl
 import statistics
 import sys
 import time
@@ -71,10 +76,23 @@ class Dechunker:
         return bytes(out)
 
 
-def one_stream(url, body, timeout):
+def tls_context(cafile):
+    """Client context for https:// targets: verifies the server against cafile (or the system
+    roots), offers HTTP/1.1 only."""
+    ctx = ssl.create_default_context(cafile=cafile)
+    ctx.set_alpn_protocols(["http/1.1"])
+    # A server that closes without close_notify ends the stream like a TCP close would.
+    ctx.options |= getattr(ssl, "OP_IGNORE_UNEXPECTED_EOF", 0)
+    return ctx
+
+
+def one_stream(url, body, timeout, tls=None):
     """Run one stream; returns (ttfb_s, [event times relative to request send], status)."""
     u = urlsplit(url)
-    host, port = u.hostname, u.port or 80
+    if u.scheme not in ("http", "https"):
+        raise ValueError(f"unsupported URL scheme in {url!r}")
+    https = u.scheme == "https"
+    host, port = u.hostname, u.port or (443 if https else 80)
     path = u.path + (("?" + u.query) if u.query else "")
     req = (
         f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\n"
@@ -84,6 +102,12 @@ def one_stream(url, body, timeout):
     ).encode() + body
     sock = socket.create_connection((host, port), timeout=timeout)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    if https:
+        try:
+            sock = (tls or tls_context(None)).wrap_socket(sock, server_hostname=host)  # handshakes
+        except BaseException:
+            sock.close()
+            raise
     try:
         t0 = time.perf_counter()
         sock.sendall(req)
@@ -143,8 +167,11 @@ def main():
                     help="fail if a target's median or p99 gap differs from the first target's by more")
     ap.add_argument("--check", default=None,
                     help="comma-separated target names the bar applies to (default: all but the first)")
+    ap.add_argument("--cacert", default=None,
+                    help="CA file (PEM) to verify https:// targets against (default: system roots)")
     ap.add_argument("targets", nargs="+", metavar="NAME=URL")
     a = ap.parse_args()
+    tls = tls_context(a.cacert)
 
     targets = []
     for t in a.targets:
@@ -159,12 +186,12 @@ def main():
 
     # One unrecorded warm-up stream per target (connection pools, caches).
     for _, url in targets:
-        one_stream(url, body, a.timeout)
+        one_stream(url, body, a.timeout, tls)
 
     res = {name: {"ttfb": [], "gaps": [], "dur": [], "events": []} for name, _ in targets}
     for _ in range(a.streams):
         for name, url in targets:
-            ttfb, ev, status = one_stream(url, body, a.timeout)
+            ttfb, ev, status = one_stream(url, body, a.timeout, tls)
             if status != 200 or not ev:
                 print(f"ERROR: {name}: status {status}, {len(ev)} events", file=sys.stderr)
                 return 2
