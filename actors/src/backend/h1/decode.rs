@@ -151,25 +151,36 @@ impl ChunkedDecoder {
     /// Consumes as much of `input` as it can, appending chunk data to `out`. Returns `true`
     /// once the body is complete; bytes after the end stay in `input`.
     pub fn decode(&mut self, input: &mut BytesMut, out: &mut BytesMut) -> Result<bool, ChunkError> {
-        while !input.is_empty() {
+        // Walks the input by index and consumes what it read once at the end (framing bytes
+        // are stepped one by one; chunk data is copied in one piece).
+        let buf = &input[..];
+        let mut pos = 0;
+        let result = loop {
+            if self.state == State::Done {
+                break Ok(true);
+            }
+            if pos == buf.len() {
+                break Ok(false);
+            }
             if self.state == State::Data {
-                let n = (self.remaining.min(input.len() as u64)) as usize;
-                out.extend_from_slice(&input[..n]);
-                input.advance(n);
+                let n = (self.remaining.min((buf.len() - pos) as u64)) as usize;
+                out.extend_from_slice(&buf[pos..pos + n]);
+                pos += n;
                 self.remaining -= n as u64;
                 if self.remaining == 0 {
                     self.state = State::DataCr;
                 }
                 continue;
             }
-            if self.state == State::Done {
-                return Ok(true);
+            let byte = buf[pos];
+            pos += 1;
+            match self.step(byte) {
+                Ok(next) => self.state = next,
+                Err(e) => break Err(e),
             }
-            let byte = input[0];
-            input.advance(1);
-            self.state = self.step(byte)?;
-        }
-        Ok(self.state == State::Done)
+        };
+        input.advance(pos);
+        result
     }
 
     fn step(&mut self, byte: u8) -> Result<State, ChunkError> {
