@@ -51,6 +51,7 @@ fn record(model: &str) -> FinishRecord {
         failovers: 0,
         retries: 0,
         attempts: vec![UpstreamAttempt {
+            span_id: None,
             endpoint: EndpointName(spec),
             started: now,
             ended: now,
@@ -61,8 +62,7 @@ fn record(model: &str) -> FinishRecord {
         decision: None,
         received_at: SystemTime::now(),
         received: now,
-        trace_id: None,
-        span_id: [1; 8],
+        trace: None,
     }
 }
 

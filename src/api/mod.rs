@@ -35,9 +35,8 @@ pub const FAULT_PANIC: &str = "x-olla-fault-panic";
 pub async fn handle(app: Arc<App>, mut req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
     let rid = request_id(req.headers().get("x-request-id"));
     let path = req.uri().path().to_string();
-    let trace = crate::telemetry::trace::wire::begin(app.tracer.as_ref(), &path, req.headers());
-    let method = req.method().clone();
-    let ctx = RequestContext::new(rid.clone(), method.clone(), path.clone(), peer.ip());
+    let mut ctx = RequestContext::new(rid, req.method().clone(), path.clone(), peer.ip());
+    ctx.trace = crate::telemetry::trace::wire::begin(app.tracer.as_ref(), &path, req.headers());
     let mut finisher = Finisher::new(app.clone(), ctx);
     let anthropic = path.starts_with("/olla/anthropic/");
     app.stats.requests.fetch_add(1, Ordering::Relaxed);
@@ -50,11 +49,7 @@ pub async fn handle(app: Arc<App>, mut req: Request<Incoming>, peer: SocketAddr)
                 req.extensions_mut().insert(Caller(key.clone()));
             }
             let span = finisher.span();
-            let routed = crate::telemetry::trace::wire::scope(
-                trace.clone(),
-                route(&app, req, peer, &path, finisher.ctx()),
-            )
-            .instrument(span);
+            let routed = route(&app, req, peer, &path, finisher.ctx()).instrument(span);
             let result = match catch_unwind(routed).await {
                 Ok(r) => r,
                 Err(panic) => {
@@ -88,8 +83,7 @@ pub async fn handle(app: Arc<App>, mut req: Request<Incoming>, peer: SocketAddr)
         }
     };
     pass.finish(&mut resp);
-    let resp = finisher.into_response(resp);
-    crate::telemetry::trace::wire::finish(app.tracer.as_ref(), trace, resp, &method, &path, &rid)
+    finisher.into_response(resp)
 }
 
 struct ActiveGuard(Arc<App>);
@@ -181,7 +175,9 @@ async fn route(
     }
     if let Some(tail) = path.strip_prefix("/olla/anthropic") {
         if app.settings.anthropic.enabled && (tail.is_empty() || tail.starts_with('/')) {
-            return anthropic::handle(app, req, client, tail, ctx).await;
+            // Boxed: its state is the largest of the routes', and would size every request's
+            // future (held per connection while in flight, moved once per request).
+            return Box::pin(anthropic::handle(app, req, client, tail, ctx)).await;
         }
     }
     if let Some(rest) = path.strip_prefix("/olla/") {

@@ -247,7 +247,12 @@ pub async fn forward(
         .and_then(|v| v.to_str().ok());
     let facts = inspect(content_type, &body).await?;
     if app.settings.inject_stream_usage && facts.stream {
-        return forward_with_stream_usage(app, &parts, body, facts, &client, &fwd, ctx).await;
+        // Boxed: opt-in, and its state (three forward_body awaits) would size every request's
+        // future.
+        return Box::pin(forward_with_stream_usage(
+            app, &parts, body, facts, &client, &fwd, ctx,
+        ))
+        .await;
     }
     forward_body(app, &parts, &body, &facts, &client, &fwd, None, ctx).await
 }
@@ -268,7 +273,7 @@ async fn forward_with_stream_usage(
     if !stream_usage::applies_to_path(&fwd.path_key) {
         return forward_body(app, parts, &body, &facts, client, fwd, None, ctx).await;
     }
-    let counts = crate::telemetry::trace::wire::usage_counts();
+    let counts = Arc::new(stream_usage::UsageCounts::default());
     counts.forward_to(ctx.usage_tap());
     let injection = if body.len() <= INSPECT_INLINE_MAX {
         stream_usage::inject_include_usage(&body)
@@ -541,50 +546,25 @@ impl Run<'_> {
             })
     }
 
-    /// One upstream attempt, traced as a client span when the request is traced.
+    /// One upstream attempt; a client span of the request's trace when it is traced.
     async fn attempt(
-        &self,
-        guard: InFlightGuard,
-        cand: &Candidate,
-        more: bool,
-        ctx: &mut RequestContext,
-    ) -> Attempt {
-        use crate::telemetry::trace::wire::AttemptTrace;
-        let spec = cand.handle.spec();
-        let host = spec.url.authority().map_or("", |a| a.as_str());
-        let trace = AttemptTrace::begin(cand.handle.name(), host);
-        let result = self
-            .attempt_untraced(guard, cand, more, ctx, trace.as_ref())
-            .await;
-        if let Some(t) = trace {
-            match &result {
-                Attempt::Done(r) => t.end(Some(r.status().as_u16()), None),
-                Attempt::Next { error, kept } => t.end(
-                    kept.as_ref().map(|r| r.status().as_u16()),
-                    Some(error.to_string()),
-                ),
-            }
-        }
-        result
-    }
-
-    async fn attempt_untraced(
         &self,
         mut guard: InFlightGuard,
         cand: &Candidate,
         more: bool,
         ctx: &mut RequestContext,
-        trace: Option<&crate::telemetry::trace::wire::AttemptTrace>,
     ) -> Attempt {
         let handle = cand.handle.clone();
         let spec = handle.spec().clone();
         let started = Instant::now();
-        let record = |ctx: &mut RequestContext, outcome: AttemptOutcome| {
+        let mut span_id = None;
+        let record = |ctx: &mut RequestContext, span_id, outcome: AttemptOutcome| {
             if matches!(outcome, AttemptOutcome::Status(_)) {
                 ctx.endpoint = Some(EndpointName(spec.clone()));
             }
             ctx.push_attempt(UpstreamAttempt {
                 endpoint: EndpointName(spec.clone()),
+                span_id,
                 started,
                 ended: Instant::now(),
                 outcome,
@@ -593,7 +573,7 @@ impl Run<'_> {
         let (uri, mut out_headers, out_body) = match self.upstream_parts(cand) {
             Ok(p) => p,
             Err(e) => {
-                record(ctx, AttemptOutcome::Error(AttemptError::Build));
+                record(ctx, span_id, AttemptOutcome::Error(AttemptError::Build));
                 guard.report(Outcome::Cancelled, None);
                 return Attempt::Next {
                     error: e,
@@ -601,8 +581,11 @@ impl Run<'_> {
                 };
             }
         };
-        if let Some(t) = trace {
-            t.propagate(&mut out_headers);
+        if let Some(id) = &ctx.trace {
+            span_id = Some(crate::telemetry::trace::wire::propagate(
+                id,
+                &mut out_headers,
+            ));
         }
         let total_deadline = spec.timeouts.total.map(|d| (d, started + d));
         let first_byte_limit = match spec.timeouts.total {
@@ -612,7 +595,7 @@ impl Run<'_> {
         let sent = self.send(&handle, uri, out_headers, out_body);
         let resp = match tokio::time::timeout(first_byte_limit, sent).await {
             Err(_) => {
-                record(ctx, AttemptOutcome::Error(AttemptError::Timeout));
+                record(ctx, span_id, AttemptOutcome::Error(AttemptError::Timeout));
                 guard.report(Outcome::Fault, None);
                 tracing::warn!(
                     backend = handle.name(),
@@ -630,7 +613,7 @@ impl Run<'_> {
                 } else {
                     AttemptError::Protocol
                 };
-                record(ctx, AttemptOutcome::Error(kind));
+                record(ctx, span_id, AttemptOutcome::Error(kind));
                 let outcome = if e.connect {
                     Outcome::ConnectFailure
                 } else {
@@ -700,7 +683,11 @@ impl Run<'_> {
         );
         body.prefill().await;
         if let Some(err) = body.failed_before_data() {
-            record(ctx, AttemptOutcome::Error(AttemptError::BodyBeforeData));
+            record(
+                ctx,
+                span_id,
+                AttemptOutcome::Error(AttemptError::BodyBeforeData),
+            );
             // Headers came but the body broke before its first byte: nothing reached the
             // client yet, so another backend may still serve.
             tracing::warn!(backend = handle.name(), error = %err, "upstream body failed before any data; trying the next backend");
@@ -710,7 +697,7 @@ impl Run<'_> {
             };
         }
         let response = Response::from_parts(parts, BodyExt::boxed(body));
-        record(ctx, AttemptOutcome::Status(status.as_u16()));
+        record(ctx, span_id, AttemptOutcome::Status(status.as_u16()));
         if retryable && more {
             tracing::info!(
                 backend = handle.name(),

@@ -286,7 +286,8 @@ pub async fn select(
                         .await;
                 };
                 let gate = &published.miss_gate;
-                if gate.refresh_on_miss(requested, &settings, refresh).await {
+                // Boxed: a rare path whose state would otherwise size every request's future.
+                if Box::pin(gate.refresh_on_miss(requested, &settings, refresh)).await {
                     index = published.route_index();
                     if !in_scope(&index) {
                         gate.remember_missing(requested, Instant::now(), &settings);

@@ -8,10 +8,11 @@
 //! [`Finisher`] owns the context. `api::handle` holds it while the request is routed; when the
 //! response is ready, [`Finisher::into_response`] moves it into the response body
 //! ([`TrackedBody`]), which counts bytes, times the first byte and the gaps between chunks and
-//! reads token usage as the body passes. The finish (metrics, access log, observers) runs
-//! exactly once: when the body ends, fails, or is dropped (client gone), or when the request
-//! task panics or is dropped before a response exists (both through `Drop`). Nothing here may
-//! panic: the finish can run while a panic unwinds.
+//! reads token usage as the body passes. The finish (metrics, access log, observers, and the
+//! handover of a sampled request's record to the trace exporter) runs exactly once: when the
+//! body ends, fails, or is dropped (client gone), or when the request task panics or is
+//! dropped before a response exists (both through `Drop`). Nothing here may panic: the finish
+//! can run while a panic unwinds.
 
 use std::any::Any;
 use std::future::Future;
@@ -35,6 +36,7 @@ use crate::proxy::headers::{echo_value, names};
 use crate::proxy::select::Decision;
 
 use super::hist::{LocalHist, GAP_BUCKETS};
+use super::trace::{SpanId, TraceIdentity};
 use super::usage::{Usage, UsageScanner};
 
 /// The API dialect of a request's route (a metric label and an access-log field).
@@ -159,6 +161,9 @@ pub enum AttemptOutcome {
 #[derive(Clone, Debug)]
 pub struct UpstreamAttempt {
     pub endpoint: EndpointName,
+    /// The attempt's client span (the parent id the backend got in `traceparent`), when the
+    /// request is traced.
+    pub span_id: Option<SpanId>,
     pub started: Instant,
     /// When the response head came (or the attempt failed).
     pub ended: Instant,
@@ -217,10 +222,9 @@ pub struct RequestContext {
     pub queue_wait: Option<Duration>,
     pub received: Instant,
     pub received_at: SystemTime,
-    /// W3C trace id (accepted from the client's `traceparent` or generated when tracing is on).
-    pub trace_id: Option<[u8; 16]>,
-    /// This request's span id.
-    pub span_id: [u8; 8],
+    /// The request's W3C trace (accepted from the client's `traceparent` or new), when tracing
+    /// is on for its path; its attempts propagate it to the backends.
+    pub trace: Option<TraceIdentity>,
     /// Usage reported by a body stage that runs before the client sees the bytes (e.g. one that
     /// removes a usage chunk the client did not ask for); used when the bytes the client got
     /// carry none. Created on first use ([`RequestContext::usage_tap`]).
@@ -249,8 +253,7 @@ impl RequestContext {
             queue_wait: None,
             received: Instant::now(),
             received_at: SystemTime::now(),
-            trace_id: None,
-            span_id: fastrand::u64(1..).to_be_bytes(),
+            trace: None,
             usage_tap: None,
             panicked: false,
         }
@@ -366,8 +369,7 @@ pub struct FinishRecord {
     pub decision: Option<Decision>,
     pub received_at: SystemTime,
     pub received: Instant,
-    pub trace_id: Option<[u8; 16]>,
-    pub span_id: [u8; 8],
+    pub trace: Option<TraceIdentity>,
 }
 
 impl FinishRecord {
@@ -463,8 +465,7 @@ impl Tracker {
             decision: ctx.decision,
             received_at: ctx.received_at,
             received: ctx.received,
-            trace_id: ctx.trace_id,
-            span_id: ctx.span_id,
+            trace: ctx.trace,
         };
         let _entered = span.enter();
         if in_flight {
@@ -472,6 +473,11 @@ impl Tracker {
         }
         let catalog = app.tree.published.catalog.load();
         app.telemetry.finish(&rec, &gaps, &catalog);
+        if let Some(tracer) = &app.tracer {
+            if rec.trace.as_ref().is_some_and(|t| t.sampled) {
+                tracer.submit_record(rec);
+            }
+        }
     }
 }
 
@@ -625,18 +631,32 @@ impl Drop for TrackedBody {
     }
 }
 
-/// Runs `fut`, turning a panic inside it into `Err` (the request gets a 500; the daemon serves
-/// on). The future is dropped after its panic like any other.
-pub async fn catch_unwind<F: Future>(fut: F) -> Result<F::Output, Box<dyn Any + Send>> {
-    let mut fut = std::pin::pin!(fut);
-    std::future::poll_fn(move |cx| {
-        match std::panic::catch_unwind(AssertUnwindSafe(|| fut.as_mut().poll(cx))) {
+pin_project_lite::pin_project! {
+    /// The future of [`catch_unwind`].
+    pub struct CatchUnwind<F> {
+        #[pin]
+        fut: F,
+    }
+}
+
+impl<F: Future> Future for CatchUnwind<F> {
+    type Output = Result<F::Output, Box<dyn Any + Send>>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let fut = self.project().fut;
+        match std::panic::catch_unwind(AssertUnwindSafe(|| fut.poll(cx))) {
             Ok(Poll::Pending) => Poll::Pending,
             Ok(Poll::Ready(v)) => Poll::Ready(Ok(v)),
             Err(p) => Poll::Ready(Err(p)),
         }
-    })
-    .await
+    }
+}
+
+/// Runs `fut`, turning a panic inside it into `Err` (the request gets a 500; the daemon serves
+/// on). The future is dropped after its panic like any other. It is polled where it lies (no
+/// second copy of a large request future in the caller's state).
+pub fn catch_unwind<F: Future>(fut: F) -> CatchUnwind<F> {
+    CatchUnwind { fut }
 }
 
 #[cfg(test)]
@@ -676,6 +696,7 @@ mod tests {
         ));
         let at = |o| UpstreamAttempt {
             endpoint: EndpointName(spec.clone()),
+            span_id: None,
             started: Instant::now(),
             ended: Instant::now(),
             outcome: o,

@@ -103,6 +103,11 @@ fn parse_hex<const N: usize>(s: &[u8]) -> Option<[u8; N]> {
     Some(out)
 }
 
+/// The W3C `traceparent` header.
+pub const TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
+/// The W3C `tracestate` header.
+pub const TRACESTATE: http::HeaderName = http::HeaderName::from_static("tracestate");
+
 /// A valid inbound `traceparent`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TraceParent {
@@ -171,8 +176,9 @@ pub fn format_traceparent(trace_id: TraceId, span: SpanId, sampled: bool) -> Hea
     s.push(b'-');
     write_hex(&mut s, &span.0);
     s.extend_from_slice(if sampled { b"-01" } else { b"-00" });
-    // Always valid: ASCII hex and dashes only.
-    HeaderValue::from_bytes(&s).unwrap_or_else(|_| HeaderValue::from_static(""))
+    // Always valid: ASCII hex and dashes only (the buffer becomes the value, no copy).
+    HeaderValue::from_maybe_shared(bytes::Bytes::from(s))
+        .unwrap_or_else(|_| HeaderValue::from_static(""))
 }
 
 /// Which requests are recorded. The OpenTelemetry samplers olla offers, as

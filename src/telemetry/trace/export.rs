@@ -6,8 +6,10 @@
 //! full, or the collector fails, times out or answers non-2xx, the spans are dropped and
 //! counted (`dropped`; `export_errors` counts failed exports). Nothing is retried and nothing
 //! else is buffered, so a dead or slow collector costs a counter increment per request and
-//! bounded memory (`max_queue` inputs plus one batch in flight). Span encoding happens in the
-//! task, not on the request path.
+//! bounded memory (`max_queue` inputs plus one batch in flight). After a failed export the
+//! task drops batches without encoding them for a pause ([`MIN_BACKOFF`], doubling per failure
+//! up to [`MAX_BACKOFF`]), so a dead collector costs no encoding either. Span building and
+//! encoding happen in the task, not on the request path.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -27,11 +29,11 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use super::config::OtlpSettings;
-use super::context::{Sampler, TraceIdentity};
-use super::proto::{
-    ExportTraceServiceRequest, InstrumentationScope, KeyValue, Resource, ResourceSpans, ScopeSpans,
-};
-use super::span::{build_spans, RequestSpanInput};
+use super::context::{Sampler, TraceIdentity, TRACEPARENT, TRACESTATE};
+use super::proto::{InstrumentationScope, KeyValue, Resource};
+use super::span::RequestSpanInput;
+use super::wire::span_input;
+use crate::telemetry::FinishRecord;
 
 /// Export counters (spans, not requests).
 #[derive(Debug, Default)]
@@ -82,6 +84,8 @@ pub type ExportSink = Arc<dyn Fn(Bytes) -> ExportFuture + Send + Sync>;
 /// What the queue carries.
 enum Item {
     Request(Box<RequestSpanInput>),
+    /// A finished request (its spans are built in the batch task).
+    Record(Box<FinishRecord>),
     /// Export what is batched now, then answer.
     Flush(oneshot::Sender<()>),
 }
@@ -110,7 +114,10 @@ impl TraceExporter {
             max_batch: settings.max_batch,
             interval: settings.batch_interval,
             timeout: settings.timeout,
-            resource: resource(&settings.service_name),
+            resource: resource(&settings.service_name).encode_to_vec(),
+            scope: scope().encode_to_vec(),
+            paused_until: None,
+            backoff: MIN_BACKOFF,
         };
         tokio::spawn(batcher.run());
         Arc::new(Self {
@@ -123,8 +130,8 @@ impl TraceExporter {
     /// The trace identity of an incoming request (from its `traceparent`/`tracestate`).
     pub fn begin(&self, headers: &HeaderMap) -> TraceIdentity {
         TraceIdentity::from_headers(
-            headers.get("traceparent").map(|v| v.as_bytes()),
-            headers.get("tracestate").map(|v| v.as_bytes()),
+            headers.get(TRACEPARENT).map(|v| v.as_bytes()),
+            headers.get(TRACESTATE).map(|v| v.as_bytes()),
             &self.sampler,
         )
     }
@@ -134,6 +141,15 @@ impl TraceExporter {
     pub fn submit(&self, input: RequestSpanInput) {
         let spans = 1 + input.attempts.len() as u64;
         if self.tx.try_send(Item::Request(Box::new(input))).is_err() {
+            self.stats.dropped.fetch_add(spans, Ordering::Relaxed);
+        }
+    }
+
+    /// Queues a finished, sampled request's record (see [`TraceExporter::submit`]); its spans
+    /// are built from it in the batch task.
+    pub fn submit_record(&self, rec: FinishRecord) {
+        let spans = 1 + rec.attempts.len() as u64;
+        if self.tx.try_send(Item::Record(Box::new(rec))).is_err() {
             self.stats.dropped.fetch_add(spans, Ordering::Relaxed);
         }
     }
@@ -166,24 +182,17 @@ fn resource(service_name: &str) -> Resource {
     }
 }
 
-/// Encodes finished requests as one `ExportTraceServiceRequest`.
-pub fn encode(resource: &Resource, batch: &[RequestSpanInput]) -> Bytes {
-    let spans = batch.iter().flat_map(build_spans).collect();
-    let req = ExportTraceServiceRequest {
-        resource_spans: vec![ResourceSpans {
-            resource: Some(resource.clone()),
-            scope_spans: vec![ScopeSpans {
-                scope: Some(InstrumentationScope {
-                    name: "olla".into(),
-                    version: env!("CARGO_PKG_VERSION").into(),
-                }),
-                spans,
-                schema_url: String::new(),
-            }],
-            schema_url: String::new(),
-        }],
-    };
-    Bytes::from(req.encode_to_vec())
+/// The encoded `InstrumentationScope` of olla's spans.
+fn scope() -> InstrumentationScope {
+    InstrumentationScope {
+        name: "olla".into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+    }
+}
+
+/// Encodes finished requests as one `ExportTraceServiceRequest` ([`super::encode`]).
+pub fn encode(resource: &[u8], scope: &[u8], batch: &[RequestSpanInput]) -> Bytes {
+    Bytes::from(super::encode::export_request(resource, scope, batch))
 }
 
 struct Batcher {
@@ -193,63 +202,103 @@ struct Batcher {
     max_batch: usize,
     interval: Duration,
     timeout: Duration,
-    resource: Resource,
+    /// The encoded `Resource` and `InstrumentationScope` (the same in every export).
+    resource: Vec<u8>,
+    scope: Vec<u8>,
+    /// After a failed export, batches are dropped unencoded until this time.
+    paused_until: Option<Instant>,
+    backoff: Duration,
 }
+
+/// The pause after a first failed export; it doubles with each failure up to
+/// [`MAX_BACKOFF`] and resets on a success.
+pub const MIN_BACKOFF: Duration = Duration::from_secs(1);
+/// The longest pause between export attempts to a failing collector.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(10);
 
 impl Batcher {
     async fn run(mut self) {
-        let mut batch = Vec::with_capacity(self.max_batch.min(1024));
+        let mut items: Vec<Item> = Vec::with_capacity(64);
+        let mut batch: Vec<RequestSpanInput> = Vec::with_capacity(self.max_batch.min(1024));
+        let mut flushed: Vec<oneshot::Sender<()>> = Vec::new();
         loop {
-            let flushed = match self.rx.recv().await {
-                None => return,
-                Some(Item::Flush(done)) => {
-                    let _ = done.send(());
-                    continue;
-                }
-                Some(Item::Request(first)) => {
-                    batch.push(*first);
-                    None
-                }
-            };
-            let mut flushed = flushed;
-            let deadline = Instant::now() + self.interval;
+            // Wait for the first item, then gather until the batch is full, the interval has
+            // passed since that item, or a flush is asked for; one timer per batch.
+            if self.rx.recv_many(&mut items, self.max_batch).await == 0 {
+                return;
+            }
+            let sleep = tokio::time::sleep(self.interval);
+            tokio::pin!(sleep);
             let mut closed = false;
-            while batch.len() < self.max_batch {
-                match tokio::time::timeout_at(deadline, self.rx.recv()).await {
-                    Ok(Some(Item::Request(i))) => batch.push(*i),
-                    Ok(Some(Item::Flush(done))) => {
-                        flushed = Some(done);
-                        break;
+            loop {
+                for item in items.drain(..) {
+                    match item {
+                        Item::Request(i) => batch.push(*i),
+                        Item::Record(r) if self.paused() => {
+                            let spans = 1 + r.attempts.len() as u64;
+                            self.stats.dropped.fetch_add(spans, Ordering::Relaxed);
+                        }
+                        Item::Record(r) => batch.extend(span_input(&r)),
+                        Item::Flush(done) => flushed.push(done),
                     }
-                    Ok(None) => {
-                        closed = true;
-                        break;
+                }
+                if !flushed.is_empty() || batch.len() >= self.max_batch {
+                    break;
+                }
+                tokio::select! {
+                    n = self.rx.recv_many(&mut items, self.max_batch - batch.len()) => {
+                        if n == 0 {
+                            closed = true;
+                            break;
+                        }
                     }
-                    Err(_) => break,
+                    () = &mut sleep => break,
                 }
             }
-            let spans: u64 = batch.iter().map(|i| 1 + i.attempts.len() as u64).sum();
-            let body = encode(&self.resource, &batch);
-            batch.clear();
-            match tokio::time::timeout(self.timeout, (self.sink)(body)).await {
-                Ok(Ok(())) => {
-                    self.stats.exported.fetch_add(spans, Ordering::Relaxed);
-                }
-                outcome => {
-                    let why = match outcome {
-                        Ok(Err(e)) => e,
-                        _ => format!("no answer within {:?}", self.timeout),
-                    };
-                    tracing::debug!(error = %why, spans, "OTLP export failed; spans dropped");
-                    self.stats.export_errors.fetch_add(1, Ordering::Relaxed);
-                    self.stats.dropped.fetch_add(spans, Ordering::Relaxed);
-                }
+            if !batch.is_empty() {
+                self.export(&mut batch).await;
             }
-            if let Some(done) = flushed {
+            for done in flushed.drain(..) {
                 let _ = done.send(());
             }
             if closed {
                 return;
+            }
+        }
+    }
+
+    /// Within the pause after a failed export.
+    fn paused(&self) -> bool {
+        self.paused_until.is_some_and(|t| Instant::now() < t)
+    }
+
+    /// Encodes and sends one batch (or drops it while paused after a failure).
+    async fn export(&mut self, batch: &mut Vec<RequestSpanInput>) {
+        let spans: u64 = batch.iter().map(|i| 1 + i.attempts.len() as u64).sum();
+        if self.paused() {
+            // The collector failed moments ago: do not spend CPU encoding for it.
+            batch.clear();
+            self.stats.dropped.fetch_add(spans, Ordering::Relaxed);
+            return;
+        }
+        let body = encode(&self.resource, &self.scope, batch);
+        batch.clear();
+        match tokio::time::timeout(self.timeout, (self.sink)(body)).await {
+            Ok(Ok(())) => {
+                self.stats.exported.fetch_add(spans, Ordering::Relaxed);
+                self.paused_until = None;
+                self.backoff = MIN_BACKOFF;
+            }
+            outcome => {
+                let why = match outcome {
+                    Ok(Err(e)) => e,
+                    _ => format!("no answer within {:?}", self.timeout),
+                };
+                tracing::debug!(error = %why, spans, pause = ?self.backoff, "OTLP export failed; spans dropped");
+                self.stats.export_errors.fetch_add(1, Ordering::Relaxed);
+                self.stats.dropped.fetch_add(spans, Ordering::Relaxed);
+                self.paused_until = Some(Instant::now() + self.backoff);
+                self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
             }
         }
     }

@@ -6,24 +6,25 @@
 //!   [`TraceIdentity`] of a request.
 //! - [`span`]: the plain inputs ([`RequestSpanInput`], [`AttemptSpanInput`]) and
 //!   [`build_spans`] (HTTP and GenAI semantic-convention attributes).
+//! - [`encode`]: the export body written straight from the span inputs (the bytes prost would
+//!   write for [`build_spans`], at a fraction of the cost).
 //! - [`export`]: [`TraceExporter`] (bounded queue, `submit` never waits, drops counted in
 //!   [`ExportStats`], which renders Prometheus text).
 //! - [`config`]: `telemetry.otlp` and the `OTEL_*` environment variables → [`OtlpSettings`].
 //! - [`proto`]: the OTLP messages (prost).
-//! - [`wire`]: how a request is traced today: [`wire::begin`] in the request handler, the
-//!   attempt hooks in the proxy, [`wire::finish`] wrapping the response body.
+//! - [`wire`]: how a request is traced: [`wire::begin`] in the request handler (the identity
+//!   lives in the request's context), [`wire::propagate`] per upstream attempt, and
+//!   [`wire::span_input`], which the exporter's task applies to the finished request's record.
 //!
-//! Interface for a request-context owner (the whole flow in four calls):
-//! 1. on arrival: `let id = exporter.begin(req.headers())` ([`TraceIdentity`]);
-//! 2. per upstream attempt: `let span = SpanId::random()`, send
-//!    `id.traceparent_for(span)` as `traceparent` (and `id.tracestate` as `tracestate`), and
-//!    keep an [`AttemptSpanInput`] with its times, status and error;
-//! 3. when the response body ends (or errors, or is dropped): if `id.sampled`, fill a
-//!    [`RequestSpanInput`] and call `exporter.submit(input)` (never blocks);
-//! 4. metrics: `exporter.stats().render_prometheus(&mut out)`.
+//! The whole flow: on arrival `ctx.trace = wire::begin(...)` ([`TraceIdentity`]); per upstream
+//! attempt `span_id = wire::propagate(&identity, &mut headers)`, kept in the attempt's record;
+//! when the request finishes, a sampled request's `FinishRecord` goes to
+//! [`TraceExporter::submit_record`] (never blocks); `exporter.stats().render_prometheus(..)`
+//! adds the exporter's counters to `/internal/metrics`.
 
 pub mod config;
 pub mod context;
+pub mod encode;
 pub mod export;
 pub mod proto;
 pub mod span;

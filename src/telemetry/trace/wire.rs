@@ -1,49 +1,24 @@
-//! How a request is traced on today's request path, in three small hooks the request code
-//! calls (each a no-op when tracing is off):
+//! How a request is traced on the request path, in three small steps (each a no-op when
+//! tracing is off), with no state beside the request's own context:
 //!
-//! - [`begin`] in the request handler: the request's [`TraceIdentity`] from its headers;
-//!   [`scope`] runs the routing future with it as the task's current trace.
-//! - [`AttemptTrace::begin`] / [`AttemptTrace::end`] around each upstream attempt in the proxy:
-//!   a client span id, the outbound `traceparent` (and `tracestate`) headers, the attempt's
-//!   times and outcome.
-//! - [`finish`] on the response: wraps its body so that, when the body ends, errors or is
-//!   dropped, a sampled request's [`RequestSpanInput`] is submitted to the exporter (once).
-//!
-//! The model, endpoint and backend type are read from the response's `X-Olla-Model`,
-//! `X-Olla-Endpoint` and `X-Olla-Backend-Type` headers; tokens from the request's
-//! [`UsageCounts`] (filled by the stream-usage filter, see [`usage_counts`]); time to first
-//! token is the time to the first body frame.
+//! - [`begin`] in the request handler: the request's [`TraceIdentity`] from its headers, kept
+//!   in its [`RequestContext`](crate::telemetry::RequestContext) (`trace`).
+//! - [`propagate`] per upstream attempt in the proxy: a new client span id and the outbound
+//!   `traceparent` (and `tracestate`) headers; the span id is kept in the attempt's record.
+//! - When the request finishes, the finisher hands the [`FinishRecord`] of a sampled request to
+//!   the exporter ([`TraceExporter::submit_record`]); its batch task turns it into the span
+//!   input ([`span_input`]) and encodes it, off the request path. Model, endpoint, tokens (streamed
+//!   or not), time to first byte, failovers and the key name all come from the record.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
-use bytes::Bytes;
-use http::{HeaderMap, HeaderValue, Method, Response};
-use http_body::{Body as HttpBody, Frame, SizeHint};
-use http_body_util::BodyExt;
-use parking_lot::Mutex;
+use http::{HeaderMap, HeaderValue};
 
-use super::context::{SpanId, TraceIdentity};
+use super::context::{SpanId, TraceIdentity, TRACEPARENT, TRACESTATE};
 use super::export::TraceExporter;
 use super::span::{gen_ai_system, AttemptSpanInput, RequestSpanInput};
-use crate::http_util::{Body, BoxError};
-use crate::telemetry::stream_usage::UsageCounts;
-
-/// The trace state of one request.
-pub struct RequestTrace {
-    pub identity: TraceIdentity,
-    start: SystemTime,
-    started: std::time::Instant,
-    attempts: Mutex<Vec<AttemptSpanInput>>,
-    pub usage: Arc<UsageCounts>,
-}
-
-tokio::task_local! {
-    static CURRENT: Arc<RequestTrace>;
-}
+use crate::telemetry::{AttemptOutcome, EndReason, FinishRecord};
 
 /// Whether requests to `path` are traced: all but olla's own status, metrics and version
 /// routes (scrapes and health probes would drown the traces).
@@ -56,230 +31,236 @@ pub fn begin(
     exporter: Option<&Arc<TraceExporter>>,
     path: &str,
     headers: &HeaderMap,
-) -> Option<Arc<RequestTrace>> {
+) -> Option<TraceIdentity> {
     let exporter = exporter.filter(|_| traced_path(path))?;
-    Some(Arc::new(RequestTrace {
-        identity: exporter.begin(headers),
-        start: SystemTime::now(),
-        started: std::time::Instant::now(),
-        attempts: Mutex::new(Vec::new()),
-        usage: Arc::new(UsageCounts::default()),
-    }))
+    Some(exporter.begin(headers))
 }
 
-/// Runs `fut` with `trace` as the current trace of the task.
-pub async fn scope<F: Future>(trace: Option<Arc<RequestTrace>>, fut: F) -> F::Output {
-    match trace {
-        Some(t) => CURRENT.scope(t, fut).await,
-        None => fut.await,
+/// Starts an upstream attempt's client span: sets `traceparent` (and the client's
+/// `tracestate`, or none) on the outbound headers and returns the span's id.
+pub fn propagate(identity: &TraceIdentity, headers: &mut HeaderMap) -> SpanId {
+    let span = SpanId::random();
+    headers.insert(TRACEPARENT, identity.traceparent_for(span));
+    headers.remove(TRACESTATE);
+    if let Some(v) = identity
+        .tracestate
+        .as_deref()
+        .and_then(|s| HeaderValue::try_from(s).ok())
+    {
+        headers.insert(TRACESTATE, v);
+    }
+    span
+}
+
+/// Why a request ended badly, for its span (`None`: it completed).
+fn end_error(end: EndReason) -> Option<String> {
+    match end {
+        EndReason::Complete => None,
+        EndReason::Error => Some("the response body failed before its end".into()),
+        EndReason::ClientGone => Some("client went away before the response ended".into()),
+        EndReason::Panic => Some("the request task panicked".into()),
     }
 }
 
-/// The current request's usage counts (a fresh, unshared one outside a traced request).
-pub fn usage_counts() -> Arc<UsageCounts> {
-    CURRENT.try_with(|t| t.usage.clone()).unwrap_or_default()
-}
-
-/// One upstream attempt of the current request.
-pub struct AttemptTrace {
-    trace: Arc<RequestTrace>,
-    span_id: SpanId,
-    endpoint: String,
-    host: String,
-    start: SystemTime,
-}
-
-impl AttemptTrace {
-    /// Starts an attempt span for the current request (none outside a traced request).
-    pub fn begin(endpoint: &str, host: &str) -> Option<Self> {
-        let trace = CURRENT.try_with(Arc::clone).ok()?;
-        Some(Self {
-            trace,
-            span_id: SpanId::random(),
-            endpoint: endpoint.to_owned(),
-            host: host.to_owned(),
-            start: SystemTime::now(),
-        })
-    }
-
-    /// Sets `traceparent` (and `tracestate`) for this attempt on the outbound headers.
-    pub fn propagate(&self, headers: &mut HeaderMap) {
-        let id = &self.trace.identity;
-        headers.insert("traceparent", id.traceparent_for(self.span_id));
-        headers.remove("tracestate");
-        if let Some(v) = id
-            .tracestate
-            .as_deref()
-            .and_then(|s| HeaderValue::try_from(s).ok())
-        {
-            headers.insert("tracestate", v);
-        }
-    }
-
-    /// Records the attempt's outcome.
-    pub fn end(self, status: Option<u16>, error: Option<String>) {
-        if !self.trace.identity.sampled {
-            return;
-        }
-        let mut attempts = self.trace.attempts.lock();
-        // Bounded: a request tries each candidate at most once.
-        if attempts.len() < 64 {
-            attempts.push(AttemptSpanInput {
-                span_id: self.span_id,
-                endpoint: self.endpoint,
-                host: self.host,
-                start: self.start,
-                end: SystemTime::now(),
+/// The span input of a finished, traced request (`None` when it carries no trace).
+pub fn span_input(rec: &FinishRecord) -> Option<RequestSpanInput> {
+    let id = rec.trace.as_ref()?;
+    let at = |t: tokio::time::Instant| -> SystemTime {
+        rec.received_at + t.saturating_duration_since(rec.received)
+    };
+    let attempts = rec
+        .attempts
+        .iter()
+        .filter_map(|a| {
+            let (status, error) = match a.outcome {
+                AttemptOutcome::Status(s) => (Some(s), None),
+                AttemptOutcome::Error(e) => (None, Some(e.as_str().to_owned())),
+            };
+            Some(AttemptSpanInput {
+                span_id: a.span_id?,
+                endpoint: a.endpoint.0.name.clone(),
+                host: a
+                    .endpoint
+                    .0
+                    .url
+                    .authority()
+                    .map_or_else(String::new, |h| h.as_str().to_owned()),
+                start: at(a.started),
+                end: at(a.ended),
                 status,
                 error,
-            });
+            })
+        })
+        .collect();
+    Some(RequestSpanInput {
+        trace_id: id.trace_id,
+        span_id: id.span_id,
+        parent_span_id: id.parent_span_id,
+        tracestate: id.tracestate.clone(),
+        method: rec.method.as_str().to_owned(),
+        path: rec.path.clone(),
+        status: rec.status,
+        start: rec.received_at,
+        end: rec.received_at + rec.duration,
+        model: rec.model.clone(),
+        system: rec
+            .endpoint
+            .as_ref()
+            .map(|e| gen_ai_system(e.0.kind.as_str())),
+        endpoint: rec.endpoint.as_ref().map(|e| e.0.name.clone()),
+        tokens_in: rec.tokens_in,
+        tokens_out: rec.tokens_out,
+        ttft: rec.ttfb,
+        error: end_error(rec.end),
+        key_name: rec.key_name.as_deref().map(str::to_owned),
+        request_id: rec.request_id.clone(),
+        attempts,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::telemetry::context::{AttemptError, EndpointName, UpstreamAttempt};
+    use crate::telemetry::Route;
+    use olla_actors::kind::BackendKind;
+    use olla_actors::spec::BackendSpec;
+    use std::time::Duration;
+
+    fn record(trace: Option<TraceIdentity>) -> FinishRecord {
+        let spec = |name: &str, url: &'static str| {
+            EndpointName(Arc::new(BackendSpec::new(
+                name,
+                http::Uri::from_static(url),
+                BackendKind::LlamaCpp,
+            )))
+        };
+        let received = tokio::time::Instant::now();
+        let received_at = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000);
+        let attempt = |ep: EndpointName, from_ms, to_ms, outcome, span| UpstreamAttempt {
+            endpoint: ep,
+            span_id: span,
+            started: received + Duration::from_millis(from_ms),
+            ended: received + Duration::from_millis(to_ms),
+            outcome,
+        };
+        FinishRecord {
+            request_id: "req-1".into(),
+            method: http::Method::POST,
+            path: "/olla/proxy/v1/chat/completions".into(),
+            route: Route::OpenAi,
+            model: Some("llama3".into()),
+            endpoint: Some(spec("b", "http://10.0.0.2:8080")),
+            status: 200,
+            stream: false,
+            end: EndReason::Complete,
+            ttfb: Some(Duration::from_millis(40)),
+            duration: Duration::from_millis(90),
+            queue_wait: None,
+            bytes_out: 10,
+            tokens_in: Some(12),
+            tokens_out: Some(34),
+            failovers: 1,
+            retries: 0,
+            attempts: vec![
+                attempt(
+                    spec("a", "http://10.0.0.1:8080"),
+                    1,
+                    5,
+                    AttemptOutcome::Error(AttemptError::Connect),
+                    Some(SpanId([1; 8])),
+                ),
+                attempt(
+                    spec("b", "http://10.0.0.2:8080"),
+                    5,
+                    30,
+                    AttemptOutcome::Status(200),
+                    Some(SpanId([2; 8])),
+                ),
+            ],
+            client_ip: std::net::IpAddr::from([127, 0, 0, 1]),
+            key_name: Some(Arc::from("team-a")),
+            decision: None,
+            received_at,
+            received,
+            trace,
         }
     }
-}
 
-/// Arranges for the request's spans to be submitted when `resp`'s body is finished.
-pub fn finish(
-    exporter: Option<&Arc<TraceExporter>>,
-    trace: Option<Arc<RequestTrace>>,
-    resp: Response<Body>,
-    method: &Method,
-    path: &str,
-    request_id: &str,
-) -> Response<Body> {
-    let (Some(exporter), Some(trace)) = (exporter, trace) else {
-        return resp;
-    };
-    if !trace.identity.sampled {
-        return resp;
-    }
-    let (parts, body) = resp.into_parts();
-    let header = |name: &str| {
-        parts
-            .headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned)
-    };
-    let pending = Pending {
-        exporter: exporter.clone(),
-        trace: trace.clone(),
-        method: method.as_str().to_owned(),
-        path: path.to_owned(),
-        status: parts.status.as_u16(),
-        model: header("x-olla-model"),
-        endpoint: header("x-olla-endpoint"),
-        system: header("x-olla-backend-type").map(|k| gen_ai_system(&k)),
-        request_id: request_id.to_owned(),
-        first_frame: None,
-        error: None,
-    };
-    let body = TracedBody {
-        inner: body,
-        pending: Some(pending),
-    };
-    Response::from_parts(parts, body.boxed())
-}
-
-struct Pending {
-    exporter: Arc<TraceExporter>,
-    trace: Arc<RequestTrace>,
-    method: String,
-    path: String,
-    status: u16,
-    model: Option<String>,
-    endpoint: Option<String>,
-    system: Option<&'static str>,
-    request_id: String,
-    first_frame: Option<Duration>,
-    error: Option<String>,
-}
-
-impl Pending {
-    fn submit(self) {
-        let t = &self.trace;
-        let elapsed = t.started.elapsed();
-        let usage = t.usage.get();
-        let attempts = std::mem::take(&mut *t.attempts.lock());
-        self.exporter.submit(RequestSpanInput {
-            trace_id: t.identity.trace_id,
-            span_id: t.identity.span_id,
-            parent_span_id: t.identity.parent_span_id,
-            tracestate: t.identity.tracestate.clone(),
-            method: self.method,
-            path: self.path,
-            status: self.status,
-            start: t.start,
-            end: t.start + elapsed,
-            model: self.model,
-            system: self.system,
-            endpoint: self.endpoint,
-            tokens_in: usage.map(|u| u.prompt_tokens),
-            tokens_out: usage.map(|u| u.completion_tokens),
-            ttft: self.first_frame,
-            error: self.error,
-            key_name: None,
-            request_id: self.request_id,
-            attempts,
-        });
-    }
-}
-
-/// The response body, submitting the request's spans once when it ends or is dropped.
-struct TracedBody {
-    inner: Body,
-    pending: Option<Pending>,
-}
-
-impl HttpBody for TracedBody {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = &mut *self;
-        let polled = Pin::new(&mut this.inner).poll_frame(cx);
-        match &polled {
-            Poll::Ready(Some(Ok(frame))) => {
-                if let Some(p) = this.pending.as_mut() {
-                    if p.first_frame.is_none() && frame.is_data() {
-                        p.first_frame = Some(p.trace.started.elapsed());
-                    }
-                }
-            }
-            Poll::Ready(Some(Err(e))) => {
-                if let Some(mut p) = this.pending.take() {
-                    p.error = Some(e.to_string());
-                    p.submit();
-                }
-            }
-            Poll::Ready(None) => {
-                if let Some(p) = this.pending.take() {
-                    p.submit();
-                }
-            }
-            Poll::Pending => {}
+    fn identity() -> TraceIdentity {
+        TraceIdentity {
+            trace_id: super::super::TraceId([7; 16]),
+            span_id: SpanId([9; 8]),
+            parent_span_id: Some(SpanId([8; 8])),
+            sampled: true,
+            tracestate: Some("k=v".into()),
         }
-        polled
     }
 
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+    #[test]
+    fn a_record_without_a_trace_has_no_spans() {
+        assert!(span_input(&record(None)).is_none());
     }
 
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+    #[test]
+    fn span_input_carries_the_record_with_times_from_the_request_clock() {
+        let rec = record(Some(identity()));
+        let i = span_input(&rec).unwrap();
+        assert_eq!(i.trace_id, super::super::TraceId([7; 16]));
+        assert_eq!(i.span_id, SpanId([9; 8]));
+        assert_eq!(i.parent_span_id, Some(SpanId([8; 8])));
+        assert_eq!(i.tracestate.as_deref(), Some("k=v"));
+        assert_eq!((i.method.as_str(), i.status), ("POST", 200));
+        assert_eq!(i.start, rec.received_at);
+        assert_eq!(i.end, rec.received_at + Duration::from_millis(90));
+        assert_eq!(i.ttft, Some(Duration::from_millis(40)));
+        // Non-streamed usage reaches the span too, and the key's name (never the key).
+        assert_eq!((i.tokens_in, i.tokens_out), (Some(12), Some(34)));
+        assert_eq!(i.key_name.as_deref(), Some("team-a"));
+        assert_eq!(i.system, Some("llama.cpp"));
+        assert_eq!(i.endpoint.as_deref(), Some("b"));
+        assert!(i.error.is_none());
+        assert_eq!(i.attempts.len(), 2);
+        let (a, b) = (&i.attempts[0], &i.attempts[1]);
+        assert_eq!(
+            (a.endpoint.as_str(), a.host.as_str()),
+            ("a", "10.0.0.1:8080")
+        );
+        assert_eq!((a.status, a.error.as_deref()), (None, Some("connect")));
+        assert_eq!(a.start, rec.received_at + Duration::from_millis(1));
+        assert_eq!(a.end, rec.received_at + Duration::from_millis(5));
+        assert_eq!(
+            (b.span_id, b.status, b.error.as_deref()),
+            (SpanId([2; 8]), Some(200), None)
+        );
     }
-}
 
-impl Drop for TracedBody {
-    fn drop(&mut self) {
-        if let Some(mut p) = self.pending.take() {
-            if !self.inner.is_end_stream() {
-                p.error = Some("client went away before the response ended".into());
-            }
-            p.submit();
-        }
+    #[test]
+    fn a_request_that_did_not_complete_is_an_error_span() {
+        let mut rec = record(Some(identity()));
+        rec.end = EndReason::ClientGone;
+        let i = span_input(&rec).unwrap();
+        assert!(i
+            .error
+            .as_deref()
+            .is_some_and(|e| e.contains("client went away")));
+    }
+
+    #[test]
+    fn propagate_sets_traceparent_with_a_new_attempt_span() {
+        let id = identity();
+        let mut h = HeaderMap::new();
+        h.insert("tracestate", HeaderValue::from_static("stale=1"));
+        let span = propagate(&id, &mut h);
+        assert_eq!(
+            h["traceparent"],
+            format!("00-{}-{}-01", "07".repeat(16), span)
+        );
+        assert_eq!(h["tracestate"], "k=v");
+        assert_ne!(
+            span,
+            propagate(&id, &mut h),
+            "each attempt has its own span"
+        );
     }
 }

@@ -1,0 +1,429 @@
+//! The OTLP export body written straight from the span inputs: protobuf bytes with no
+//! intermediate message structs, no per-attribute strings and one pass over each span (a nested
+//! message's length is written after its body, shifting the body only when the length needs
+//! more than one byte). The bytes are the ones `prost` writes for [`super::build_spans`] (a test
+//! checks they are identical); that builder stays the readable definition of the spans and the
+//! test oracle, this is the exporter's path (it costs a fraction of building and encoding the
+//! message structs, which re-measure nested lengths at every level).
+
+use std::fmt::Write as _;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use super::proto::{span_kind, status_code};
+use super::span::{gen_ai_operation, AttemptSpanInput, RequestSpanInput, MAX_ATTRIBUTE_LEN};
+
+const VARINT: u32 = 0;
+const FIXED64: u32 = 1;
+const LEN: u32 = 2;
+const FIXED32: u32 = 5;
+
+fn varint(buf: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        buf.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    buf.push(v as u8);
+}
+
+fn key(buf: &mut Vec<u8>, field: u32, wire: u32) {
+    varint(buf, u64::from(field << 3 | wire));
+}
+
+/// A `bytes`/`string` field (proto3: omitted when empty).
+fn bytes(buf: &mut Vec<u8>, field: u32, b: &[u8]) {
+    if !b.is_empty() {
+        bytes_always(buf, field, b);
+    }
+}
+
+/// A length-delimited field written even when empty (a `oneof` member).
+fn bytes_always(buf: &mut Vec<u8>, field: u32, b: &[u8]) {
+    key(buf, field, LEN);
+    varint(buf, b.len() as u64);
+    buf.extend_from_slice(b);
+}
+
+fn fixed64(buf: &mut Vec<u8>, field: u32, v: u64) {
+    if v != 0 {
+        key(buf, field, FIXED64);
+        buf.extend_from_slice(&v.to_le_bytes());
+    }
+}
+
+fn fixed32(buf: &mut Vec<u8>, field: u32, v: u32) {
+    if v != 0 {
+        key(buf, field, FIXED32);
+        buf.extend_from_slice(&v.to_le_bytes());
+    }
+}
+
+/// An `int32`/`int64` field (negative values as ten-byte varints, as protobuf does).
+fn int(buf: &mut Vec<u8>, field: u32, v: i64) {
+    if v != 0 {
+        key(buf, field, VARINT);
+        varint(buf, v as u64);
+    }
+}
+
+/// A nested message whose body `body` writes.
+fn message(buf: &mut Vec<u8>, field: u32, body: impl FnOnce(&mut Vec<u8>)) {
+    key(buf, field, LEN);
+    let at = buf.len();
+    buf.push(0);
+    body(buf);
+    let len = buf.len() - at - 1;
+    if len < 0x80 {
+        buf[at] = len as u8;
+    } else {
+        let mut prefix = Vec::with_capacity(10);
+        varint(&mut prefix, len as u64);
+        buf.splice(at..=at, prefix);
+    }
+}
+
+/// `s` cut to at most [`MAX_ATTRIBUTE_LEN`] bytes on a character boundary.
+fn bounded(s: &str) -> &str {
+    if s.len() <= MAX_ATTRIBUTE_LEN {
+        return s;
+    }
+    let mut end = MAX_ATTRIBUTE_LEN;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+fn varint_len(v: u64) -> usize {
+    // 1 byte per 7 bits, at least one.
+    (64 - (v | 1).leading_zeros() as usize).div_ceil(7)
+}
+
+/// A `KeyValue` attribute (span field 9) whose `AnyValue` body is `value_len` bytes written by
+/// `value`; lengths are known up front, so nothing is shifted.
+fn attr(buf: &mut Vec<u8>, k: &str, value_len: usize, value: impl FnOnce(&mut Vec<u8>)) {
+    let kv = 1 + varint_len(k.len() as u64) + k.len() + 1 + varint_len(value_len as u64) + value_len;
+    buf.reserve(1 + varint_len(kv as u64) + kv);
+    key(buf, 9, LEN);
+    varint(buf, kv as u64);
+    bytes_always(buf, 1, k.as_bytes());
+    key(buf, 2, LEN);
+    varint(buf, value_len as u64);
+    value(buf);
+}
+
+fn attr_str(buf: &mut Vec<u8>, k: &str, v: &str) {
+    let len = 1 + varint_len(v.len() as u64) + v.len();
+    attr(buf, k, len, |b| bytes_always(b, 1, v.as_bytes()));
+}
+
+fn attr_int(buf: &mut Vec<u8>, k: &str, v: i64) {
+    attr(buf, k, 1 + varint_len(v as u64), |b| {
+        key(b, 3, VARINT);
+        varint(b, v as u64);
+    });
+}
+
+fn attr_double(buf: &mut Vec<u8>, k: &str, v: f64) {
+    attr(buf, k, 9, |b| {
+        key(b, 4, FIXED64);
+        b.extend_from_slice(&v.to_bits().to_le_bytes());
+    });
+}
+
+fn unix_nanos(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}
+
+fn clamp(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// Span flags (see `span.rs`): sampled, and whether the parent is known and remote.
+fn flags(parent_remote: Option<bool>) -> u32 {
+    const SAMPLED: u32 = 1;
+    const HAS_IS_REMOTE: u32 = 1 << 8;
+    const IS_REMOTE: u32 = 1 << 9;
+    match parent_remote {
+        Some(true) => SAMPLED | HAS_IS_REMOTE | IS_REMOTE,
+        Some(false) => SAMPLED | HAS_IS_REMOTE,
+        None => SAMPLED,
+    }
+}
+
+fn error_status(buf: &mut Vec<u8>, message_text: Option<&str>) {
+    message(buf, 15, |b| {
+        bytes(b, 2, bounded(message_text.unwrap_or("")).as_bytes());
+        int(b, 3, i64::from(status_code::ERROR));
+    });
+}
+
+/// Writes spans; `scratch` holds formatted names and numbers between uses.
+struct SpanWriter {
+    scratch: String,
+}
+
+impl SpanWriter {
+    /// `scratch` = the format of `args`, bounded; returns it.
+    fn formatted(&mut self, args: std::fmt::Arguments) -> &str {
+        self.scratch.clear();
+        let _ = self.scratch.write_fmt(args);
+        bounded(&self.scratch)
+    }
+
+    /// The request span followed by its attempt spans (as `build_spans`).
+    fn request(&mut self, buf: &mut Vec<u8>, r: &RequestSpanInput) {
+        let trace_state = r.tracestate.as_deref().unwrap_or("");
+        message(buf, 2, |b| {
+            bytes(b, 1, &r.trace_id.0);
+            bytes(b, 2, &r.span_id.0);
+            bytes(b, 3, trace_state.as_bytes());
+            if let Some(p) = r.parent_span_id {
+                bytes(b, 4, &p.0);
+            }
+            let operation = gen_ai_operation(&r.path);
+            let name = match (operation, &r.model) {
+                (Some(op), Some(m)) => self.formatted(format_args!("{op} {m}")),
+                _ => self.formatted(format_args!("{} {}", r.method, r.path)),
+            };
+            bytes(b, 5, name.as_bytes());
+            int(b, 6, i64::from(span_kind::SERVER));
+            fixed64(b, 7, unix_nanos(r.start));
+            fixed64(b, 8, unix_nanos(r.end));
+            attr_str(b, "http.request.method", bounded(&r.method));
+            attr_str(b, "url.path", bounded(&r.path));
+            attr_int(b, "http.response.status_code", i64::from(r.status));
+            attr_str(b, "olla.request_id", bounded(&r.request_id));
+            attr_int(
+                b,
+                "olla.failovers",
+                clamp(r.attempts.len().saturating_sub(1) as u64),
+            );
+            if let Some(op) = operation {
+                attr_str(b, "gen_ai.operation.name", op);
+            }
+            if let Some(s) = r.system {
+                attr_str(b, "gen_ai.system", s);
+            }
+            if let Some(m) = &r.model {
+                attr_str(b, "gen_ai.request.model", bounded(m));
+            }
+            if let Some(n) = r.tokens_in {
+                attr_int(b, "gen_ai.usage.input_tokens", clamp(n));
+            }
+            if let Some(n) = r.tokens_out {
+                attr_int(b, "gen_ai.usage.output_tokens", clamp(n));
+            }
+            if let Some(t) = r.ttft {
+                attr_double(b, "gen_ai.server.time_to_first_token", t.as_secs_f64());
+            }
+            if let Some(e) = &r.endpoint {
+                attr_str(b, "olla.endpoint", bounded(e));
+            }
+            if let Some(k) = &r.key_name {
+                attr_str(b, "olla.api_key.name", bounded(k));
+            }
+            let failed = r.status >= 500 || r.error.is_some();
+            if failed {
+                let kind = if r.error.is_some() && r.status < 500 {
+                    "error"
+                } else {
+                    self.formatted(format_args!("{}", r.status))
+                };
+                attr_str(b, "error.type", kind);
+            }
+            if let Some(t) = r.ttft {
+                message(b, 11, |b| {
+                    fixed64(b, 1, unix_nanos(r.start + t));
+                    bytes(b, 2, b"gen_ai.first_token");
+                });
+            }
+            if failed {
+                error_status(b, r.error.as_deref());
+            }
+            fixed32(b, 16, flags(r.parent_span_id.map(|_| true)));
+        });
+        for (i, a) in r.attempts.iter().enumerate() {
+            self.attempt(buf, r, trace_state, i, a);
+        }
+    }
+
+    fn attempt(
+        &mut self,
+        buf: &mut Vec<u8>,
+        r: &RequestSpanInput,
+        trace_state: &str,
+        i: usize,
+        a: &AttemptSpanInput,
+    ) {
+        message(buf, 2, |b| {
+            bytes(b, 1, &r.trace_id.0);
+            bytes(b, 2, &a.span_id.0);
+            bytes(b, 3, trace_state.as_bytes());
+            bytes(b, 4, &r.span_id.0);
+            let name = self.formatted(format_args!("{} {}", r.method, a.endpoint));
+            bytes(b, 5, name.as_bytes());
+            int(b, 6, i64::from(span_kind::CLIENT));
+            fixed64(b, 7, unix_nanos(a.start));
+            fixed64(b, 8, unix_nanos(a.end));
+            attr_str(b, "http.request.method", bounded(&r.method));
+            attr_str(b, "server.address", bounded(&a.host));
+            attr_str(b, "olla.endpoint", bounded(&a.endpoint));
+            attr_int(b, "olla.attempt", clamp(i as u64 + 1));
+            if let Some(s) = a.status {
+                attr_int(b, "http.response.status_code", i64::from(s));
+            }
+            let failed = a.error.is_some() || a.status.is_none_or(|s| s >= 400);
+            if failed {
+                let kind = match a.status {
+                    Some(s) if s >= 400 => self.formatted(format_args!("{s}")),
+                    _ => "error",
+                };
+                attr_str(b, "error.type", kind);
+                error_status(b, a.error.as_deref());
+            }
+            fixed32(b, 16, flags(Some(false)));
+        });
+    }
+}
+
+/// One `ExportTraceServiceRequest` for `batch`; `resource` and `scope` are the encoded
+/// `Resource` and `InstrumentationScope` messages (made once by the exporter).
+pub fn export_request(resource: &[u8], scope: &[u8], batch: &[RequestSpanInput]) -> Vec<u8> {
+    let mut buf = Vec::with_capacity(64 + resource.len() + batch.len() * 1024);
+    let mut w = SpanWriter {
+        scratch: String::with_capacity(64),
+    };
+    message(&mut buf, 1, |b| {
+        message(b, 1, |b| b.extend_from_slice(resource));
+        message(b, 2, |b| {
+            message(b, 1, |b| b.extend_from_slice(scope));
+            for r in batch {
+                w.request(b, r);
+            }
+        });
+    });
+    buf
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::proto::{
+        ExportTraceServiceRequest, InstrumentationScope, KeyValue, Resource, ResourceSpans,
+        ScopeSpans,
+    };
+    use super::super::span::{build_spans, tests::sample_input};
+    use super::*;
+    use prost::Message;
+    use std::time::Duration;
+
+    fn resource() -> Resource {
+        Resource {
+            attributes: vec![
+                KeyValue::string("service.name", "olla-test"),
+                KeyValue::string("service.version", "1.2.3"),
+            ],
+        }
+    }
+
+    fn scope() -> InstrumentationScope {
+        InstrumentationScope {
+            name: "olla".into(),
+            version: "1.2.3".into(),
+        }
+    }
+
+    /// What prost writes for the message structs `build_spans` makes.
+    fn oracle(batch: &[RequestSpanInput]) -> Vec<u8> {
+        ExportTraceServiceRequest {
+            resource_spans: vec![ResourceSpans {
+                resource: Some(resource()),
+                scope_spans: vec![ScopeSpans {
+                    scope: Some(scope()),
+                    spans: batch.iter().flat_map(build_spans).collect(),
+                    schema_url: String::new(),
+                }],
+                schema_url: String::new(),
+            }],
+        }
+        .encode_to_vec()
+    }
+
+    fn direct(batch: &[RequestSpanInput]) -> Vec<u8> {
+        export_request(
+            &resource().encode_to_vec(),
+            &scope().encode_to_vec(),
+            batch,
+        )
+    }
+
+    fn variants() -> Vec<RequestSpanInput> {
+        let base = sample_input();
+        let mut out = vec![base.clone()];
+        // No parent, no tracestate, no model, no usage, no ttft, failed with a 502.
+        let mut v = base.clone();
+        v.parent_span_id = None;
+        v.tracestate = None;
+        v.model = None;
+        v.system = None;
+        v.tokens_in = None;
+        v.tokens_out = None;
+        v.ttft = None;
+        v.key_name = None;
+        v.endpoint = None;
+        v.status = 502;
+        v.error = Some("upstream broke".into());
+        out.push(v);
+        // An error below 500, a long model name (cut), a non-ASCII path, no attempts.
+        let mut v = base.clone();
+        v.status = 200;
+        v.error = Some("client went away".into());
+        v.model = Some("é".repeat(300));
+        v.path = "/olla/ollama/api/generate/ü".into();
+        v.attempts.clear();
+        v.ttft = Some(Duration::ZERO);
+        out.push(v);
+        // Huge token counts, a 4xx attempt, an embeddings path, many attempts (long lengths).
+        let mut v = base;
+        v.tokens_in = Some(u64::MAX);
+        v.path = "/olla/proxy/v1/embeddings".into();
+        for a in &mut v.attempts {
+            a.status = Some(429);
+            a.error = None;
+        }
+        let more = v.attempts.clone();
+        for _ in 0..20 {
+            v.attempts.extend(more.iter().cloned());
+        }
+        out.push(v);
+        out
+    }
+
+    #[test]
+    fn the_direct_bytes_are_what_prost_writes_for_the_built_spans() {
+        for (i, v) in variants().into_iter().enumerate() {
+            let one = [v];
+            assert_eq!(direct(&one), oracle(&one), "variant {i}");
+        }
+        let all = variants();
+        assert_eq!(direct(&all), oracle(&all), "a batch of every variant");
+        assert_eq!(direct(&[]), oracle(&[]), "an empty batch");
+    }
+
+    #[test]
+    fn varint_lengths() {
+        for v in [0u64, 1, 127, 128, 16_383, 16_384, u64::from(u32::MAX), u64::MAX] {
+            let mut b = Vec::new();
+            varint(&mut b, v);
+            assert_eq!(varint_len(v), b.len(), "{v}");
+        }
+    }
+
+    #[test]
+    fn long_bodies_get_multi_byte_lengths_and_still_decode() {
+        let batch: Vec<_> = (0..200).map(|_| sample_input()).collect();
+        let bytes = direct(&batch);
+        let decoded = ExportTraceServiceRequest::decode(bytes.as_slice()).unwrap();
+        assert_eq!(decoded.resource_spans[0].scope_spans[0].spans.len(), 600);
+    }
+}
