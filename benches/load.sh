@@ -41,6 +41,9 @@
 #   OLLA_CONFIG_EXTRA=     YAML appended to olla's config (top-level sections), to measure what a
 #                    feature costs, e.g. $'telemetry: {metrics: {enabled: false}}'
 #   CLIENT_KEY=      sent as `Authorization: Bearer` by wrk and the checks (with auth.keys set)
+#   OTLP_SINK=0      1 = trace every request (telemetry.otlp, sample_ratio 1.0) to a collector stand-in
+#                    (nginx answering 200 to POST /v1/traces, pinned with wrk); the spans olla
+#                    exported and dropped are reported. Do not also set telemetry in OLLA_CONFIG_EXTRA.
 #   OLLA_SERVER_EXTRA=  YAML keys spliced into olla's one-line `server: {host: ..., port: ...}`
 #                    mapping (flow style, comma-separated `key: value` pairs), e.g. the
 #                    rate_limits above. Set limits far above the load: the point is the cost of
@@ -256,6 +259,37 @@ start_mock a; PORT_A=$MOCK_PORT
 start_mock b; PORT_B=$MOCK_PORT
 read -r OLLA_PORT HAP_PORT HAP_STATS_PORT NGX_PORT < <(free_ports 4)
 
+OTLP_SINK=${OTLP_SINK:-0}
+OLLA_TRACING=""
+if [ "$OTLP_SINK" = 1 ]; then
+    read -r SINK_PORT < <(free_ports 1)
+    mkdir -p "$WORK/sink-tmp"
+    cat >"$WORK/otlp-sink.conf" <<EOF
+worker_processes 1;
+daemon off;
+pid $WORK/otlp-sink.pid;
+error_log $WORK/otlp-sink-error.log warn;
+events { worker_connections 256; }
+http {
+    access_log $WORK/otlp-sink-access.log;
+    client_body_temp_path $WORK/sink-tmp/body;
+    proxy_temp_path $WORK/sink-tmp/proxy;
+    fastcgi_temp_path $WORK/sink-tmp/fastcgi;
+    uwsgi_temp_path $WORK/sink-tmp/uwsgi;
+    scgi_temp_path $WORK/sink-tmp/scgi;
+    client_max_body_size 64m;
+    client_body_buffer_size 16m;
+    server {
+        listen 127.0.0.1:$SINK_PORT;
+        location = /v1/traces { return 200; }
+    }
+}
+EOF
+    taskset -c "$WRK_CPU" "$NGINX" -p "$WORK" -c "$WORK/otlp-sink.conf" -e "$WORK/otlp-sink-error.log" >"$WORK/otlp-sink.log" 2>&1 &
+    PIDS+=($!)
+    wait_until 15 "the OTLP sink to listen" curl -sf -o /dev/null -X POST --data-binary x "http://127.0.0.1:$SINK_PORT/v1/traces"
+    OLLA_TRACING="telemetry: {otlp: {endpoint: \"http://127.0.0.1:$SINK_PORT\", sample_ratio: 1.0}}"
+fi
 OLLA_SERVER="host: 127.0.0.1, port: $OLLA_PORT"
 if [ "$TLS" = 1 ]; then
     OLLA_SERVER+=", tls: {cert_file: \"$WORK/server.pem\", key_file: \"$WORK/server.key\"}"
@@ -272,6 +306,7 @@ discovery:
       - {name: mock-a, url: "http://127.0.0.1:$PORT_A", type: openai-compatible, priority: 100, check_interval: $OLLA_CHECK_INTERVAL}
       - {name: mock-b, url: "http://127.0.0.1:$PORT_B", type: openai-compatible, priority: 100, check_interval: $OLLA_CHECK_INTERVAL}
 logging: {level: warn}
+$OLLA_TRACING
 ${OLLA_CONFIG_EXTRA:-}
 EOF
 "${PIN[@]}" "$BIN/olla" -c "$WORK/olla.yaml" >"$WORK/olla.log" 2>&1 &
@@ -621,6 +656,13 @@ if [ "$RATE_LIMITS" = 1 ]; then
         'import json, sys; print(json.load(sys.stdin)["security"]["violations"]["rate_limits"])') ||
         RL_REFUSED=unknown
 fi
+OTLP_LINE=
+if [ "$OTLP_SINK" = 1 ]; then
+    # Let the last batch leave (batch_interval 5 s), then read olla's exporter counters.
+    sleep 6
+    otlp_metric() { curl -sf --max-time 5 "${CA_ARGS[@]}" "$OLLA/internal/metrics" | awk -v m="$1" '$1==m {print $2}'; }
+    OTLP_LINE="tracing: every request traced (sample_ratio 1.0) to a collector stand-in (nginx, pinned with wrk): spans exported $(otlp_metric olla_otlp_spans_exported_total), dropped $(otlp_metric olla_otlp_spans_dropped_total), export requests received $(wc -l <"$WORK/otlp-sink-access.log")"
+fi
 commit=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
 dirty=$(git -C "$ROOT" status --porcelain --untracked-files=no 2>/dev/null | wc -l)
 report "olla load benchmark  started $STARTED, finished $(date -u +%Y-%m-%dT%H:%M:%SZ)  commit $commit$([ "$dirty" = 0 ] || echo " (+$dirty modified files)")"
@@ -640,6 +682,7 @@ if [ "$TLS" = 1 ] || [ -n "$OLLA_SERVER_EXTRA" ]; then
         report "rate limits: ${RL_HEADERS:-no X-RateLimit-* headers (no per-IP limit)} on olla's proxy responses; requests refused by olla's limiter over the whole run: $RL_REFUSED"
     fi
 fi
+[ -z "$OTLP_LINE" ] || report "$OTLP_LINE"
 report ""
 report "$(printf '%-5s %-8s %10s %9s %9s %7s   %-20s %s' mode target rps p50_ms p99_ms errors 'cpu% wrk/proxy/mocks' 'cpu_us/req proxy/mocks')"
 for mode in "${MODES[@]}"; do
