@@ -101,7 +101,8 @@ fn varint_len(v: u64) -> usize {
 /// A `KeyValue` attribute (span field 9) whose `AnyValue` body is `value_len` bytes written by
 /// `value`; lengths are known up front, so nothing is shifted.
 fn attr(buf: &mut Vec<u8>, k: &str, value_len: usize, value: impl FnOnce(&mut Vec<u8>)) {
-    let kv = 1 + varint_len(k.len() as u64) + k.len() + 1 + varint_len(value_len as u64) + value_len;
+    let kv =
+        1 + varint_len(k.len() as u64) + k.len() + 1 + varint_len(value_len as u64) + value_len;
     buf.reserve(1 + varint_len(kv as u64) + kv);
     key(buf, 9, LEN);
     varint(buf, kv as u64);
@@ -350,11 +351,7 @@ mod tests {
     }
 
     fn direct(batch: &[RequestSpanInput]) -> Vec<u8> {
-        export_request(
-            &resource().encode_to_vec(),
-            &scope().encode_to_vec(),
-            batch,
-        )
+        export_request(&resource().encode_to_vec(), &scope().encode_to_vec(), batch)
     }
 
     fn variants() -> Vec<RequestSpanInput> {
@@ -412,7 +409,16 @@ mod tests {
 
     #[test]
     fn varint_lengths() {
-        for v in [0u64, 1, 127, 128, 16_383, 16_384, u64::from(u32::MAX), u64::MAX] {
+        for v in [
+            0u64,
+            1,
+            127,
+            128,
+            16_383,
+            16_384,
+            u64::from(u32::MAX),
+            u64::MAX,
+        ] {
             let mut b = Vec::new();
             varint(&mut b, v);
             assert_eq!(varint_len(v), b.len(), "{v}");
