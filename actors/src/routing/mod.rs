@@ -119,7 +119,7 @@ impl Candidate {
         now_ms: u64,
         want_warmth: bool,
     ) -> Option<Self> {
-        let (priority, weight) = handle.routable_now(now)?;
+        let (priority, weight, _) = handle.routable_now(now)?;
         let slot = handle.slot();
         let in_flight = handle.in_flight();
         let max = handle.spec().limits.max_concurrency;
