@@ -168,7 +168,7 @@ fn bench_pick(c: &mut Criterion) {
             } else {
                 Loaded::Models(Vec::new().into())
             };
-            b.slot().balance.loaded.store(StdArc::new(loaded));
+            b.slot().balance.set_loaded(StdArc::new(loaded));
         }
         for &(label, strategy, sticky, warm) in POLICIES {
             let mut policy = (**app.tree.published.policy.load()).clone();

@@ -88,17 +88,14 @@ impl Strategy {
     }
 }
 
-/// What the balancer needs to know of a candidate.
+/// What the balancer needs to know of a candidate (sampled once per request).
 pub trait Weighed {
     fn priority(&self) -> i64;
-    fn weight(&self) -> u32;
     fn in_flight(&self) -> usize;
-    /// 1.0 healthy, less for busy/warming.
-    fn traffic_factor(&self) -> f64;
-    /// Recent failures, decayed (counted as extra connections by least-connections).
-    fn failure_penalty(&self) -> f64 {
-        0.0
-    }
+    /// [`share_of`] the backend's weight and status factor.
+    fn share(&self) -> f64;
+    /// Least-connections load: [`load_of`] in-flight, failure penalty and share.
+    fn load(&self) -> f64;
     /// The backend's smooth-weighted-round-robin running weight (`weighted` only).
     fn swrr(&self) -> Option<&AtomicI64> {
         None
@@ -109,15 +106,28 @@ pub trait Weighed {
     }
 }
 
-/// The effective share of a candidate: weight × status factor, never zero (a busy or warming
-/// backend gets a reduced share, not none).
-pub fn share<T: Weighed>(c: &T) -> f64 {
-    (f64::from(c.weight().max(1)) * c.traffic_factor()).max(0.01)
+/// The effective share of a backend: weight × status factor (1.0 healthy, less for busy or
+/// warming), never zero (a busy or warming backend gets a reduced share, not none).
+#[inline]
+pub fn share_of(weight: u32, traffic_factor: f64) -> f64 {
+    (f64::from(weight.max(1)) * traffic_factor).max(0.01)
 }
 
-/// Least-connections load: (in-flight + failure penalty) per unit of share.
+/// Least-connections load: (in-flight + recent failures, decayed, counted as extra
+/// connections) per unit of share.
+#[inline]
+pub fn load_of(in_flight: usize, failure_penalty: f64, share: f64) -> f64 {
+    (in_flight as f64 + failure_penalty) / share
+}
+
+/// The effective share of a candidate ([`Weighed::share`]).
+pub fn share<T: Weighed>(c: &T) -> f64 {
+    c.share()
+}
+
+/// Least-connections load ([`Weighed::load`]).
 pub fn load<T: Weighed>(c: &T) -> f64 {
-    (c.in_flight() as f64 + c.failure_penalty()) / share(c)
+    c.load()
 }
 
 /// Sorts by priority, highest first, keeping the current order inside a tier (stable; the
@@ -339,17 +349,14 @@ mod tests {
         fn priority(&self) -> i64 {
             self.prio
         }
-        fn weight(&self) -> u32 {
-            self.weight
-        }
         fn in_flight(&self) -> usize {
             self.load
         }
-        fn traffic_factor(&self) -> f64 {
-            self.factor
+        fn share(&self) -> f64 {
+            share_of(self.weight, self.factor)
         }
-        fn failure_penalty(&self) -> f64 {
-            self.penalty
+        fn load(&self) -> f64 {
+            load_of(self.load, self.penalty, self.share())
         }
         fn swrr(&self) -> Option<&AtomicI64> {
             Some(&self.swrr)
