@@ -218,8 +218,7 @@ fn sticky_headers(
         .then(|| {
             req.headers
                 .and_then(|h| h.get(&X_OLLA_SESSION_ID))
-                .and_then(|v| v.to_str().ok())
-                .and_then(crate::proxy::headers::echo_value)
+                .and_then(crate::proxy::headers::echo_header)
         })
         .flatten();
     Some(StickyHeaders {
