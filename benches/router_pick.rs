@@ -3,6 +3,9 @@
 //!   model, routability of each backend, tiers, the balancer and its layers, the decision) over
 //!   a published snapshot of N backends in one tier (1, 10, 100), per balancer, and with sticky
 //!   sessions, warm-first and cache-aware layered on;
+//! - `prompt/*`: the part of a cache-aware pick that does not depend on N, alone: cutting the
+//!   chat body's `messages` into segments, hashing them into the tree's walk, and the tree's
+//!   lookup and insert;
 //! - `accounting/*`: taking a slot on a backend and reporting the outcome (breaker, in-flight
 //!   counter, stats), with the breaker on and off, against a bare atomic counter as baseline.
 
@@ -16,13 +19,14 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use http::{HeaderMap, HeaderValue};
 use olla::app::App;
 use olla::config::ServerSettings;
-use olla::proxy::inspect::inspect_body;
+use olla::proxy::inspect::{inspect_body, prompt_segments};
 use olla::proxy::select::{select, KindFilter, RouteFacts};
 use olla_actors::balance::Strategy;
 use olla_actors::discovery::DiscoveredModel;
 use olla_actors::kind::BackendKind;
 use olla_actors::registry::RegistryMsg;
 use olla_actors::routing::loaded::Loaded;
+use olla_actors::routing::prefix::{backend_key, CacheSettings, PrefixIndex};
 use olla_actors::spec::BackendSpec;
 use olla_actors::{EndpointStatus, Outcome, RoutingPolicy, SlotAttempt, Tree, TreeConfig};
 
@@ -132,15 +136,9 @@ const POLICIES: &[(&str, Strategy, bool, bool)] = &[
     ("cache-aware+sticky+warm", Strategy::CacheAware, true, true),
 ];
 
-fn bench_pick(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let mut group = c.benchmark_group("pick");
-    // A chat request: a system prompt and three turns.
-    let body = bytes::Bytes::from(
+/// A chat request: a system prompt and three turns.
+fn chat_body() -> bytes::Bytes {
+    bytes::Bytes::from(
         serde_json::json!({
             "model": "shared:8b",
             "stream": true,
@@ -152,7 +150,17 @@ fn bench_pick(c: &mut Criterion) {
             ]
         })
         .to_string(),
-    );
+    )
+}
+
+fn bench_pick(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut group = c.benchmark_group("pick");
+    let body = chat_body();
     let facts = inspect_body(Some("application/json"), &body).unwrap();
     let mut headers = HeaderMap::new();
     headers.insert(
@@ -168,7 +176,7 @@ fn bench_pick(c: &mut Criterion) {
             } else {
                 Loaded::Models(Vec::new().into())
             };
-            b.slot().balance.loaded.store(StdArc::new(loaded));
+            b.slot().balance.set_loaded(StdArc::new(loaded));
         }
         for &(label, strategy, sticky, warm) in POLICIES {
             let mut policy = (**app.tree.published.policy.load()).clone();
@@ -190,6 +198,33 @@ fn bench_pick(c: &mut Criterion) {
             });
         }
     }
+    group.finish();
+}
+
+fn bench_prompt(c: &mut Criterion) {
+    let mut group = c.benchmark_group("prompt");
+    let body = chat_body();
+    let facts = inspect_body(Some("application/json"), &body).unwrap();
+    let index = PrefixIndex::default();
+    let max = CacheSettings::default().max_tree_bytes;
+    group.bench_function("segments", |b| {
+        b.iter(|| black_box(prompt_segments(&facts, black_box(&body)).len()))
+    });
+    group.bench_function("segments+hash", |b| {
+        b.iter(|| {
+            let segments = prompt_segments(&facts, black_box(&body));
+            black_box(index.prompt("shared:8b", &segments).is_empty())
+        })
+    });
+    group.bench_function("segments+hash+lookup+insert", |b| {
+        b.iter(|| {
+            let segments = prompt_segments(&facts, black_box(&body));
+            let prompt = index.prompt("shared:8b", &segments);
+            let m = index.lookup_prompt(&prompt);
+            index.insert_prompt(&prompt, backend_key("b0"), max);
+            black_box(m.backend)
+        })
+    });
     group.finish();
 }
 
@@ -236,5 +271,5 @@ fn bench_accounting(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench_pick, bench_accounting);
+criterion_group!(benches, bench_pick, bench_prompt, bench_accounting);
 criterion_main!(benches);

@@ -8,7 +8,8 @@
 //! - `least-connections`: fewest in-flight requests (plus a decaying penalty for recent
 //!   failures, so a backend that answers errors instantly does not attract traffic) per unit of
 //!   weight × status factor; ties rotate (tiers over 16 backends rank their three least loaded
-//!   first and keep the rest in rotated order, so the pick stays O(n));
+//!   first, found in one scan from the rotating offset, and keep the rest in place, so the
+//!   pick stays O(n));
 //! - `weighted`: smooth weighted round-robin (nginx's algorithm) by `weight` × status factor,
 //!   its running state kept in one atomic per backend (no lock).
 //!
@@ -87,17 +88,14 @@ impl Strategy {
     }
 }
 
-/// What the balancer needs to know of a candidate.
+/// What the balancer needs to know of a candidate (sampled once per request).
 pub trait Weighed {
     fn priority(&self) -> i64;
-    fn weight(&self) -> u32;
     fn in_flight(&self) -> usize;
-    /// 1.0 healthy, less for busy/warming.
-    fn traffic_factor(&self) -> f64;
-    /// Recent failures, decayed (counted as extra connections by least-connections).
-    fn failure_penalty(&self) -> f64 {
-        0.0
-    }
+    /// [`share_of`] the backend's weight and status factor.
+    fn share(&self) -> f64;
+    /// Least-connections load: [`load_of`] in-flight, failure penalty and share.
+    fn load(&self) -> f64;
     /// The backend's smooth-weighted-round-robin running weight (`weighted` only).
     fn swrr(&self) -> Option<&AtomicI64> {
         None
@@ -108,15 +106,28 @@ pub trait Weighed {
     }
 }
 
-/// The effective share of a candidate: weight × status factor, never zero (a busy or warming
-/// backend gets a reduced share, not none).
-pub fn share<T: Weighed>(c: &T) -> f64 {
-    (f64::from(c.weight().max(1)) * c.traffic_factor()).max(0.01)
+/// The effective share of a backend: weight × status factor (1.0 healthy, less for busy or
+/// warming), never zero (a busy or warming backend gets a reduced share, not none).
+#[inline]
+pub fn share_of(weight: u32, traffic_factor: f64) -> f64 {
+    (f64::from(weight.max(1)) * traffic_factor).max(0.01)
 }
 
-/// Least-connections load: (in-flight + failure penalty) per unit of share.
+/// Least-connections load: (in-flight + recent failures, decayed, counted as extra
+/// connections) per unit of share.
+#[inline]
+pub fn load_of(in_flight: usize, failure_penalty: f64, share: f64) -> f64 {
+    (in_flight as f64 + failure_penalty) / share
+}
+
+/// The effective share of a candidate ([`Weighed::share`]).
+pub fn share<T: Weighed>(c: &T) -> f64 {
+    c.share()
+}
+
+/// Least-connections load ([`Weighed::load`]).
 pub fn load<T: Weighed>(c: &T) -> f64 {
-    (c.in_flight() as f64 + c.failure_penalty()) / share(c)
+    c.load()
 }
 
 /// Sorts by priority, highest first, keeping the current order inside a tier (stable; the
@@ -143,7 +154,11 @@ pub fn tier_at<T: Weighed>(cands: &[T], start: usize) -> Range<usize> {
 /// The first tier (in priority order) with a candidate that has capacity, or the top tier when
 /// none has; and whether that is a lower tier than the top one.
 pub fn serving_tier<T: Weighed>(cands: &[T]) -> (Range<usize>, bool) {
-    let top = tier_at(cands, 0);
+    serving_tier_from(cands, tier_at(cands, 0))
+}
+
+/// [`serving_tier`] when the top tier is known ([`order`] returns it).
+pub fn serving_tier_from<T: Weighed>(cands: &[T], top: Range<usize>) -> (Range<usize>, bool) {
     let mut tier = top.clone();
     while !tier.is_empty() {
         if cands[tier.clone()].iter().any(|c| c.has_capacity()) {
@@ -156,21 +171,26 @@ pub fn serving_tier<T: Weighed>(cands: &[T]) -> (Range<usize>, bool) {
 
 /// Orders `cands` in place: tiers by priority descending, each tier by `strategy`.
 /// `cursor` is a shared counter that rotates ties and round-robin; `rand01` yields uniform
-/// numbers in (0, 1] for the weighted random pick.
+/// numbers in (0, 1] for the weighted random pick. Returns the top tier's range.
 pub fn order<T: Weighed>(
     cands: &mut [T],
     strategy: Strategy,
     cursor: &AtomicUsize,
     mut rand01: impl FnMut() -> f64,
-) {
+) -> Range<usize> {
     sort_tiers(cands);
     let turn = cursor.fetch_add(1, Ordering::Relaxed);
+    let mut top = 0..0;
     let mut start = 0;
     while start < cands.len() {
         let range = tier_at(cands, start);
+        if start == 0 {
+            top = range.clone();
+        }
         start = range.end;
         order_tier(&mut cands[range], strategy.base(), turn, &mut rand01);
     }
+    top
 }
 
 /// Orders one tier by `strategy` (a base strategy); `turn` rotates ties and round-robin.
@@ -200,25 +220,55 @@ pub fn order_tier<T: Weighed>(
                 // Stable: equal loads keep the rotated order, so ties rotate.
                 tier.sort_by(|a, b| load(a).total_cmp(&load(b)));
             } else {
-                // A large tier: the first few by load (the pick and its likely failovers),
-                // found by scans that start at the rotating offset (ties rotate); the rest
-                // keep their order. O(n) per place, no sort, no rotation of the whole tier.
-                let offset = turn % n;
-                for place in 0..LARGE_TIER_RANKED.min(n) {
-                    let len = n - place;
-                    let start = offset % len;
-                    let mut best = start;
-                    let mut best_load = load(&tier[place + start]);
-                    for k in 1..len {
-                        let i = (start + k) % len;
-                        let l = load(&tier[place + i]);
-                        if l < best_load {
-                            best = i;
-                            best_load = l;
-                        }
-                    }
-                    tier.swap(place, place + best);
-                }
+                rank_least_loaded(tier, turn % n);
+            }
+        }
+    }
+}
+
+/// A large tier: its [`LARGE_TIER_RANKED`] least loaded candidates go first, least loaded
+/// first (the pick and its likely failovers); the rest stay where they are, but for the
+/// places the ranked ones left. One scan starting at `offset` finds them, and of equal loads
+/// the one met earlier in the scan ranks first, so ties rotate with the offset. O(n): no
+/// sort, no rotation of the whole tier, no division per candidate.
+fn rank_least_loaded<T: Weighed>(tier: &mut [T], offset: usize) {
+    let n = tier.len();
+    // (load, position), least loaded first; `found` of them valid.
+    let mut best = [(0.0f64, 0usize); LARGE_TIER_RANKED];
+    let mut found = 0;
+    for step in 0..n {
+        let i = if offset + step >= n {
+            offset + step - n
+        } else {
+            offset + step
+        };
+        let l = load(&tier[i]);
+        if found == LARGE_TIER_RANKED {
+            if l >= best[found - 1].0 {
+                continue;
+            }
+            found -= 1;
+        }
+        // Insert after every one at most as loaded (earlier in the scan wins ties).
+        let mut j = found;
+        while j > 0 && l < best[j - 1].0 {
+            best[j] = best[j - 1];
+            j -= 1;
+        }
+        best[j] = (l, i);
+        found += 1;
+    }
+    let mut at: [usize; LARGE_TIER_RANKED] = [0; LARGE_TIER_RANKED];
+    for (a, b) in at.iter_mut().zip(&best) {
+        *a = b.1;
+    }
+    for place in 0..found {
+        let from = at[place];
+        tier.swap(place, from);
+        // A ranked one that sat at `place` moved to `from`.
+        for later in at.iter_mut().take(found).skip(place + 1) {
+            if *later == place {
+                *later = from;
             }
         }
     }
@@ -236,8 +286,10 @@ fn weighted_pick<T: Weighed>(tier: &mut [T]) {
     let mut total: i64 = 0;
     let mut best: Option<(usize, i64)> = None;
     for (i, c) in tier.iter().enumerate() {
-        // Integer shares (×100) keep busy/warming reductions.
-        let w = (share(c) * 100.0).round() as i64;
+        // Integer shares (×100) keep busy/warming reductions. Rounded half up: for a share
+        // ×100 of at least 1 (shares are at least 0.01) this is exactly `round()`, without
+        // a call into libm per candidate.
+        let w = (share(c) * 100.0 + 0.5) as i64;
         total = total.saturating_add(w);
         let cur = match c.swrr() {
             Some(a) => a.fetch_add(w, Ordering::Relaxed).saturating_add(w),
@@ -297,17 +349,14 @@ mod tests {
         fn priority(&self) -> i64 {
             self.prio
         }
-        fn weight(&self) -> u32 {
-            self.weight
-        }
         fn in_flight(&self) -> usize {
             self.load
         }
-        fn traffic_factor(&self) -> f64 {
-            self.factor
+        fn share(&self) -> f64 {
+            share_of(self.weight, self.factor)
         }
-        fn failure_penalty(&self) -> f64 {
-            self.penalty
+        fn load(&self) -> f64 {
+            load_of(self.load, self.penalty, self.share())
         }
         fn swrr(&self) -> Option<&AtomicI64> {
             Some(&self.swrr)
@@ -484,5 +533,67 @@ mod tests {
         );
         let loads: Vec<usize> = v.iter().take(3).map(|c| c.load).collect();
         assert_eq!(loads, vec![1, 2, 3]);
+    }
+
+    /// The first pick of a large tier as the scan from the rotating offset defines it.
+    fn first_least_loaded(loads: &[usize], offset: usize) -> usize {
+        let n = loads.len();
+        (0..n)
+            .map(|k| (offset + k) % n)
+            .fold(None, |b: Option<usize>, i| match b {
+                Some(b) if loads[b] <= loads[i] => Some(b),
+                _ => Some(i),
+            })
+            .unwrap_or(0)
+    }
+
+    #[test]
+    fn a_large_tier_ranks_three_and_leaves_the_rest_in_place() {
+        let mut rng = fastrand::Rng::with_seed(3);
+        for round in 0..500 {
+            let n = rng.usize(FULL_SORT_MAX + 1..80);
+            let spread = if round % 3 == 0 { 2 } else { 50 };
+            let pool: Vec<C> = (0..n)
+                .map(|i| {
+                    let name: &'static str = Box::leak(format!("b{i}").into_boxed_str());
+                    c(name, 1, 1, rng.usize(0..spread))
+                })
+                .collect();
+            let loads: Vec<usize> = pool.iter().map(|c| c.load).collect();
+            let before: Vec<&C> = pool.iter().collect();
+            let turn = rng.usize(0..1000);
+            let mut v = before.clone();
+            order_tier(&mut v, Strategy::LeastConnections, turn, &mut fastrand::f64);
+            // The pick: the first least loaded met from the rotating offset.
+            let want = first_least_loaded(&loads, turn % n);
+            assert_eq!(v[0].name, before[want].name, "round {round}");
+            // The three least loaded, least first.
+            let mut sorted = loads.clone();
+            sorted.sort_unstable();
+            let got: Vec<usize> = v.iter().take(3).map(|c| c.load).collect();
+            assert_eq!(got, sorted[..3].to_vec(), "round {round}");
+            // A permutation; every other place keeps its candidate or took a displaced one.
+            let mut got = names(&v);
+            got.sort_unstable();
+            let mut all = names(&before);
+            all.sort_unstable();
+            assert_eq!(got, all);
+            for p in 3..n {
+                assert!(
+                    v[p].name == before[p].name || before[..3].iter().any(|c| c.name == v[p].name),
+                    "round {round}: place {p}"
+                );
+            }
+        }
+        // Equal loads: the pick rotates through the whole tier.
+        let pool: Vec<C> = (0..20).map(|_| c("x", 1, 1, 0)).collect();
+        let firsts: std::collections::HashSet<*const C> = (0..20)
+            .map(|turn| {
+                let mut v: Vec<&C> = pool.iter().collect();
+                order_tier(&mut v, Strategy::LeastConnections, turn, &mut fastrand::f64);
+                v[0] as *const C
+            })
+            .collect();
+        assert_eq!(firsts.len(), 20);
     }
 }

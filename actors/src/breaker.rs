@@ -70,6 +70,12 @@ impl Breaker {
         &self.settings
     }
 
+    /// Whether every request passes without a look at the clock or a trial slot: disabled,
+    /// or closed. Published lock-free by the backend handle for the routing hot path.
+    pub fn passes_all(&self) -> bool {
+        !self.settings.enabled || self.state == BreakerState::Closed
+    }
+
     /// Whether a request would be admitted now, without taking a trial slot.
     pub fn would_admit(&self, now: Instant) -> bool {
         if !self.settings.enabled {

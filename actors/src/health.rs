@@ -35,6 +35,7 @@ impl EndpointStatus {
         }
     }
 
+    #[inline]
     pub fn from_u8(v: u8) -> Self {
         match v {
             1 => Self::Healthy,
@@ -49,11 +50,13 @@ impl EndpointStatus {
     }
 
     /// Whether new requests may go to a backend in this status.
+    #[inline]
     pub fn is_routable(self) -> bool {
         matches!(self, Self::Healthy | Self::Busy | Self::Warming)
     }
 
     /// Share of traffic inside a priority tier (busy and warming backends get less).
+    #[inline]
     pub fn traffic_factor(self) -> f64 {
         match self {
             Self::Healthy => 1.0,

@@ -9,7 +9,7 @@
 //! writes only the quarantine mark. Request tasks only read.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -138,13 +138,25 @@ impl BackendRouting {
 }
 
 /// One backend's run-time state that outlives its actor and handle generations: the routing
-/// snapshot and the in-flight count.
+/// snapshot and the in-flight count. Laid out so what routing reads for every request (the
+/// routing word and priority, the in-flight count, the balancer atomics) shares one cache line.
 #[derive(Debug)]
+#[repr(C, align(64))]
 pub struct BackendSlot {
-    pub routing: ArcSwap<BackendRouting>,
+    /// What routing reads of `routing` on every request, as plain atomics (no guard per
+    /// backend per request): [`ROUTE_ADMITS`] and the weight in the low 32 bits, and the
+    /// priority. The two words are stored one after the other: a reader racing a change may
+    /// pair the old priority with the new weight for that one request.
+    route_word: AtomicU64,
+    route_priority: AtomicI64,
     pub(crate) in_flight: AtomicUsize,
     /// Balancer atomics: failure score, weighted round-robin state, loaded models.
     pub balance: BalanceState,
+    /// Written only by [`BackendSlot::update`], which keeps the mirror above in step.
+    routing: ArcSwap<BackendRouting>,
+    /// Serialises writers of `routing` (the RouterActor, the supervisor's quarantine mark), so
+    /// the mirror never ends on an older snapshot than `routing`.
+    writer: Mutex<()>,
     /// Bumped by [`BackendSlot::cut_streams`]; a stream that sees it change is cut.
     cut_generation: AtomicU64,
     /// Wakes the streams waiting on [`BackendSlot::cut_requested`].
@@ -165,10 +177,21 @@ pub struct BackendEvents {
     pub discovery_errors: AtomicU64,
 }
 
+/// Set in the routing word while [`BackendRouting::admits`].
+const ROUTE_ADMITS: u64 = 1 << 32;
+
+fn route_word(r: &BackendRouting) -> u64 {
+    u64::from(r.weight) | if r.admits() { ROUTE_ADMITS } else { 0 }
+}
+
 impl BackendSlot {
     pub fn new(spec: &BackendSpec) -> Self {
+        let routing = BackendRouting::from_spec(spec);
         Self {
-            routing: ArcSwap::from_pointee(BackendRouting::from_spec(spec)),
+            route_word: AtomicU64::new(route_word(&routing)),
+            route_priority: AtomicI64::new(routing.priority),
+            writer: Mutex::new(()),
+            routing: ArcSwap::from_pointee(routing),
             in_flight: AtomicUsize::new(0),
             balance: BalanceState::default(),
             cut_generation: AtomicU64::new(0),
@@ -206,15 +229,25 @@ impl BackendSlot {
         self.routing.load_full()
     }
 
-    /// Applies `f` to the routing state (concurrent writers retry, never lose an update).
-    pub fn update(&self, f: impl Fn(&mut BackendRouting)) {
-        self.routing.rcu(|cur| {
-            let mut next = (**cur).clone();
-            f(&mut next);
-            next
-        });
+    /// Applies `f` to the routing state (writers are serialised, none loses an update).
+    pub fn update(&self, f: impl FnOnce(&mut BackendRouting)) {
+        let _writer = self.writer.lock();
+        let mut next = (**self.routing.load()).clone();
+        f(&mut next);
+        self.route_word.store(route_word(&next), Ordering::Release);
+        self.route_priority.store(next.priority, Ordering::Release);
+        self.routing.store(Arc::new(next));
     }
 
+    /// `(priority, weight)` when the routing state admits new requests (the request hot
+    /// path: two atomic loads, see `route_word`).
+    #[inline]
+    pub fn admitted(&self) -> Option<(i64, u32)> {
+        let w = self.route_word.load(Ordering::Acquire);
+        (w & ROUTE_ADMITS != 0).then(|| (self.route_priority.load(Ordering::Acquire), w as u32))
+    }
+
+    #[inline]
     pub fn in_flight(&self) -> usize {
         self.in_flight.load(Ordering::Relaxed)
     }
@@ -278,8 +311,8 @@ impl Published {
 
     /// The model → backends index of the current catalog and table.
     pub fn route_index(&self) -> Arc<RouteIndex> {
-        let catalog = self.catalog.load_full();
-        let table = self.table.load_full();
+        let catalog = self.catalog.load();
+        let table = self.table.load();
         self.routing.index(&catalog, &table)
     }
 

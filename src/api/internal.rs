@@ -380,7 +380,7 @@ pub fn endpoints<B>(app: &App, req: &Request<B>) -> Response<Body> {
                 last_error: quarantined.or_else(|| s.health.last_error.clone()),
                 discovery_error: s.health.discovery_error.clone(),
                 discovery_warning: s.health.discovery_warning.clone(),
-                loaded_models: match &**s.h.slot().balance.loaded.load() {
+                loaded_models: match &**s.h.slot().balance.loaded() {
                     Loaded::Unknown => None,
                     Loaded::Always => Some(vec!["*".to_string()]),
                     Loaded::Models(list) => Some(list.to_vec()),

@@ -109,6 +109,21 @@ pub fn echo_value(s: &str) -> Option<HeaderValue> {
     HeaderValue::try_from(clean).ok()
 }
 
+/// [`echo_value`] of a request header's value; a value that is already fit (visible ASCII and
+/// inner spaces, within [`MAX_ECHO_LEN`]) is shared, not rebuilt.
+pub fn echo_header(v: &HeaderValue) -> Option<HeaderValue> {
+    let b = v.as_bytes();
+    let fit = !b.is_empty()
+        && b.len() <= MAX_ECHO_LEN
+        && b.first() != Some(&b' ')
+        && b.last() != Some(&b' ')
+        && b.iter().all(|&c| c == b' ' || c.is_ascii_graphic());
+    if fit {
+        return Some(v.clone());
+    }
+    v.to_str().ok().and_then(echo_value)
+}
+
 fn connection_listed(headers: &HeaderMap) -> Vec<HeaderName> {
     headers
         .get_all(http::header::CONNECTION)
@@ -351,6 +366,27 @@ mod tests {
         assert_eq!(echo_value("llama3:8b").unwrap(), "llama3:8b");
         assert_eq!(echo_value("a\u{7f}b\u{e9}").unwrap(), "a?b?");
         assert_eq!(echo_value("  "), None);
+    }
+
+    #[test]
+    fn a_header_echo_is_the_value_echo() {
+        let long = "m".repeat(300);
+        let mut cases = vec![
+            HeaderValue::from_static("chat-42"),
+            HeaderValue::from_static("a b"),
+            HeaderValue::from_static(" padded "),
+            HeaderValue::from_static("  "),
+            HeaderValue::from_static(""),
+            HeaderValue::from_static("tab\there"),
+            HeaderValue::from_bytes(b"caf\xc3\xa9").unwrap(),
+            HeaderValue::from_bytes(b"\xffz").unwrap(),
+            HeaderValue::from_str(&long).unwrap(),
+        ];
+        cases.push(HeaderValue::from_str(&"n".repeat(MAX_ECHO_LEN)).unwrap());
+        for v in cases {
+            let want = v.to_str().ok().and_then(echo_value);
+            assert_eq!(echo_header(&v), want, "{v:?}");
+        }
     }
 
     #[test]

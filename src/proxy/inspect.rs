@@ -196,10 +196,13 @@ pub const MAX_PROMPT_SEGMENTS: usize = 1024;
 /// fixed blocks of a `prompt`. Borrowed from the body; bounded in count.
 pub fn prompt_segments<'b>(facts: &BodyFacts, body: &'b [u8]) -> Vec<&'b [u8]> {
     if let Some(m) = facts.messages_span.clone().and_then(|r| body.get(r)) {
-        if let Ok(items) = serde_json::from_slice::<MessageList<'b>>(m) {
-            if !items.0.is_empty() {
-                return items.0;
-            }
+        let items = split_array(m).or_else(|| {
+            serde_json::from_slice::<MessageList<'b>>(m)
+                .ok()
+                .map(|l| l.0)
+        });
+        if let Some(items) = items.filter(|i| !i.is_empty()) {
+            return items;
         }
     }
     match facts.prompt_span.clone().and_then(|r| body.get(r)) {
@@ -209,6 +212,85 @@ pub fn prompt_segments<'b>(facts: &BodyFacts, body: &'b [u8]) -> Vec<&'b [u8]> {
             .collect(),
         _ => Vec::new(),
     }
+}
+
+/// The elements of a JSON array as raw slices (whitespace around them cut), at most
+/// [`MAX_PROMPT_SEGMENTS`] kept: the same slices as [`MessageList`] gives for a valid array,
+/// found without validating (the body was parsed by [`inspect_body`] already) by one scan
+/// that jumps through strings with `memchr`. `None` when `v` is not an array or the scan
+/// does not end cleanly (the parser then decides).
+fn split_array(v: &[u8]) -> Option<Vec<&[u8]>> {
+    fn is_ws(b: &u8) -> bool {
+        matches!(b, b' ' | b'\t' | b'\n' | b'\r')
+    }
+    fn lead(s: &[u8]) -> usize {
+        s.iter().take_while(|b| is_ws(b)).count()
+    }
+    let mut i = lead(v);
+    if v.get(i) != Some(&b'[') {
+        return None;
+    }
+    i += 1;
+    let mut out: Vec<&[u8]> = Vec::new();
+    let mut depth = 0usize;
+    // Where the current element starts, and whether it has anything yet.
+    let mut start = i;
+    let mut any = false;
+    while let Some(&b) = v.get(i) {
+        let end_of_item = match b {
+            b'"' => {
+                // Jump to the closing quote, over escapes.
+                i += 1;
+                loop {
+                    i += memchr::memchr2(b'"', b'\\', v.get(i..)?)?;
+                    if v.get(i) == Some(&b'\\') {
+                        i += 2;
+                    } else {
+                        break;
+                    }
+                }
+                any = true;
+                false
+            }
+            b'[' | b'{' => {
+                depth += 1;
+                any = true;
+                false
+            }
+            b']' | b'}' if depth > 0 => {
+                depth -= 1;
+                false
+            }
+            b'}' => return None,
+            b']' | b',' if depth == 0 => true,
+            b if is_ws(&b) => false,
+            _ => {
+                any = true;
+                false
+            }
+        };
+        if end_of_item {
+            let last = b == b']';
+            if any {
+                let item = v.get(start..i)?;
+                let tail = item.iter().rev().take_while(|b| is_ws(b)).count();
+                if out.len() < MAX_PROMPT_SEGMENTS {
+                    out.push(item.get(lead(item)..item.len() - tail)?);
+                }
+            } else if !(last && out.is_empty()) {
+                // `[,`, `,,` or `,]`: not an array the parser would accept.
+                return None;
+            }
+            if last {
+                let rest = v.get(i + 1..)?;
+                return (lead(rest) == rest.len()).then_some(out);
+            }
+            start = i + 1;
+            any = false;
+        }
+        i += 1;
+    }
+    None
 }
 
 /// A JSON array's elements as raw slices, at most [`MAX_PROMPT_SEGMENTS`] kept.
@@ -285,6 +367,38 @@ mod tests {
         let body = br#"{"model":"m","messages":{"a":1}}"#;
         let f = inspect_body(None, body).unwrap();
         assert!(prompt_segments(&f, body).is_empty());
+    }
+
+    /// What the parser makes of `v` as a list of raw values (the reference of `split_array`).
+    fn parsed(v: &[u8]) -> Option<Vec<&[u8]>> {
+        serde_json::from_slice::<MessageList>(v).ok().map(|l| l.0)
+    }
+
+    #[test]
+    fn the_array_scan_cuts_what_the_parser_cuts() {
+        let valid: &[&str] = &[
+            "[]",
+            " [ ] ",
+            "[1]",
+            "[ 1 , 2 ,3 ]",
+            "\n[\t{\"a\": [1, {\"b\": \"]}[,\"}]} ,\r\n\"x\" ]\n",
+            r#"[{"role":"user","content":"say \"hi\", then \\"}, {"c":"\\\""}]"#,
+            r#"[{"content":"unicode \u00e9 é ✓ , ] }"}, null, true, -1.5e3, [[], {}]]"#,
+            r#"[{"role":"system","content":"You are a helpful assistant. "},{"role":"user","content":"q"}]"#,
+        ];
+        for v in valid {
+            let want = parsed(v.as_bytes());
+            assert!(want.is_some(), "reference parses {v}");
+            assert_eq!(split_array(v.as_bytes()), want, "{v}");
+        }
+        // Not arrays, or not finished: the scan says so (and the parser decides).
+        for v in [
+            "{}", "\"[1]\"", "", "  ", "[1", "[1,", "[,1]", "[1,,2]", "[1,]", "[\"a]", "[}",
+            "[1] x", "[\"\\", "[1]]",
+        ] {
+            assert_eq!(split_array(v.as_bytes()), None, "{v:?}");
+            assert_eq!(parsed(v.as_bytes()), None, "the parser refuses {v:?} too");
+        }
     }
 
     #[test]

@@ -41,7 +41,7 @@ use body::{GuardedBody, Upstream};
 use headers::{names, ClientInfo};
 use inspect::inspect_body;
 pub use inspect::BodyFacts;
-use select::{Candidate, Decision, KindFilter};
+use select::{Candidate, Candidates, Decision, KindFilter};
 
 /// What a route asks the pipeline to do.
 pub struct Forward {
@@ -217,7 +217,7 @@ enum Attempt {
 /// headers stay the pipeline's.
 pub trait Adapt: Send + Sync {
     /// Narrows the ordered candidates (called once, after selection).
-    fn choose(&self, candidates: Vec<Candidate>) -> Vec<Candidate>;
+    fn choose(&self, candidates: &mut Candidates);
     /// The upstream path and body for one candidate (the model is then rewritten to the
     /// backend's own name as for any request).
     fn upstream(&self, cand: &Candidate) -> (String, Bytes);
@@ -332,10 +332,10 @@ pub async fn forward_body(
             }
         };
     ctx.decision.clone_from(&selection.decision);
-    let mut candidates = match adapt {
-        Some(a) => a.choose(selection.candidates),
-        None => selection.candidates,
-    };
+    let mut candidates = selection.candidates;
+    if let Some(a) = adapt {
+        a.choose(&mut candidates);
+    }
     let offered = candidates.len();
     candidates.retain(|c| path_allowed(c, &fwd.path_key));
     if offered > 0 && candidates.is_empty() {
@@ -351,7 +351,7 @@ pub async fn forward_body(
         adapt,
         retry_on: &policy.retry_on_status,
     };
-    run.walk(candidates, ctx).await
+    run.walk(candidates.iter().collect(), ctx).await
 }
 
 /// What the failed attempts of a request left: the last error, and the last retryable upstream
@@ -393,7 +393,7 @@ impl Run<'_> {
     /// next tier.
     async fn walk(
         &self,
-        candidates: Vec<Candidate>,
+        candidates: Vec<&Candidate>,
         ctx: &mut RequestContext,
     ) -> Result<Response<Body>, ProxyError> {
         let total = candidates.len();
@@ -410,7 +410,7 @@ impl Run<'_> {
                     .count();
             let tier = &candidates[start..end];
             let mut full: Vec<&Candidate> = Vec::new();
-            for cand in tier {
+            for &cand in tier {
                 match cand.handle.try_slot() {
                     SlotAttempt::Admitted(guard) => {
                         tried += 1;

@@ -12,14 +12,16 @@ use http::{HeaderMap, HeaderValue};
 use olla_actors::kind::BackendKind;
 use olla_actors::published::{Fallback, ModelRouting, RoutingPolicy};
 use olla_actors::routing::sticky::{session_key, KeyFacts, KeySource, StickyOutcome};
-use olla_actors::routing::{self, CacheLayer, Entry, Layers, RouteIndex, StickyLayer};
+use olla_actors::routing::{
+    self, CacheLayer, Entry, Layers, RouteIndex, Sample, SampleWants, StickyLayer,
+};
 use tokio::time::Instant;
 
 use crate::app::App;
 use crate::error::ProxyError;
 use crate::proxy::inspect::{self, BodyFacts};
 
-pub use olla_actors::routing::Candidate;
+pub use olla_actors::routing::{Candidate, Candidates};
 
 /// Which backend types a route reaches.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -143,7 +145,8 @@ fn strategy_name(m: ModelRouting) -> &'static str {
 
 /// The outcome of selection.
 pub struct Selection {
-    pub candidates: Vec<Candidate>,
+    /// In failover order.
+    pub candidates: Candidates,
     pub decision: Option<Decision>,
 }
 
@@ -153,17 +156,18 @@ fn sample(
     filter: KindFilter,
     now: Instant,
     now_ms: u64,
-    warmth: bool,
-) -> Vec<Candidate> {
+    wants: SampleWants,
+) -> Vec<Sample<'_>> {
     let mut out = Vec::with_capacity(entries.len());
-    out.extend(
-        entries
-            .iter()
-            .filter(|e| filter == KindFilter::Any || filter.allows(e.handle.kind()))
-            .filter_map(|e| {
-                Candidate::sample(&e.handle, e.native.as_ref(), e.key, now, now_ms, warmth)
-            }),
-    );
+    for (i, e) in entries.iter().enumerate() {
+        if filter != KindFilter::Any && !filter.allows(e.handle.kind()) {
+            continue;
+        }
+        let Ok(at) = u32::try_from(i) else { break };
+        if let Some(s) = e.sample(at, now, now_ms, wants) {
+            out.push(s);
+        }
+    }
     out
 }
 
@@ -214,8 +218,7 @@ fn sticky_headers(
         .then(|| {
             req.headers
                 .and_then(|h| h.get(&X_OLLA_SESSION_ID))
-                .and_then(|v| v.to_str().ok())
-                .and_then(crate::proxy::headers::echo_value)
+                .and_then(crate::proxy::headers::echo_header)
         })
         .flatten();
     Some(StickyHeaders {
@@ -249,120 +252,134 @@ pub async fn select(
             }),
         )
     };
-    if !index.all.iter().any(|e| filter.allows(e.handle.kind())) {
-        let e = match filter.provider_name() {
-            Some(p) => ProxyError::NoProviderEndpoints(p.to_string()),
-            None => ProxyError::NoHealthyEndpoints,
-        };
-        return Err(reject(e, "", "", ""));
-    }
+    // No backend of the route's type at all: asked only when the model's entries did not
+    // already show one (they are a part of every backend).
+    let no_endpoints = |index: &RouteIndex| {
+        (!index.all.iter().any(|e| filter.allows(e.handle.kind()))).then(|| {
+            match filter.provider_name() {
+                Some(p) => ProxyError::NoProviderEndpoints(p.to_string()),
+                None => ProxyError::NoHealthyEndpoints,
+            }
+        })
+    };
+    let in_scope = |entries: &[Entry]| entries.iter().any(|e| filter.allows(e.handle.kind()));
     let strategy = strategy_name(policy.model_routing);
     let now = Instant::now();
-    let now_ms = routing::now_ms();
+    let now_ms = routing::now_ms_at(now.into_std());
     let warmth = policy.warm_first_on();
 
-    let (mut candidates, action, reason) = match model {
-        None => (sample(&index.all, filter, now, now_ms, false), "", ""),
-        Some(requested) => {
-            let in_scope = |idx: &RouteIndex| -> bool {
-                idx.lookup(requested)
-                    .is_some_and(|(e, _)| e.iter().any(|e| filter.allows(e.handle.kind())))
-            };
-            if !in_scope(&index) && policy.model_routing == ModelRouting::Discovery {
-                // Discovery on a miss: re-fetch the model lists, then decide; the gate bounds
-                // how often (minimum interval, negative cache, one shared refresh).
-                let names: Vec<String> = index
-                    .all
-                    .iter()
-                    .filter(|e| filter.allows(e.handle.kind()) && e.handle.is_routable(now))
-                    .map(|e| e.handle.name().to_string())
-                    .collect();
-                let settings = policy.miss_settings();
-                let refresh_app = app.clone();
-                let refresh = async move {
-                    refresh_app
-                        .tree
-                        .refresh_models(&names, settings.timeout)
-                        .await;
+    // The entries to sample, whether they are the requested model's, and the decision.
+    let (list, found, action, reason): (Arc<[Entry]>, bool, &'static str, &'static str) =
+        match model {
+            None => (index.all.clone(), false, "", ""),
+            Some(requested) => {
+                let lookup = |idx: &RouteIndex| {
+                    idx.lookup(requested)
+                        .filter(|(e, _)| in_scope(e))
+                        .map(|(e, alias)| (e.clone(), alias))
                 };
-                let gate = &published.miss_gate;
-                // Boxed: a rare path whose state would otherwise size every request's future.
-                if Box::pin(gate.refresh_on_miss(requested, &settings, refresh)).await {
-                    index = published.route_index();
-                    if !in_scope(&index) {
-                        gate.remember_missing(requested, Instant::now(), &settings);
+                let mut hit = lookup(&index);
+                if hit.is_none() {
+                    if let Some(e) = no_endpoints(&index) {
+                        return Err(reject(e, "", "", ""));
+                    }
+                    if policy.model_routing == ModelRouting::Discovery {
+                        // Discovery on a miss: re-fetch the model lists, then decide; the gate
+                        // bounds how often (minimum interval, negative cache, one shared
+                        // refresh).
+                        let names: Vec<String> = index
+                            .all
+                            .iter()
+                            .filter(|e| filter.allows(e.handle.kind()) && e.handle.is_routable(now))
+                            .map(|e| e.handle.name().to_string())
+                            .collect();
+                        let settings = policy.miss_settings();
+                        let refresh_app = app.clone();
+                        let refresh = async move {
+                            refresh_app
+                                .tree
+                                .refresh_models(&names, settings.timeout)
+                                .await;
+                        };
+                        let gate = &published.miss_gate;
+                        // Boxed: a rare path whose state would otherwise size every
+                        // request's future.
+                        if Box::pin(gate.refresh_on_miss(requested, &settings, refresh)).await {
+                            index = published.route_index();
+                            hit = lookup(&index);
+                            if hit.is_none() {
+                                gate.remember_missing(requested, Instant::now(), &settings);
+                            }
+                        }
+                    }
+                }
+                match hit {
+                    Some((entries, alias)) => {
+                        let reason = if alias {
+                            "alias_resolved"
+                        } else {
+                            "model_found"
+                        };
+                        (entries, true, "routed", reason)
+                    }
+                    None => {
+                        let catalog = index.catalog();
+                        let catalog_covers = index.all.iter().any(|e| {
+                            filter.allows(e.handle.kind())
+                                && catalog.backends.contains_key(e.handle.name())
+                        });
+                        if !catalog_covers {
+                            // Nothing discovered for these backends (discovery off or not yet
+                            // done): the catalog cannot say no, so any compatible backend may
+                            // serve.
+                            (index.all.clone(), false, "fallback", "no_model_catalog")
+                        } else if policy.model_routing == ModelRouting::Optimistic
+                            && policy.fallback == Fallback::All
+                        {
+                            (
+                                index.all.clone(),
+                                false,
+                                "fallback",
+                                "model_not_found_fallback",
+                            )
+                        } else {
+                            return Err(reject(
+                                ProxyError::ModelNotFound(requested.to_string()),
+                                strategy,
+                                "rejected",
+                                "model_not_found",
+                            ));
+                        }
                     }
                 }
             }
-            match index.lookup(requested) {
-                Some((entries, alias))
-                    if entries.iter().any(|e| filter.allows(e.handle.kind())) =>
-                {
-                    let routable = sample(entries, filter, now, now_ms, warmth);
-                    if routable.is_empty() {
-                        return Err(reject(
-                            ProxyError::ModelUnavailable(requested.to_string()),
-                            strategy,
-                            "rejected",
-                            "model_unavailable",
-                        ));
-                    }
-                    let reason = if alias {
-                        "alias_resolved"
-                    } else {
-                        "model_found"
-                    };
-                    (routable, "routed", reason)
-                }
-                _ => {
-                    let catalog = index.catalog();
-                    let catalog_covers = index.all.iter().any(|e| {
-                        filter.allows(e.handle.kind())
-                            && catalog.backends.contains_key(e.handle.name())
-                    });
-                    if !catalog_covers {
-                        // Nothing discovered for these backends (discovery off or not yet
-                        // done): the catalog cannot say no, so any compatible backend may serve.
-                        (
-                            sample(&index.all, filter, now, now_ms, false),
-                            "fallback",
-                            "no_model_catalog",
-                        )
-                    } else if policy.model_routing == ModelRouting::Optimistic
-                        && policy.fallback == Fallback::All
-                    {
-                        (
-                            sample(&index.all, filter, now, now_ms, false),
-                            "fallback",
-                            "model_not_found_fallback",
-                        )
-                    } else {
-                        return Err(reject(
-                            ProxyError::ModelNotFound(requested.to_string()),
-                            strategy,
-                            "rejected",
-                            "model_not_found",
-                        ));
-                    }
-                }
-            }
-        }
-    };
+        };
     let strategy = if model.is_some() { strategy } else { "" };
-    if candidates.is_empty() {
-        return Err(reject(
-            ProxyError::NoHealthyEndpoints,
-            strategy,
-            action,
-            reason,
-        ));
+    let wants = SampleWants::of(policy.strategy, found && warmth);
+    let samples = sample(&list, filter, now, now_ms, wants);
+    if samples.is_empty() {
+        return Err(match model {
+            Some(requested) if found => reject(
+                ProxyError::ModelUnavailable(requested.to_string()),
+                strategy,
+                "rejected",
+                "model_unavailable",
+            ),
+            Some(_) => reject(ProxyError::NoHealthyEndpoints, strategy, action, reason),
+            None => reject(
+                no_endpoints(&index).unwrap_or(ProxyError::NoHealthyEndpoints),
+                "",
+                "",
+                "",
+            ),
+        });
     }
-    let segments: Vec<&[u8]>;
     let state = &published.routing;
+    let segments;
     let cache = match (policy.strategy, model, req.body_facts) {
         (olla_actors::balance::Strategy::CacheAware, Some(m), Some(f)) => {
-            segments = inspect::prompt_segments(f, req.body);
-            (!segments.is_empty()).then(|| CacheLayer {
+            segments = move || inspect::prompt_segments(f, req.body);
+            Some(CacheLayer {
                 index: &state.prefix,
                 settings: &policy.cache_aware,
                 model: m,
@@ -381,13 +398,15 @@ pub async fn select(
         cache,
         warm: warmth.then_some(&policy.warm_first),
     };
+    let mut ordered: Vec<&Sample> = samples.iter().collect();
     let plan = routing::plan(
-        &mut candidates,
+        &mut ordered,
         policy.strategy,
         &layers,
         &published.cursor,
         fastrand::f64,
     );
+    let candidates = Candidates::from_samples(&list, ordered);
     Ok(Selection {
         candidates,
         decision: Some(Decision {

@@ -216,11 +216,10 @@ impl BackendState {
             return;
         }
         let Some(path) = loaded_path(kind) else {
-            self.handle
-                .slot()
-                .balance
-                .loaded
-                .store(Arc::new(Loaded::Always));
+            let balance = &self.handle.slot().balance;
+            if **balance.loaded() != Loaded::Always {
+                balance.set_loaded(Arc::new(Loaded::Always));
+            }
             return;
         };
         self.loaded_running = true;
@@ -581,8 +580,8 @@ impl Actor for BackendActor {
                     }
                 };
                 let slot = state.handle.slot();
-                if **slot.balance.loaded.load() != loaded {
-                    slot.balance.loaded.store(Arc::new(loaded));
+                if **slot.balance.loaded() != loaded {
+                    slot.balance.set_loaded(Arc::new(loaded));
                 }
             }
         }

@@ -3,7 +3,7 @@
 //! in-flight/queued counters, the concurrency permits and the traffic statistics. Outcomes are
 //! folded in here directly; state changes worth acting on are `cast` to the backend actor.
 
-use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -85,11 +85,9 @@ pub struct BackendShared {
     pub id: String,
     pub client: ShardedClient,
     actor: ActorRef<BackendMsg>,
-    kind: AtomicU8,
-    status: AtomicU8,
+    /// What routing reads of the handle for every request, side by side.
+    gate: Gate,
     breaker: Mutex<Breaker>,
-    /// Parked by a live 429 until this many ms after `epoch`.
-    parked_until_ms: AtomicU64,
     epoch: Instant,
     /// Run-time routing state and the in-flight count, shared by every generation of this
     /// backend's handle (a restarted actor publishes a new handle; the count stays true).
@@ -98,6 +96,18 @@ pub struct BackendShared {
     permits: Option<Arc<Semaphore>>,
     pub stats: TrafficStats,
     pub health: Mutex<HealthInfo>,
+}
+
+/// The handle's state that routing reads for every request, kept in one cache line.
+#[repr(C, align(16))]
+struct Gate {
+    /// Parked by a live 429 until this many ms after `epoch`.
+    parked_until_ms: AtomicU64,
+    kind: AtomicU8,
+    status: AtomicU8,
+    /// [`Breaker::passes_all`] of `breaker`, stored under its lock after every change: the
+    /// routing hot path reads this and locks only when the breaker is open or half-open.
+    breaker_passes: AtomicBool,
 }
 
 /// A cheap clone of one backend's shared state.
@@ -151,10 +161,13 @@ impl BackendHandle {
             id,
             client,
             actor,
-            kind: AtomicU8::new(kind_index(kind)),
-            status: AtomicU8::new(status as u8),
+            gate: Gate {
+                parked_until_ms: AtomicU64::new(0),
+                kind: AtomicU8::new(kind_index(kind)),
+                status: AtomicU8::new(status as u8),
+                breaker_passes: AtomicBool::new(breaker.passes_all()),
+            },
             breaker: Mutex::new(breaker),
-            parked_until_ms: AtomicU64::new(0),
             epoch: Instant::now(),
             slot,
             queued: AtomicUsize::new(0),
@@ -193,22 +206,24 @@ impl BackendHandle {
     /// The resolved kind (an `auto` backend reports what detection found).
     pub fn kind(&self) -> BackendKind {
         ALL_KINDS
-            .get(self.0.kind.load(Ordering::Relaxed) as usize)
+            .get(self.0.gate.kind.load(Ordering::Relaxed) as usize)
             .copied()
             .unwrap_or(BackendKind::Auto)
     }
     pub fn set_kind(&self, kind: BackendKind) {
-        self.0.kind.store(kind_index(kind), Ordering::Relaxed);
+        self.0.gate.kind.store(kind_index(kind), Ordering::Relaxed);
     }
 
+    #[inline]
     pub fn status(&self) -> EndpointStatus {
-        EndpointStatus::from_u8(self.0.status.load(Ordering::Acquire))
+        EndpointStatus::from_u8(self.0.gate.status.load(Ordering::Acquire))
     }
     pub fn set_status(&self, status: EndpointStatus) {
-        self.0.status.store(status as u8, Ordering::Release);
+        self.0.gate.status.store(status as u8, Ordering::Release);
     }
 
     /// Requests in flight on this backend, across restarts of its actor.
+    #[inline]
     pub fn in_flight(&self) -> usize {
         self.0.slot.in_flight.load(Ordering::Relaxed)
     }
@@ -220,12 +235,12 @@ impl BackendHandle {
 
     /// Priority as set at run time (the config's unless changed by an admin command).
     pub fn priority(&self) -> i64 {
-        self.0.slot.routing.load().priority
+        self.0.slot.routing().priority
     }
 
     /// Weight as set at run time (the config's unless changed by an admin command).
     pub fn weight(&self) -> u32 {
-        self.0.slot.routing.load().weight
+        self.0.slot.routing().weight
     }
     pub fn queued(&self) -> usize {
         self.0.queued.load(Ordering::Relaxed)
@@ -236,8 +251,9 @@ impl BackendHandle {
     }
 
     /// Parked by a 429 right now?
+    #[inline]
     pub fn parked(&self, now: Instant) -> bool {
-        let until = self.0.parked_until_ms.load(Ordering::Relaxed);
+        let until = self.0.gate.parked_until_ms.load(Ordering::Relaxed);
         // Never parked: skip the clock arithmetic (the routing hot path asks every backend).
         until != 0 && until > self.now_ms(now)
     }
@@ -248,7 +264,10 @@ impl BackendHandle {
         let wait = clamp_backend_wait(wait, self.0.spec.health.max_retry_after);
         let wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX);
         let until = self.now_ms(Instant::now()).saturating_add(wait_ms);
-        self.0.parked_until_ms.fetch_max(until, Ordering::Relaxed);
+        self.0
+            .gate
+            .parked_until_ms
+            .fetch_max(until, Ordering::Relaxed);
     }
 
     /// A live request's connection was refused. Unlike a failed probe this is definitive (the
@@ -268,21 +287,41 @@ impl BackendHandle {
     /// Whether new requests may be sent now: enabled, not draining or quarantined, routable
     /// status, not parked, breaker admitting.
     pub fn is_routable(&self, now: Instant) -> bool {
-        self.0.slot.routing.load().admits()
-            && self.status().is_routable()
-            && !self.parked(now)
-            && self.0.breaker.lock().would_admit(now)
+        self.routable_now(now).is_some()
     }
 
-    /// The routing facts of a routable backend, read once: `(priority, weight)`, or `None`
-    /// when it is not routable now (same test as [`BackendHandle::is_routable`]).
-    pub fn routable_now(&self, now: Instant) -> Option<(i64, u32)> {
-        let r = self.0.slot.routing.load();
-        (r.admits()
-            && self.status().is_routable()
-            && !self.parked(now)
-            && self.0.breaker.lock().would_admit(now))
-        .then_some((r.priority, r.weight))
+    /// The routing facts of a routable backend, read once: `(priority, weight, status)`, or
+    /// `None` when it is not routable now (same test as [`BackendHandle::is_routable`]).
+    /// Lock-free unless the breaker is open or half-open.
+    pub fn routable_now(&self, now: Instant) -> Option<(i64, u32, EndpointStatus)> {
+        let (priority, weight) = self.0.slot.admitted()?;
+        let status = self.admits_now(now)?;
+        Some((priority, weight, status))
+    }
+
+    /// The status, when status, 429 parking and breaker let a request through now (the
+    /// slot's routing state is checked separately: [`BackendSlot::admitted`]).
+    #[inline]
+    pub fn admits_now(&self, now: Instant) -> Option<EndpointStatus> {
+        let status = self.status();
+        (status.is_routable() && !self.parked(now) && self.breaker_would_admit(now))
+            .then_some(status)
+    }
+
+    #[inline]
+    fn breaker_would_admit(&self, now: Instant) -> bool {
+        self.0.gate.breaker_passes.load(Ordering::Acquire) || self.0.breaker.lock().would_admit(now)
+    }
+
+    /// Runs `f` on the breaker under its lock and republishes [`Breaker::passes_all`].
+    fn with_breaker<R>(&self, f: impl FnOnce(&mut Breaker) -> R) -> R {
+        let mut breaker = self.0.breaker.lock();
+        let r = f(&mut breaker);
+        self.0
+            .gate
+            .breaker_passes
+            .store(breaker.passes_all(), Ordering::Release);
+        r
     }
 
     /// Breaker state name for status output.
@@ -323,7 +362,7 @@ impl BackendHandle {
     }
 
     fn admit_with(&self, permit: Option<OwnedSemaphorePermit>) -> SlotAttempt {
-        let admission = self.0.breaker.lock().admit(Instant::now());
+        let admission = self.with_breaker(|b| b.admit(Instant::now()));
         let trial = match admission {
             Admission::Pass => false,
             Admission::Trial => true,
@@ -346,33 +385,30 @@ impl BackendHandle {
             stats.record_latency(t.as_millis() as u64);
         }
         let now = Instant::now();
-        let transition = {
-            let mut breaker = self.0.breaker.lock();
-            match outcome {
-                Outcome::Success | Outcome::ClientError => {
-                    stats.successes.fetch_add(1, Ordering::Relaxed);
-                    breaker.on_success(trial)
-                }
-                Outcome::RateLimited(wait) => {
-                    stats.failures.fetch_add(1, Ordering::Relaxed);
-                    if trial {
-                        breaker.release_trial();
-                    }
-                    self.park_for(wait);
-                    None
-                }
-                Outcome::ConnectFailure | Outcome::Fault => {
-                    stats.failures.fetch_add(1, Ordering::Relaxed);
-                    breaker.on_fault(now, trial)
-                }
-                Outcome::Cancelled => {
-                    if trial {
-                        breaker.release_trial();
-                    }
-                    None
-                }
+        let transition = self.with_breaker(|breaker| match outcome {
+            Outcome::Success | Outcome::ClientError => {
+                stats.successes.fetch_add(1, Ordering::Relaxed);
+                breaker.on_success(trial)
             }
-        };
+            Outcome::RateLimited(wait) => {
+                stats.failures.fetch_add(1, Ordering::Relaxed);
+                if trial {
+                    breaker.release_trial();
+                }
+                self.park_for(wait);
+                None
+            }
+            Outcome::ConnectFailure | Outcome::Fault => {
+                stats.failures.fetch_add(1, Ordering::Relaxed);
+                breaker.on_fault(now, trial)
+            }
+            Outcome::Cancelled => {
+                if trial {
+                    breaker.release_trial();
+                }
+                None
+            }
+        });
         let balance = &self.0.slot.balance;
         match outcome {
             Outcome::Success => {
@@ -418,7 +454,7 @@ impl BackendHandle {
 
     /// Resets the breaker (backend proven back by probes).
     pub fn reset_breaker(&self) {
-        self.0.breaker.lock().reset();
+        self.with_breaker(Breaker::reset);
     }
 
     /// Asks the actor for an immediate probe (e.g. after a live connection failure).

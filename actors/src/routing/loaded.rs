@@ -75,10 +75,12 @@ impl Loaded {
     }
 }
 
-/// Ollama treats `name` and `name:latest` as one model.
+/// Ollama treats `name` and `name:latest` as one model (ASCII case ignored; no allocation).
 fn same_model(a: &str, b: &str) -> bool {
-    let strip = |s: &str| -> String { s.strip_suffix(":latest").unwrap_or(s).to_ascii_lowercase() };
-    a.eq_ignore_ascii_case(b) || strip(a) == strip(b)
+    fn strip(s: &str) -> &str {
+        s.strip_suffix(":latest").unwrap_or(s)
+    }
+    a.eq_ignore_ascii_case(b) || strip(a).eq_ignore_ascii_case(strip(b))
 }
 
 /// The path that reports loaded models for a backend type; `None` = always loaded.

@@ -1,7 +1,9 @@
 //! Request routing as a pure function of the published snapshot, the backends' atomics, the
 //! request's facts and the time: the candidates of a model come from an index built once per
-//! published catalog/table ([`RouteIndex`], not a scan of every backend), then [`plan`] orders
-//! them.
+//! published catalog/table ([`RouteIndex`], not a scan of every backend), each routable one is
+//! sampled into a small copy of the facts the balancer reads ([`Sample`]: plain atomic loads,
+//! no lock, no reference count), then [`plan`] orders them. The proxy walks the result as
+//! [`Candidates`]: positions into the index's entry list, no handle cloned per candidate.
 //!
 //! Layers, outermost first: sticky sessions ([`sticky`]) → cache-aware ([`prefix`]) or
 //! warm-first ([`loaded`]) → the base balancer ([`crate::balance`]). Every layer picks inside
@@ -27,23 +29,29 @@ use arc_swap::ArcSwap;
 use crate::backend::BackendHandle;
 use crate::balance::{self, Strategy, Weighed};
 use crate::catalog::Catalog;
-use crate::published::BackendTable;
+use crate::published::{BackendSlot, BackendTable};
 use loaded::{warm_wins, WarmSettings};
-use prefix::{CacheSettings, PrefixIndex};
+use prefix::{CacheSettings, PrefixIndex, Prompt};
 use sticky::{KeySource, SessionKey, StickyOutcome, StickySettings, StickyTable};
 
 /// Milliseconds since the process's routing epoch (a monotonic clock shared by the sticky
 /// table and failure scores).
 pub fn now_ms() -> u64 {
+    now_ms_at(Instant::now())
+}
+
+/// [`now_ms`] at `now` (a caller that read the clock already).
+pub fn now_ms_at(now: Instant) -> u64 {
     static EPOCH: OnceLock<Instant> = OnceLock::new();
     let epoch = EPOCH.get_or_init(Instant::now);
-    u64::try_from(epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    u64::try_from(now.saturating_duration_since(*epoch).as_millis()).unwrap_or(u64::MAX)
 }
 
 /// Recent failures of a backend: each fault adds one, each success halves it, and it halves
 /// again every [`FAILURE_HALF_LIFE_MS`] without a fault. Least-connections counts it as extra
 /// connections, so a backend that answers errors instantly does not look idle.
 #[derive(Debug, Default)]
+#[repr(C)]
 pub struct FailureScore {
     count: AtomicU32,
     last_ms: AtomicU64,
@@ -68,6 +76,7 @@ impl FailureScore {
                 .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |c| Some(c / 2));
         }
     }
+    #[inline]
     pub fn penalty(&self, now_ms: u64) -> f64 {
         let c = self.count.load(Ordering::Relaxed);
         if c == 0 {
@@ -79,92 +88,204 @@ impl FailureScore {
     }
 }
 
-/// Per-backend routing atomics (kept in the backend's slot across actor restarts).
+/// Per-backend routing atomics (kept in the backend's slot across actor restarts); the ones
+/// read per request first.
 #[derive(Debug, Default)]
+#[repr(C)]
 pub struct BalanceState {
     pub failures: FailureScore,
     /// Smooth weighted round-robin running weight.
     pub swrr: AtomicI64,
-    /// Loaded models, published by the backend's actor.
-    pub loaded: ArcSwap<loaded::Loaded>,
+    /// Bumped after every [`BalanceState::set_loaded`]: index entries cache residency by it.
+    loaded_generation: AtomicU64,
+    /// Loaded models, published by the backend's actor through [`BalanceState::set_loaded`].
+    loaded: ArcSwap<loaded::Loaded>,
     /// When the last after-request check of loaded models was asked for ([`now_ms`]).
     pub loaded_nudged_ms: AtomicU64,
 }
 
-/// One backend that may serve a request, with the facts the balancer reads, sampled once.
-#[derive(Clone)]
-pub struct Candidate {
+impl BalanceState {
+    /// The loaded models last published.
+    pub fn loaded(&self) -> arc_swap::Guard<Arc<loaded::Loaded>> {
+        self.loaded.load()
+    }
+
+    /// Publishes what the backend has loaded.
+    pub fn set_loaded(&self, loaded: Arc<loaded::Loaded>) {
+        self.loaded.store(loaded);
+        self.loaded_generation.fetch_add(1, Ordering::Release);
+    }
+
+    /// Changes of the loaded models so far.
+    #[inline]
+    pub fn loaded_generation(&self) -> u64 {
+        self.loaded_generation.load(Ordering::Acquire)
+    }
+}
+
+/// One backend that serves a model, under its own name: an entry of the [`RouteIndex`], and
+/// what the proxy walks ([`Candidates`]).
+pub struct Entry {
     pub handle: BackendHandle,
-    /// The backend's own name for the requested model.
+    /// The backend's own name for the requested model (`None` in the all-backends list).
     pub native_model: Option<Arc<str>>,
     /// [`prefix::backend_key`] of the backend's name.
     pub key: u64,
-    pub priority: i64,
-    pub weight: u32,
-    pub in_flight: usize,
-    pub factor: f64,
-    pub penalty: f64,
-    pub capacity: bool,
-    /// Model resident (`None` unknown or not asked).
-    pub warm: Option<bool>,
+    /// The handle's slot (one pointer less to follow per request).
+    slot: Arc<BackendSlot>,
+    /// The spec's `max_concurrency` (0 = no limit).
+    max_concurrency: usize,
+    /// Whether `native_model` is resident, cached per loaded-models generation:
+    /// `generation << 2 | known << 1 | warm`; [`WARM_UNSET`] before the first look.
+    warm: AtomicU64,
 }
 
-impl Candidate {
-    /// Samples a backend for this request; `None` when it is not routable now.
+/// What the proxy walks: an entry of the index.
+pub type Candidate = Entry;
+
+const WARM_UNSET: u64 = u64::MAX;
+
+/// What a request asks of each sample beyond routability.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SampleWants {
+    /// Least-connections load (least-connections, warm-first, cache-aware).
+    pub load: bool,
+    /// Model residency (warm-first).
+    pub warmth: bool,
+}
+
+impl SampleWants {
+    /// What `strategy` and its layers read.
+    pub fn of(strategy: Strategy, warmth: bool) -> Self {
+        Self {
+            load: warmth || strategy.base() == Strategy::LeastConnections,
+            warmth,
+        }
+    }
+}
+
+impl Entry {
+    fn new(handle: BackendHandle, native_model: Option<Arc<str>>, key: u64) -> Self {
+        let max_concurrency = handle.spec().limits.max_concurrency;
+        let slot = handle.slot().clone();
+        Self {
+            handle,
+            native_model,
+            key,
+            slot,
+            max_concurrency,
+            warm: AtomicU64::new(WARM_UNSET),
+        }
+    }
+
+    /// Whether the backend has `native_model` loaded (`None` unknown, or no model bound).
+    /// Read through the cache while the backend's loaded models have not changed.
+    #[inline]
+    pub fn warm(&self) -> Option<bool> {
+        let model = self.native_model.as_deref()?;
+        let generation = self.slot.balance.loaded_generation() & (u64::MAX >> 2);
+        let cached = self.warm.load(Ordering::Relaxed);
+        if cached != WARM_UNSET && cached >> 2 == generation {
+            return (cached & 2 != 0).then_some(cached & 1 != 0);
+        }
+        self.look_warm(model, generation)
+    }
+
+    /// [`Entry::warm`] after a change of the loaded models: looks, and caches.
+    #[cold]
+    fn look_warm(&self, model: &str, generation: u64) -> Option<bool> {
+        // The generation was read first: a list newer than it is cached under the old
+        // generation, and looked at again after the bump.
+        let warm = self.slot.balance.loaded().has(model);
+        let bits = match warm {
+            None => 0,
+            Some(w) => 2 | u64::from(w),
+        };
+        self.warm.store(generation << 2 | bits, Ordering::Relaxed);
+        warm
+    }
+
+    /// Samples this entry (at `at` in its list) for one request; `None` when the backend is
+    /// not routable now. Atomic loads only (a lock only while the breaker is not closed).
+    #[inline]
     pub fn sample(
-        handle: &BackendHandle,
-        native_model: Option<&Arc<str>>,
-        key: u64,
+        &self,
+        at: u32,
         now: tokio::time::Instant,
         now_ms: u64,
-        want_warmth: bool,
-    ) -> Option<Self> {
-        let (priority, weight) = handle.routable_now(now)?;
-        let slot = handle.slot();
-        let in_flight = handle.in_flight();
-        let max = handle.spec().limits.max_concurrency;
-        let warm = if want_warmth {
-            match native_model {
-                Some(m) => slot.balance.loaded.load().has(m),
-                None => None,
+        wants: SampleWants,
+    ) -> Option<Sample<'_>> {
+        let (priority, weight) = self.slot.admitted()?;
+        let status = self.handle.admits_now(now)?;
+        let in_flight = self.slot.in_flight();
+        let share = balance::share_of(weight, status.traffic_factor());
+        let load = if wants.load {
+            let penalty = self.slot.balance.failures.penalty(now_ms);
+            if share == 1.0 {
+                // The common share (weight 1, healthy): the same number without a division.
+                in_flight as f64 + penalty
+            } else {
+                balance::load_of(in_flight, penalty, share)
             }
         } else {
-            None
+            0.0
         };
-        Some(Self {
-            handle: handle.clone(),
-            native_model: native_model.cloned(),
-            key,
+        Some(Sample {
+            entry: self,
+            key: self.key,
+            at,
+            capacity: self.max_concurrency == 0 || in_flight < self.max_concurrency,
+            warm: if wants.warmth { self.warm() } else { None },
             priority,
-            weight,
             in_flight,
-            factor: handle.status().traffic_factor(),
-            penalty: slot.balance.failures.penalty(now_ms),
-            capacity: max == 0 || in_flight < max,
-            warm,
+            share,
+            load,
         })
     }
 }
 
-impl Weighed for Candidate {
+/// One routable entry of a request with the facts the balancer reads, sampled once. The
+/// layers order references to these (8 bytes each), so ordering moves no handles and no
+/// reference counts.
+pub struct Sample<'a> {
+    pub entry: &'a Entry,
+    /// `entry.key`, beside the rest (the sticky and cache-aware layers look for it).
+    pub key: u64,
+    /// Position of `entry` in its list.
+    pub at: u32,
+    pub capacity: bool,
+    /// Model resident (`None` unknown or not asked).
+    pub warm: Option<bool>,
+    pub priority: i64,
+    pub in_flight: usize,
+    /// [`balance::share_of`] weight and status factor.
+    pub share: f64,
+    /// [`balance::load_of`] (0 when not asked for).
+    pub load: f64,
+}
+
+impl Weighed for &Sample<'_> {
+    #[inline]
     fn priority(&self) -> i64 {
         self.priority
     }
-    fn weight(&self) -> u32 {
-        self.weight
-    }
+    #[inline]
     fn in_flight(&self) -> usize {
         self.in_flight
     }
-    fn traffic_factor(&self) -> f64 {
-        self.factor
+    #[inline]
+    fn share(&self) -> f64 {
+        self.share
     }
-    fn failure_penalty(&self) -> f64 {
-        self.penalty
+    #[inline]
+    fn load(&self) -> f64 {
+        self.load
     }
+    #[inline]
     fn swrr(&self) -> Option<&AtomicI64> {
-        Some(&self.handle.slot().balance.swrr)
+        Some(&self.entry.slot.balance.swrr)
     }
+    #[inline]
     fn has_capacity(&self) -> bool {
         self.capacity
     }
@@ -177,24 +298,103 @@ pub trait Routable: Weighed {
     fn warm(&self) -> Option<bool>;
 }
 
-impl Routable for Candidate {
+impl Routable for &Sample<'_> {
+    #[inline]
     fn backend_name(&self) -> &str {
-        self.handle.name()
+        self.entry.handle.name()
     }
+    #[inline]
     fn backend_key(&self) -> u64 {
         self.key
     }
+    #[inline]
     fn warm(&self) -> Option<bool> {
         self.warm
     }
 }
 
-/// One backend that serves a model, under its own name.
+/// The candidates of a request in the order to try them (failover order): positions into an
+/// entry list of the index, which the candidates keep alive. Cloning no handle per candidate.
 #[derive(Clone)]
-pub struct Entry {
-    pub handle: BackendHandle,
-    pub native: Option<Arc<str>>,
-    pub key: u64,
+pub struct Candidates {
+    entries: Arc<[Entry]>,
+    order: Vec<usize>,
+}
+
+impl Candidates {
+    /// `order` holds positions in `entries` (any out of range is dropped).
+    pub fn new(entries: Arc<[Entry]>, mut order: Vec<usize>) -> Self {
+        order.retain(|&i| i < entries.len());
+        Self { entries, order }
+    }
+
+    /// The ordered samples of `entries` (their positions, in the vector's own memory).
+    pub fn from_samples(entries: &Arc<[Entry]>, ordered: Vec<&Sample>) -> Self {
+        Self {
+            order: ordered.into_iter().map(|s| s.at as usize).collect(),
+            entries: entries.clone(),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.order.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.order.is_empty()
+    }
+
+    pub fn get(&self, i: usize) -> Option<&Candidate> {
+        self.entries.get(*self.order.get(i)?)
+    }
+
+    pub fn first(&self) -> Option<&Candidate> {
+        self.get(0)
+    }
+
+    /// In failover order.
+    pub fn iter(&self) -> CandidatesIter<'_> {
+        CandidatesIter {
+            entries: &self.entries,
+            order: self.order.iter(),
+        }
+    }
+
+    /// Keeps the candidates `keep` accepts, in order.
+    pub fn retain(&mut self, mut keep: impl FnMut(&Candidate) -> bool) {
+        let entries = &self.entries;
+        self.order
+            .retain(|&i| entries.get(i).is_some_and(&mut keep));
+    }
+
+    pub fn clear(&mut self) {
+        self.order.clear();
+    }
+}
+
+/// [`Candidates::iter`].
+pub struct CandidatesIter<'a> {
+    entries: &'a [Entry],
+    order: std::slice::Iter<'a, usize>,
+}
+
+impl<'a> Iterator for CandidatesIter<'a> {
+    type Item = &'a Candidate;
+    fn next(&mut self) -> Option<&'a Candidate> {
+        // Positions are in range (checked by `Candidates::new`).
+        self.order.by_ref().find_map(|&i| self.entries.get(i))
+    }
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        self.order.size_hint()
+    }
+}
+
+impl<'a> IntoIterator for &'a Candidates {
+    type Item = &'a Candidate;
+    type IntoIter = CandidatesIter<'a>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.iter()
+    }
 }
 
 /// The model → backends index of one published catalog and backend table.
@@ -203,7 +403,7 @@ pub struct RouteIndex {
     table: Arc<BackendTable>,
     /// Lower-cased model names, native names and config aliases → endpoints (table order),
     /// and whether the name is a config alias.
-    by_name: HashMap<String, (Arc<[Entry]>, bool)>,
+    by_name: HashMap<String, (Arc<[Entry]>, bool), foldhash::fast::RandomState>,
     /// Every backend (table order), no model bound.
     pub all: Arc<[Entry]>,
 }
@@ -231,7 +431,8 @@ impl RouteIndex {
         names.extend(catalog.aliases.keys().cloned());
         names.sort_unstable();
         names.dedup();
-        let mut by_name = HashMap::with_capacity(names.len());
+        let mut by_name =
+            HashMap::with_capacity_and_hasher(names.len(), foldhash::fast::RandomState::default());
         for name in names {
             let mut entries: Vec<(usize, Entry)> = catalog
                 .resolve(&name)
@@ -240,11 +441,11 @@ impl RouteIndex {
                     let &i = position.get(a.backend.as_str())?;
                     Some((
                         i,
-                        Entry {
-                            handle: table.backends[i].clone(),
-                            native: Some(Arc::from(a.native_name.as_str())),
-                            key: keys[i],
-                        },
+                        Entry::new(
+                            table.backends[i].clone(),
+                            Some(Arc::from(a.native_name.as_str())),
+                            keys[i],
+                        ),
                     ))
                 })
                 .collect();
@@ -257,11 +458,7 @@ impl RouteIndex {
             .backends
             .iter()
             .zip(&keys)
-            .map(|(b, &key)| Entry {
-                handle: b.clone(),
-                native: None,
-                key,
-            })
+            .map(|(b, &key)| Entry::new(b.clone(), None, key))
             .collect();
         Self {
             catalog,
@@ -338,8 +535,11 @@ pub struct StickyLayer<'a> {
 pub struct CacheLayer<'a> {
     pub index: &'a PrefixIndex,
     pub settings: &'a CacheSettings,
+    /// The requested model (scopes the tree).
     pub model: &'a str,
-    pub segments: &'a [&'a [u8]],
+    /// The prompt's segments, asked for only when the layer is consulted (a sticky hit never
+    /// needs them); no segments, no cache-aware choice.
+    pub segments: &'a dyn Fn() -> Vec<&'a [u8]>,
 }
 
 /// The layers switched on for one request.
@@ -368,8 +568,8 @@ pub fn plan<T: Routable>(
     cursor: &AtomicUsize,
     rand01: impl FnMut() -> f64,
 ) -> Plan {
-    balance::order(cands, strategy, cursor, rand01);
-    let (tier, fell) = balance::serving_tier(cands);
+    let top = balance::order(cands, strategy, cursor, rand01);
+    let (tier, fell) = balance::serving_tier_from(cands, top);
     let mut reason = if fell {
         "tier_fallback"
     } else {
@@ -378,28 +578,35 @@ pub fn plan<T: Routable>(
     // Sticky: a live pin to a candidate of the serving tier with a free slot wins.
     let mut sticky_plan = None;
     if let Some(s) = &layers.sticky {
-        let pinned = s.table.lookup(s.key.hash, s.settings.idle_ttl, s.now_ms);
-        if let Some(name) = &pinned {
-            let at = tier
-                .clone()
-                .find(|&i| cands[i].has_capacity() && cands[i].backend_name() == &**name);
-            if let Some(i) = at {
+        let pinned = s
+            .table
+            .lookup_with(s.key.hash, s.settings.idle_ttl, s.now_ms, |name, key| {
+                // The key first (a number), the name to be exact.
+                tier.clone().find(|&i| {
+                    let c = &cands[i];
+                    c.backend_key() == key && c.has_capacity() && c.backend_name() == &**name
+                })
+            });
+        sticky_plan = Some(match pinned {
+            Some(Some(i)) => {
                 balance::promote(cands, &tier, i);
                 return Plan {
                     reason: "sticky_hit",
                     sticky: Some((StickyOutcome::Hit, s.key.source)),
                 };
             }
-        }
-        sticky_plan = Some(if pinned.is_some() {
-            StickyOutcome::Repin
-        } else {
-            StickyOutcome::Miss
+            Some(None) => StickyOutcome::Repin,
+            None => StickyOutcome::Miss,
         });
     }
+    // The prompt is hashed once, for the lookup and the insert.
+    let cache = layers.cache.as_ref().and_then(|c| {
+        let prompt = c.index.prompt(c.model, &(c.segments)());
+        (!prompt.is_empty()).then_some((c, prompt))
+    });
     let mut decided = false;
-    if let Some(c) = &layers.cache {
-        let (r, chosen) = cache_pick(cands, &tier, c);
+    if let Some((c, prompt)) = &cache {
+        let (r, chosen) = cache_pick(cands, &tier, c, prompt);
         reason = r;
         decided = chosen;
     }
@@ -408,14 +615,10 @@ pub fn plan<T: Routable>(
             reason = r;
         }
     }
-    if let Some(c) = &layers.cache {
+    if let Some((c, prompt)) = &cache {
         if let Some(first) = cands.get(tier.start) {
-            c.index.insert(
-                c.model,
-                c.segments,
-                first.backend_key(),
-                c.settings.max_tree_bytes,
-            );
+            c.index
+                .insert_prompt(prompt, first.backend_key(), c.settings.max_tree_bytes);
         }
     }
     let sticky = match (&layers.sticky, sticky_plan) {
@@ -424,6 +627,7 @@ pub fn plan<T: Routable>(
                 s.table.pin(
                     s.key.hash,
                     first.backend_name(),
+                    first.backend_key(),
                     s.settings.max_sessions,
                     s.now_ms,
                 );
@@ -441,6 +645,7 @@ fn cache_pick<T: Routable>(
     cands: &mut [T],
     tier: &std::ops::Range<usize>,
     c: &CacheLayer,
+    prompt: &Prompt,
 ) -> (&'static str, bool) {
     let mut min = usize::MAX;
     let mut max = 0usize;
@@ -454,7 +659,7 @@ fn cache_pick<T: Routable>(
     {
         return ("load_balance", false);
     }
-    let m = c.index.lookup(c.model, c.segments);
+    let m = c.index.lookup_prompt(prompt);
     if m.ratio() > 0.0 && m.ratio() >= c.settings.cache_threshold {
         let at = tier
             .clone()

@@ -113,6 +113,22 @@ impl Match {
     }
 }
 
+/// A prompt hashed for the tree ([`PrefixIndex::prompt`]).
+#[derive(Clone, Debug, Default)]
+pub struct Prompt {
+    /// The model's seed (picks the shard).
+    seed: u64,
+    /// `(cumulative hash, cumulative bytes)` of each indexed segment.
+    links: Vec<(u64, u64)>,
+}
+
+impl Prompt {
+    /// Whether there is nothing to match.
+    pub fn is_empty(&self) -> bool {
+        self.links.is_empty()
+    }
+}
+
 /// One shard of nodes, keyed by cumulative hash.
 type Shard = HashMap<u64, Node, foldhash::fast::FixedState>;
 
@@ -152,11 +168,13 @@ impl PrefixIndex {
         self.hasher.hash_one(model)
     }
 
-    /// `(cumulative hash, cumulative bytes)` of each indexed segment.
-    fn chain(&self, seed: u64, segments: &[&[u8]]) -> Vec<(u64, u64)> {
+    /// A prompt of `model` hashed for the tree: one pass over its segments, reused by
+    /// [`PrefixIndex::lookup_prompt`] and [`PrefixIndex::insert_prompt`].
+    pub fn prompt(&self, model: &str, segments: &[&[u8]]) -> Prompt {
+        let seed = self.seed(model);
         let mut h = seed;
         let mut depth = 0u64;
-        segments
+        let links = segments
             .iter()
             .take(MAX_SEGMENTS)
             .map(|seg| {
@@ -167,7 +185,8 @@ impl PrefixIndex {
                 depth += seg.len() as u64;
                 (h, depth)
             })
-            .collect()
+            .collect();
+        Prompt { seed, links }
     }
 
     fn shard(&self, seed: u64) -> &Mutex<Shard> {
@@ -176,16 +195,19 @@ impl PrefixIndex {
 
     /// The deepest match of `segments` for `model`.
     pub fn lookup(&self, model: &str, segments: &[&[u8]]) -> Match {
-        let seed = self.seed(model);
-        let chain = self.chain(seed, segments);
-        let total = chain.last().map_or(0, |c| c.1);
+        self.lookup_prompt(&self.prompt(model, segments))
+    }
+
+    /// The deepest match of a hashed prompt.
+    pub fn lookup_prompt(&self, prompt: &Prompt) -> Match {
+        let total = prompt.links.last().map_or(0, |c| c.1);
         let mut m = Match {
             total,
             ..Match::default()
         };
         let tick = self.tick.load(Ordering::Relaxed);
-        let mut shard = self.shard(seed).lock();
-        for (h, depth) in chain {
+        let mut shard = self.shard(prompt.seed).lock();
+        for &(h, depth) in &prompt.links {
             let Some(node) = shard.get_mut(&h) else {
                 break;
             };
@@ -204,14 +226,18 @@ impl PrefixIndex {
     /// Records that `backend` serves `segments` of `model`; evicts the least recently used
     /// nodes beyond `max_bytes`.
     pub fn insert(&self, model: &str, segments: &[&[u8]], backend: u64, max_bytes: usize) {
-        let seed = self.seed(model);
-        let chain = self.chain(seed, segments);
+        self.insert_prompt(&self.prompt(model, segments), backend, max_bytes);
+    }
+
+    /// [`PrefixIndex::insert`] of a hashed prompt.
+    pub fn insert_prompt(&self, prompt: &Prompt, backend: u64, max_bytes: usize) {
+        let chain = &prompt.links;
         if chain.is_empty() {
             return;
         }
         let tick = self.tick.fetch_add(1, Ordering::Relaxed);
         let cap = (max_bytes / NODE_BYTES / SHARDS).max(8);
-        let mut shard = self.shard(seed).lock();
+        let mut shard = self.shard(prompt.seed).lock();
         for (i, &(h, _)) in chain.iter().enumerate() {
             let node = shard.entry(h).or_default();
             node.note_backend(backend, tick);

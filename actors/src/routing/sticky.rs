@@ -9,7 +9,7 @@
 //! `/internal/stats/sticky`.
 
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -170,6 +170,9 @@ impl StickyOutcome {
 
 struct Pin {
     backend: Arc<str>,
+    /// The caller's key for `backend` (routing passes [`super::prefix::backend_key`]), compared
+    /// before the name.
+    backend_key: u64,
     /// Milliseconds since the table's epoch of the last use (sliding TTL, LRU order).
     last_used: AtomicU64,
 }
@@ -187,42 +190,61 @@ pub struct StickyCounters {
 /// consistently (the proxy uses time since start).
 #[derive(Default)]
 pub struct StickyTable {
-    pins: DashMap<u64, Pin>,
+    /// Keys are already hashes: a fast hasher spreads them over the shards.
+    pins: DashMap<u64, Pin, foldhash::fast::RandomState>,
+    /// Pins held, kept beside the map (its `len` locks every shard): the LRU cap reads it.
+    held: AtomicUsize,
     pub counters: StickyCounters,
 }
 
 impl StickyTable {
     /// The live pin of `key` (refreshing its idle time), or `None` (counted as a miss).
     pub fn lookup(&self, key: u64, ttl: Duration, now_ms: u64) -> Option<Arc<str>> {
-        let found = self.pins.get(&key).and_then(|p| {
+        self.lookup_with(key, ttl, now_ms, |backend, _| backend.clone())
+    }
+
+    /// `found(backend name, backend key)` of the live pin of `key` (refreshing its idle
+    /// time), or `None` (counted as a miss); `found` runs under the shard's read lock, and
+    /// nothing is cloned.
+    pub fn lookup_with<R>(
+        &self,
+        key: u64,
+        ttl: Duration,
+        now_ms: u64,
+        found: impl FnOnce(&Arc<str>, u64) -> R,
+    ) -> Option<R> {
+        let out = self.pins.get(&key).and_then(|p| {
             let idle = now_ms.saturating_sub(p.last_used.load(Ordering::Relaxed));
             if !ttl.is_zero() && u128::from(idle) >= ttl.as_millis() {
                 return None;
             }
             p.last_used.store(now_ms, Ordering::Relaxed);
-            Some(p.backend.clone())
+            Some(found(&p.backend, p.backend_key))
         });
-        match &found {
+        match &out {
             Some(_) => self.counters.hits.fetch_add(1, Ordering::Relaxed),
             None => self.counters.misses.fetch_add(1, Ordering::Relaxed),
         };
-        found
+        out
     }
 
-    /// Pins `key` to `backend`; evicts the least recently used pins beyond `max` (0 = no cap).
-    pub fn pin(&self, key: u64, backend: &str, max: u64, now_ms: u64) {
+    /// Pins `key` to `backend` (whose key is `backend_key`); evicts the least recently used
+    /// pins beyond `max` (0 = no cap).
+    pub fn pin(&self, key: u64, backend: &str, backend_key: u64, max: u64, now_ms: u64) {
         let replaced = self.pins.insert(
             key,
             Pin {
                 backend: Arc::from(backend),
+                backend_key,
                 last_used: AtomicU64::new(now_ms),
             },
         );
         if replaced.is_none() {
             self.counters.insertions.fetch_add(1, Ordering::Relaxed);
+            self.held.fetch_add(1, Ordering::Relaxed);
         }
         let cap = usize::try_from(max).unwrap_or(usize::MAX);
-        if cap > 0 && self.pins.len() > cap {
+        if cap > 0 && self.held.load(Ordering::Relaxed) > cap {
             self.evict_lru(cap);
         }
     }
@@ -253,9 +275,7 @@ impl StickyTable {
                 true
             }
         });
-        self.counters
-            .evictions
-            .fetch_add(removed, Ordering::Relaxed);
+        self.forget(removed);
     }
 
     /// Removes pins idle for `ttl` or longer; returns how many.
@@ -284,10 +304,21 @@ impl StickyTable {
             removed += u64::from(gone);
             !gone
         });
+        self.forget(removed);
+        removed
+    }
+
+    /// Counts `removed` pins out.
+    fn forget(&self, removed: u64) {
         self.counters
             .evictions
             .fetch_add(removed, Ordering::Relaxed);
-        removed
+        let n = usize::try_from(removed).unwrap_or(usize::MAX);
+        let _ = self
+            .held
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |h| {
+                Some(h.saturating_sub(n))
+            });
     }
 
     pub fn len(&self) -> usize {
@@ -424,7 +455,7 @@ mod tests {
         let ttl = Duration::from_secs(10);
         let gpu1 = "gpu1";
         assert_eq!(t.lookup(1, ttl, 0), None);
-        t.pin(1, gpu1, 100, 0);
+        t.pin(1, gpu1, 7, 100, 0);
         assert_eq!(t.lookup(1, ttl, 9_000).as_deref(), Some("gpu1"));
         // Sliding: used at 9 s, still alive at 18 s.
         assert_eq!(t.lookup(1, ttl, 18_000).as_deref(), Some("gpu1"));
@@ -442,7 +473,7 @@ mod tests {
     fn the_lru_cap_drops_the_oldest_and_purge_drops_a_backend() {
         let t = StickyTable::default();
         for k in 0..100u64 {
-            t.pin(k, if k % 2 == 0 { "a" } else { "b" }, 64, k);
+            t.pin(k, if k % 2 == 0 { "a" } else { "b" }, k % 2, 64, k);
         }
         assert!(t.len() <= 64, "{}", t.len());
         let ttl = Duration::ZERO;

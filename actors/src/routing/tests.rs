@@ -18,14 +18,14 @@ impl Weighed for &C {
     fn priority(&self) -> i64 {
         self.prio
     }
-    fn weight(&self) -> u32 {
-        1
-    }
     fn in_flight(&self) -> usize {
         self.load
     }
-    fn traffic_factor(&self) -> f64 {
+    fn share(&self) -> f64 {
         1.0
+    }
+    fn load(&self) -> f64 {
+        self.load as f64
     }
     fn swrr(&self) -> Option<&AtomicI64> {
         Some(&self.swrr)
@@ -217,12 +217,13 @@ fn cache_aware_keeps_conversations_and_spreads_new_ones() {
     for turn in 0..4 {
         for (i, conv) in convs.iter_mut().enumerate() {
             let segs: Vec<&[u8]> = conv.iter().map(|s| s.as_bytes()).collect();
+            let segments = || segs.clone();
             let layers = Layers {
                 cache: Some(CacheLayer {
                     index: &index,
                     settings: &settings,
                     model: "m",
-                    segments: &segs,
+                    segments: &segments,
                 }),
                 ..Layers::default()
             };
@@ -254,12 +255,13 @@ fn cache_aware_balances_a_skewed_load() {
     };
     let segs: Vec<&[u8]> = vec![b"a long conversation"];
     index.insert("m", &segs, prefix::backend_key("busy"), 1 << 20);
+    let segments = || segs.clone();
     let layers = Layers {
         cache: Some(CacheLayer {
             index: &index,
             settings: &settings,
             model: "m",
-            segments: &segs,
+            segments: &segments,
         }),
         ..Layers::default()
     };
@@ -288,4 +290,207 @@ fn failure_score_decays() {
     assert_eq!(f.penalty(1_000 + FAILURE_HALF_LIFE_MS), 4.0);
     f.on_success();
     assert_eq!(f.penalty(1_000), 4.0);
+}
+
+/// Real entries over handles whose actor ignores its mail: sampling, the compact order and
+/// what the proxy walks.
+mod entries {
+    use std::sync::atomic::AtomicUsize;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use ractor::{Actor, ActorProcessingErr, ActorRef};
+
+    use crate::backend::client::ShardedClient;
+    use crate::backend::{BackendHandle, BackendMsg, Outcome, SlotAttempt};
+    use crate::balance::Strategy;
+    use crate::health::EndpointStatus;
+    use crate::kind::BackendKind;
+    use crate::routing::loaded::Loaded;
+    use crate::routing::{plan, prefix, Candidates, Entry, Layers, Sample, SampleWants};
+    use crate::spec::BackendSpec;
+
+    struct Mute;
+
+    impl Actor for Mute {
+        type Msg = BackendMsg;
+        type State = ();
+        type Arguments = ();
+        async fn pre_start(
+            &self,
+            _: ActorRef<BackendMsg>,
+            _: (),
+        ) -> Result<(), ActorProcessingErr> {
+            Ok(())
+        }
+    }
+
+    async fn handles(n: usize, edit: impl Fn(usize, &mut BackendSpec)) -> Vec<BackendHandle> {
+        let (actor, _) = Actor::spawn(None, Mute, ()).await.unwrap();
+        (0..n)
+            .map(|i| {
+                let mut spec = BackendSpec::new(
+                    format!("b{i}"),
+                    format!("http://127.0.0.1:{}", 1 + i).parse().unwrap(),
+                    BackendKind::Ollama,
+                );
+                edit(i, &mut spec);
+                let spec = Arc::new(spec);
+                let client = ShardedClient::build(&spec);
+                BackendHandle::new(
+                    spec,
+                    client,
+                    actor.clone(),
+                    BackendKind::Ollama,
+                    EndpointStatus::Healthy,
+                )
+            })
+            .collect()
+    }
+
+    fn entries(handles: &[BackendHandle]) -> Arc<[Entry]> {
+        handles
+            .iter()
+            .map(|h| {
+                Entry::new(
+                    h.clone(),
+                    Some(Arc::from("m:latest")),
+                    prefix::backend_key(h.name()),
+                )
+            })
+            .collect()
+    }
+
+    fn sample(list: &[Entry], warmth: bool) -> Vec<Sample<'_>> {
+        let now = tokio::time::Instant::now();
+        let wants = SampleWants::of(Strategy::LeastConnections, warmth);
+        list.iter()
+            .enumerate()
+            .filter_map(|(i, e)| e.sample(i as u32, now, 0, wants))
+            .collect()
+    }
+
+    fn names(c: &Candidates) -> Vec<String> {
+        c.iter().map(|e| e.handle.name().to_string()).collect()
+    }
+
+    #[tokio::test]
+    async fn candidates_keep_the_plan_order_and_narrow_in_order() {
+        // Two tiers; b1 busy with two requests.
+        let hs = handles(4, |i, s| s.priority = if i < 3 { 100 } else { 50 }).await;
+        let list = entries(&hs);
+        let guards: Vec<_> = (0..2)
+            .map(|_| match hs[1].try_slot() {
+                SlotAttempt::Admitted(g) => g,
+                _ => panic!("a slot"),
+            })
+            .collect();
+        let samples = sample(&list, false);
+        let mut ordered: Vec<&Sample> = samples.iter().collect();
+        let cursor = AtomicUsize::new(0);
+        plan(
+            &mut ordered,
+            Strategy::LeastConnections,
+            &Layers::default(),
+            &cursor,
+            fastrand::f64,
+        );
+        let mut c = Candidates::from_samples(&list, ordered);
+        let order = names(&c);
+        assert_eq!(order.len(), 4);
+        assert_eq!(
+            &order[2..],
+            ["b1", "b3"],
+            "busy last in its tier, then the low tier"
+        );
+        assert_eq!(
+            c.first().map(|e| e.native_model.as_deref()),
+            Some(Some("m:latest"))
+        );
+        c.retain(|e| e.handle.name() != order[0]);
+        assert_eq!(names(&c), order[1..].to_vec());
+        assert_eq!(c.len(), 3);
+        assert_eq!(c.get(2).map(|e| e.handle.name()), Some("b3"));
+        assert!(c.get(3).is_none());
+        c.clear();
+        assert!(c.is_empty() && c.iter().next().is_none());
+        // Positions out of range are dropped, never indexed.
+        let odd = Candidates::new(list.clone(), vec![9, 2, 0]);
+        assert_eq!(names(&odd), ["b2", "b0"]);
+        drop(guards);
+    }
+
+    #[tokio::test]
+    async fn sampling_sees_routing_and_breaker_changes_at_once() {
+        let hs = handles(2, |_, s| {
+            s.breaker.enabled = true;
+            s.breaker.failure_threshold = 2;
+            s.breaker.open_for = Duration::from_secs(60);
+            s.weight = 3;
+        })
+        .await;
+        let list = entries(&hs);
+        let now = tokio::time::Instant::now();
+        let s = list[0]
+            .sample(0, now, 0, SampleWants::default())
+            .map(|s| (s.priority, s.share));
+        assert_eq!(s, Some((100, 3.0)));
+        // Disabled, reprioritised, re-weighted: the next sample says so.
+        hs[0].slot().update(|r| r.enabled = false);
+        assert!(list[0].sample(0, now, 0, SampleWants::default()).is_none());
+        assert!(!hs[0].is_routable(now));
+        hs[0].slot().update(|r| {
+            r.enabled = true;
+            r.priority = 7;
+            r.weight = 9;
+        });
+        let s = list[0]
+            .sample(0, now, 0, SampleWants::default())
+            .map(|s| (s.priority, s.share));
+        assert_eq!(s, Some((7, 9.0)));
+        assert_eq!((hs[0].priority(), hs[0].weight()), (7, 9));
+        // Two faults open the breaker: not routable, without waiting for anything.
+        for _ in 0..2 {
+            if let SlotAttempt::Admitted(mut g) = hs[1].try_slot() {
+                g.report(Outcome::Fault, None);
+            }
+        }
+        assert_eq!(hs[1].breaker_state(), "open");
+        assert!(list[1].sample(1, now, 0, SampleWants::default()).is_none());
+        assert!(matches!(hs[1].try_slot(), SlotAttempt::Unavailable));
+        hs[1].reset_breaker();
+        assert!(list[1].sample(1, now, 0, SampleWants::default()).is_some());
+        // Status is read in the same sample.
+        hs[1].set_status(EndpointStatus::Busy);
+        let f = list[1]
+            .sample(1, now, 0, SampleWants::default())
+            .map(|s| s.share);
+        assert_eq!(f, Some(crate::balance::share_of(3, 0.3)));
+    }
+
+    #[tokio::test]
+    async fn residency_follows_each_published_change() {
+        let hs = handles(1, |_, _| {}).await;
+        let list = entries(&hs);
+        let warm = |list: &[Entry]| sample(list, true)[0].warm;
+        assert_eq!(warm(&list), None, "not asked yet");
+        let balance = &hs[0].slot().balance;
+        balance.set_loaded(Arc::new(Loaded::Models(vec!["M".to_string()].into())));
+        assert_eq!(
+            warm(&list),
+            Some(true),
+            ":latest and case are the same model"
+        );
+        assert_eq!(warm(&list), Some(true), "cached");
+        balance.set_loaded(Arc::new(Loaded::Models(Vec::new().into())));
+        assert_eq!(warm(&list), Some(false));
+        balance.set_loaded(Arc::new(Loaded::Unknown));
+        assert_eq!(warm(&list), None);
+        assert_eq!(sample(&list, false)[0].warm, None, "not asked for");
+        balance.set_loaded(Arc::new(Loaded::Always));
+        assert_eq!(warm(&list), Some(true));
+        let before = balance.loaded_generation();
+        balance.set_loaded(Arc::new(Loaded::Always));
+        assert_eq!(balance.loaded_generation(), before + 1);
+    }
 }

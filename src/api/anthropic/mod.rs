@@ -35,7 +35,7 @@ use crate::dialect::anthropic::{error_body, message_id, response, tokens, upstre
 use crate::error::ProxyError;
 use crate::http_util::{full, json_response, Body};
 use crate::proxy::headers::ClientInfo;
-use crate::proxy::select::{Candidate, KindFilter};
+use crate::proxy::select::{Candidate, Candidates, KindFilter};
 use crate::proxy::{self, read_body, Adapt, Forward};
 use crate::telemetry::RequestContext;
 
@@ -117,12 +117,12 @@ impl Messages<'_> {
 }
 
 impl Adapt for Messages<'_> {
-    fn choose(&self, candidates: Vec<Candidate>) -> Vec<Candidate> {
+    fn choose(&self, candidates: &mut Candidates) {
         if self.settings.passthrough {
             // Group the native backends by path; the largest group wins, ties go to
             // /v1/messages, then to the group met first.
             let mut groups: Vec<(&str, usize)> = Vec::new();
-            for c in &candidates {
+            for c in &*candidates {
                 if let Some(p) = messages_path(self.settings, c.handle.name(), c.handle.kind()) {
                     match groups.iter_mut().find(|(g, _)| *g == p) {
                         Some((_, n)) => *n += 1,
@@ -137,20 +137,17 @@ impl Adapt for Messages<'_> {
                 .map(|(_, (p, _))| p.to_string());
             if let Some(path) = best {
                 let _ = self.mode.set(Mode::Passthrough);
-                return candidates
-                    .into_iter()
-                    .filter(|c| {
-                        messages_path(self.settings, c.handle.name(), c.handle.kind())
-                            == Some(path.as_str())
-                    })
-                    .collect();
+                candidates.retain(|c| {
+                    messages_path(self.settings, c.handle.name(), c.handle.kind())
+                        == Some(path.as_str())
+                });
+                return;
             }
         }
         let _ = self.mode.set(Mode::Translate);
         if self.chat().is_none() {
-            return Vec::new();
+            candidates.clear();
         }
-        candidates
     }
 
     fn upstream(&self, cand: &Candidate) -> (String, Bytes) {
@@ -174,11 +171,8 @@ struct Tokenize {
 }
 
 impl Adapt for Tokenize {
-    fn choose(&self, candidates: Vec<Candidate>) -> Vec<Candidate> {
-        candidates
-            .into_iter()
-            .filter(|c| c.handle.kind() == BackendKind::LlamaCpp)
-            .collect()
+    fn choose(&self, candidates: &mut Candidates) {
+        candidates.retain(|c| c.handle.kind() == BackendKind::LlamaCpp);
     }
 
     fn upstream(&self, _: &Candidate) -> (String, Bytes) {
