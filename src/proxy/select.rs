@@ -302,7 +302,9 @@ pub async fn select(
                                 .await;
                         };
                         let gate = &published.miss_gate;
-                        if gate.refresh_on_miss(requested, &settings, refresh).await {
+                        // Boxed: a rare path whose state would otherwise size every request's
+                        // future.
+                        if Box::pin(gate.refresh_on_miss(requested, &settings, refresh)).await {
                             index = published.route_index();
                             hit = lookup(&index);
                             if hit.is_none() {
