@@ -7,10 +7,11 @@
 //! message structs, which re-measure nested lengths at every level).
 
 use std::fmt::Write as _;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::proto::{span_kind, status_code};
-use super::span::{gen_ai_operation, AttemptSpanInput, RequestSpanInput, MAX_ATTRIBUTE_LEN};
+use super::span::{
+    flags, gen_ai_operation, unix_nanos, AttemptSpanInput, RequestSpanInput, MAX_ATTRIBUTE_LEN,
+};
 
 const VARINT: u32 = 0;
 const FIXED64: u32 = 1;
@@ -131,25 +132,8 @@ fn attr_double(buf: &mut Vec<u8>, k: &str, v: f64) {
     });
 }
 
-fn unix_nanos(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
-}
-
 fn clamp(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
-}
-
-/// Span flags (see `span.rs`): sampled, and whether the parent is known and remote.
-fn flags(parent_remote: Option<bool>) -> u32 {
-    const SAMPLED: u32 = 1;
-    const HAS_IS_REMOTE: u32 = 1 << 8;
-    const IS_REMOTE: u32 = 1 << 9;
-    match parent_remote {
-        Some(true) => SAMPLED | HAS_IS_REMOTE | IS_REMOTE,
-        Some(false) => SAMPLED | HAS_IS_REMOTE,
-        None => SAMPLED,
-    }
 }
 
 fn error_status(buf: &mut Vec<u8>, message_text: Option<&str>) {

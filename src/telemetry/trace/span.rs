@@ -106,7 +106,7 @@ pub fn gen_ai_operation(path: &str) -> Option<&'static str> {
     }
 }
 
-fn unix_nanos(t: SystemTime) -> u64 {
+pub(super) fn unix_nanos(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
 }
@@ -128,7 +128,7 @@ fn int(v: u64) -> i64 {
 }
 
 /// Span flags: sampled, and whether the parent is known and remote (OTLP 1.4 bits 8 and 9).
-fn flags(parent_remote: Option<bool>) -> u32 {
+pub(super) fn flags(parent_remote: Option<bool>) -> u32 {
     const SAMPLED: u32 = 1;
     const HAS_IS_REMOTE: u32 = 1 << 8;
     const IS_REMOTE: u32 = 1 << 9;
