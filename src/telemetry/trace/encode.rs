@@ -10,7 +10,7 @@ use std::fmt::Write as _;
 
 use super::proto::{span_kind, status_code};
 use super::span::{
-    flags, gen_ai_operation, unix_nanos, AttemptSpanInput, RequestSpanInput, MAX_ATTRIBUTE_LEN,
+    cut, flags, gen_ai_operation, int as int_value, unix_nanos, AttemptSpanInput, RequestSpanInput,
 };
 
 const VARINT: u32 = 0;
@@ -82,18 +82,6 @@ fn message(buf: &mut Vec<u8>, field: u32, body: impl FnOnce(&mut Vec<u8>)) {
     }
 }
 
-/// `s` cut to at most [`MAX_ATTRIBUTE_LEN`] bytes on a character boundary.
-fn bounded(s: &str) -> &str {
-    if s.len() <= MAX_ATTRIBUTE_LEN {
-        return s;
-    }
-    let mut end = MAX_ATTRIBUTE_LEN;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
-}
-
 fn varint_len(v: u64) -> usize {
     // 1 byte per 7 bits, at least one.
     (64 - (v | 1).leading_zeros() as usize).div_ceil(7)
@@ -132,13 +120,9 @@ fn attr_double(buf: &mut Vec<u8>, k: &str, v: f64) {
     });
 }
 
-fn clamp(v: u64) -> i64 {
-    i64::try_from(v).unwrap_or(i64::MAX)
-}
-
 fn error_status(buf: &mut Vec<u8>, message_text: Option<&str>) {
     message(buf, 15, |b| {
-        bytes(b, 2, bounded(message_text.unwrap_or("")).as_bytes());
+        bytes(b, 2, cut(message_text.unwrap_or("")).as_bytes());
         int(b, 3, i64::from(status_code::ERROR));
     });
 }
@@ -153,7 +137,7 @@ impl SpanWriter {
     fn formatted(&mut self, args: std::fmt::Arguments) -> &str {
         self.scratch.clear();
         let _ = self.scratch.write_fmt(args);
-        bounded(&self.scratch)
+        cut(&self.scratch)
     }
 
     /// The request span followed by its attempt spans (as `build_spans`).
@@ -175,14 +159,14 @@ impl SpanWriter {
             int(b, 6, i64::from(span_kind::SERVER));
             fixed64(b, 7, unix_nanos(r.start));
             fixed64(b, 8, unix_nanos(r.end));
-            attr_str(b, "http.request.method", bounded(&r.method));
-            attr_str(b, "url.path", bounded(&r.path));
+            attr_str(b, "http.request.method", cut(&r.method));
+            attr_str(b, "url.path", cut(&r.path));
             attr_int(b, "http.response.status_code", i64::from(r.status));
-            attr_str(b, "olla.request_id", bounded(&r.request_id));
+            attr_str(b, "olla.request_id", cut(&r.request_id));
             attr_int(
                 b,
                 "olla.failovers",
-                clamp(r.attempts.len().saturating_sub(1) as u64),
+                int_value(r.attempts.len().saturating_sub(1) as u64),
             );
             if let Some(op) = operation {
                 attr_str(b, "gen_ai.operation.name", op);
@@ -191,22 +175,22 @@ impl SpanWriter {
                 attr_str(b, "gen_ai.system", s);
             }
             if let Some(m) = &r.model {
-                attr_str(b, "gen_ai.request.model", bounded(m));
+                attr_str(b, "gen_ai.request.model", cut(m));
             }
             if let Some(n) = r.tokens_in {
-                attr_int(b, "gen_ai.usage.input_tokens", clamp(n));
+                attr_int(b, "gen_ai.usage.input_tokens", int_value(n));
             }
             if let Some(n) = r.tokens_out {
-                attr_int(b, "gen_ai.usage.output_tokens", clamp(n));
+                attr_int(b, "gen_ai.usage.output_tokens", int_value(n));
             }
             if let Some(t) = r.ttft {
                 attr_double(b, "gen_ai.server.time_to_first_token", t.as_secs_f64());
             }
             if let Some(e) = &r.endpoint {
-                attr_str(b, "olla.endpoint", bounded(e));
+                attr_str(b, "olla.endpoint", cut(e));
             }
             if let Some(k) = &r.key_name {
-                attr_str(b, "olla.api_key.name", bounded(k));
+                attr_str(b, "olla.api_key.name", cut(k));
             }
             let failed = r.status >= 500 || r.error.is_some();
             if failed {
@@ -251,10 +235,10 @@ impl SpanWriter {
             int(b, 6, i64::from(span_kind::CLIENT));
             fixed64(b, 7, unix_nanos(a.start));
             fixed64(b, 8, unix_nanos(a.end));
-            attr_str(b, "http.request.method", bounded(&r.method));
-            attr_str(b, "server.address", bounded(&a.host));
-            attr_str(b, "olla.endpoint", bounded(&a.endpoint));
-            attr_int(b, "olla.attempt", clamp(i as u64 + 1));
+            attr_str(b, "http.request.method", cut(&r.method));
+            attr_str(b, "server.address", cut(&a.host));
+            attr_str(b, "olla.endpoint", cut(&a.endpoint));
+            attr_int(b, "olla.attempt", int_value(i as u64 + 1));
             if let Some(s) = a.status {
                 attr_int(b, "http.response.status_code", i64::from(s));
             }

@@ -182,7 +182,7 @@ fn resource(service_name: &str) -> Resource {
     }
 }
 
-/// The encoded `InstrumentationScope` of olla's spans.
+/// The `InstrumentationScope` of olla's spans (encoded once by the exporter).
 fn scope() -> InstrumentationScope {
     InstrumentationScope {
         name: "olla".into(),

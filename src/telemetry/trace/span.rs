@@ -112,18 +112,23 @@ pub(super) fn unix_nanos(t: SystemTime) -> u64 {
 }
 
 /// `s` cut to at most `MAX_ATTRIBUTE_LEN` bytes on a character boundary.
-fn bounded(s: &str) -> String {
+pub(super) fn cut(s: &str) -> &str {
     if s.len() <= MAX_ATTRIBUTE_LEN {
-        return s.to_owned();
+        return s;
     }
     let mut end = MAX_ATTRIBUTE_LEN;
     while !s.is_char_boundary(end) {
         end -= 1;
     }
-    s[..end].to_owned()
+    &s[..end]
 }
 
-fn int(v: u64) -> i64 {
+/// [`cut`], owned.
+fn bounded(s: &str) -> String {
+    cut(s).to_owned()
+}
+
+pub(super) fn int(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
