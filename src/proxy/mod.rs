@@ -259,7 +259,7 @@ pub async fn forward(
 
 /// `proxy.inject_stream_usage`: a streaming OpenAI request that did not ask for usage is sent
 /// asking for it, and the usage chunk is removed from its stream; the usage seen goes to the
-/// request's counts either way.
+/// request's usage tap either way.
 async fn forward_with_stream_usage(
     app: &Arc<App>,
     parts: &Parts,
@@ -273,8 +273,7 @@ async fn forward_with_stream_usage(
     if !stream_usage::applies_to_path(&fwd.path_key) {
         return forward_body(app, parts, &body, &facts, client, fwd, None, ctx).await;
     }
-    let counts = Arc::new(stream_usage::UsageCounts::default());
-    counts.forward_to(ctx.usage_tap());
+    let tap = ctx.usage_tap();
     let injection = if body.len() <= INSPECT_INLINE_MAX {
         stream_usage::inject_include_usage(&body)
     } else {
@@ -288,11 +287,11 @@ async fn forward_with_stream_usage(
             // The splice moved the model's bytes: find them again.
             let facts = inspect(Some("application/json"), &new_body).await?;
             let resp = forward_body(app, parts, &new_body, &facts, client, fwd, None, ctx).await?;
-            Ok(stream_usage::filter_response(resp, true, counts))
+            Ok(stream_usage::filter_response(resp, true, tap))
         }
         Injection::ClientAsked => {
             let resp = forward_body(app, parts, &body, &facts, client, fwd, None, ctx).await?;
-            Ok(stream_usage::filter_response(resp, false, counts))
+            Ok(stream_usage::filter_response(resp, false, tap))
         }
         Injection::NotApplicable => {
             forward_body(app, parts, &body, &facts, client, fwd, None, ctx).await

@@ -19,8 +19,8 @@
 //!
 //! Response side, [`UsageFilter`]: an incremental SSE filter that removes the usage-only event
 //! (`data:` JSON with `"choices": []` and a `usage` object, OpenAI's final usage chunk) and
-//! records its `prompt_tokens`/`completion_tokens` in [`UsageCounts`]; every other byte passes
-//! unchanged. An event split over chunks is held until its end (at most
+//! records its `prompt_tokens`/`completion_tokens` in the request's [`UsageTap`]; every other
+//! byte passes unchanged. An event split over chunks is held until its end (at most
 //! [`MAX_HELD_EVENT`] bytes; a longer one is passed through as it comes). With `remove: false`
 //! it only records the usage. [`filter_response`] wraps a response body with it.
 //!
@@ -30,7 +30,6 @@ use std::borrow::Cow;
 use std::fmt;
 use std::ops::Range;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -43,6 +42,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use crate::http_util::{Body, BoxError};
+use crate::telemetry::UsageTap;
 
 /// Whether a (normalised, prefix-free) request path is an OpenAI chat-completions or
 /// completions call.
@@ -227,58 +227,6 @@ pub struct Usage {
     pub completion_tokens: u64,
 }
 
-/// Where the filter reports the usage it saw; shared with the request's owner.
-#[derive(Debug)]
-pub struct UsageCounts {
-    prompt: AtomicU64,
-    completion: AtomicU64,
-    /// The request context's usage tap, told too, so the finisher's token metrics see usage
-    /// that the filter removed from the client's stream.
-    tap: std::sync::OnceLock<Arc<crate::telemetry::UsageTap>>,
-}
-
-const UNKNOWN: u64 = u64::MAX;
-
-impl Default for UsageCounts {
-    fn default() -> Self {
-        Self {
-            prompt: AtomicU64::new(UNKNOWN),
-            completion: AtomicU64::new(UNKNOWN),
-            tap: std::sync::OnceLock::new(),
-        }
-    }
-}
-
-impl UsageCounts {
-    /// Also report the usage seen to `tap` (the request context's).
-    pub fn forward_to(&self, tap: Arc<crate::telemetry::UsageTap>) {
-        let _ = self.tap.set(tap);
-    }
-
-    pub fn set(&self, u: Usage) {
-        if let Some(tap) = self.tap.get() {
-            tap.set(crate::telemetry::usage::Usage {
-                input: Some(u.prompt_tokens),
-                output: Some(u.completion_tokens),
-            });
-        }
-        self.prompt
-            .store(u.prompt_tokens.min(UNKNOWN - 1), Ordering::Relaxed);
-        self.completion
-            .store(u.completion_tokens.min(UNKNOWN - 1), Ordering::Relaxed);
-    }
-
-    /// The usage seen, if any.
-    pub fn get(&self) -> Option<Usage> {
-        let p = self.prompt.load(Ordering::Relaxed);
-        let c = self.completion.load(Ordering::Relaxed);
-        (p != UNKNOWN && c != UNKNOWN).then_some(Usage {
-            prompt_tokens: p,
-            completion_tokens: c,
-        })
-    }
-}
-
 /// Longest SSE event held back while waiting for its end.
 pub const MAX_HELD_EVENT: usize = 64 * 1024;
 
@@ -447,11 +395,12 @@ fn usage_event(event: &[u8]) -> Option<Usage> {
     })
 }
 
-/// A response body run through a [`UsageFilter`]; the usage goes to `counts`.
+/// A response body run through a [`UsageFilter`]; the usage goes to `tap` (the request
+/// context's, so the finisher's token metrics see usage removed from the client's stream).
 pub struct FilteredBody {
     inner: Body,
     filter: UsageFilter,
-    counts: Arc<UsageCounts>,
+    tap: Arc<UsageTap>,
     done: bool,
 }
 
@@ -473,7 +422,10 @@ impl HttpBody for FilteredBody {
                     Ok(data) => {
                         let out = this.filter.push(&data);
                         if let Some(u) = this.filter.usage() {
-                            this.counts.set(u);
+                            this.tap.set(crate::telemetry::usage::Usage {
+                                input: Some(u.prompt_tokens),
+                                output: Some(u.completion_tokens),
+                            });
                         }
                         if !out.is_empty() {
                             return Poll::Ready(Some(Ok(Frame::data(out))));
@@ -505,11 +457,7 @@ impl HttpBody for FilteredBody {
 
 /// Runs a successful SSE response through the usage filter (removing the usage chunk when
 /// `remove`); any other response is returned as it is.
-pub fn filter_response(
-    resp: Response<Body>,
-    remove: bool,
-    counts: Arc<UsageCounts>,
-) -> Response<Body> {
+pub fn filter_response(resp: Response<Body>, remove: bool, tap: Arc<UsageTap>) -> Response<Body> {
     let sse = resp
         .headers()
         .get(http::header::CONTENT_TYPE)
@@ -523,7 +471,7 @@ pub fn filter_response(
     let filtered = FilteredBody {
         inner: body,
         filter: UsageFilter::new(remove),
-        counts,
+        tap,
         done: false,
     };
     Response::from_parts(parts, filtered.boxed())
@@ -702,17 +650,6 @@ mod tests {
         let (out, usage) = run(&[big.as_bytes(), USAGE.as_bytes()], true);
         assert_eq!(out, big.as_bytes());
         assert!(usage.is_some());
-    }
-
-    #[test]
-    fn usage_counts_default_unknown() {
-        let c = UsageCounts::default();
-        assert_eq!(c.get(), None);
-        c.set(Usage {
-            prompt_tokens: 1,
-            completion_tokens: 2,
-        });
-        assert_eq!(c.get().unwrap().completion_tokens, 2);
     }
 
     proptest! {
