@@ -20,6 +20,7 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -34,6 +35,8 @@ use tracing::{debug, info, warn};
 
 use crate::api;
 use crate::app::App;
+use crate::http_util::Body;
+use http::Response;
 
 pub mod deadline;
 pub mod tls;
@@ -266,8 +269,15 @@ pub async fn serve(mut intake: Intake, app: Arc<App>, shutdown: impl Future<Outp
             if via_tls {
                 req.extensions_mut().insert(crate::gate::ViaTls);
             }
+            // Boxed: hyper keeps one allocation of the service future's size per connection
+            // for the connection's whole life (its in-flight slot), so an unboxed request
+            // future (several KB) would be memory every open connection holds, idle or
+            // streaming. Boxed, the slot is a pointer and the future is freed when the
+            // response head is ready.
+            let handled: Pin<Box<dyn Future<Output = Response<Body>> + Send>> =
+                Box::pin(api::handle(app, req, peer));
             async move {
-                let resp = api::handle(app, req, peer).await;
+                let resp = handled.await;
                 Ok::<_, Infallible>(resp.map(|b| deadline::Tracked::new(b, ticket)))
             }
         });
