@@ -1,4 +1,4 @@
-//! The HTTP listener: HTTP/1.1 and h2c on one port (hyper-util's auto builder), TCP_NODELAY on
+//! The HTTP listener: HTTP/1.1 and h2c on one port (the version told by [`sniff`]), TCP_NODELAY on
 //! every accepted socket, header size and count limits, per-connection deadlines
 //! ([`deadline`]: first head, keep-alive idle, stalled writes), the connection cap
 //! (`server.max_connections`: beyond it a connection is accepted and closed at once, and
@@ -25,10 +25,11 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use hyper::body::Incoming;
+use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
@@ -39,6 +40,7 @@ use crate::http_util::Body;
 use http::Response;
 
 pub mod deadline;
+pub mod sniff;
 pub mod tls;
 
 /// Fewest request headers hyper accepts (its default).
@@ -221,23 +223,65 @@ impl Drop for LiveGuard {
     }
 }
 
+/// The connection builders, one per HTTP version ([`sniff`] tells which a connection speaks).
+/// hyper's own: hyper-util's auto-detecting connection is an enum sized for its HTTP/2 and
+/// detection states (1.6 KiB against 0.8 KiB for hyper's HTTP/1.1 connection), which every
+/// open connection's task would hold.
+struct Builders {
+    http1: http1::Builder,
+    http2: http2::Builder<TokioExecutor>,
+}
+
+/// Why a served connection ended early.
+type ConnError = Box<dyn std::error::Error + Send + Sync>;
+
+impl Builders {
+    /// Serves one connection to its end (or to graceful shutdown, through `watcher`).
+    async fn serve<I, S>(
+        &self,
+        version: sniff::Version,
+        io: I,
+        svc: S,
+        watcher: Watcher,
+    ) -> Result<(), ConnError>
+    where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+        S: hyper::service::HttpService<Incoming, ResBody = deadline::Tracked<Body>>
+            + Send
+            + 'static,
+        S::Future: Send + 'static,
+    {
+        let io = TokioIo::new(io);
+        match version {
+            sniff::Version::Http1 => {
+                Ok(watcher.watch(self.http1.serve_connection(io, svc)).await?)
+            }
+            // Boxed: rarer than HTTP/1.1 and larger; unboxed it would size every task.
+            sniff::Version::Http2 => {
+                Ok(Box::pin(watcher.watch(self.http2.serve_connection(io, svc))).await?)
+            }
+        }
+    }
+}
+
 /// Serves until `shutdown` resolves, then drains connections for up to `shutdown_timeout`.
 pub async fn serve(mut intake: Intake, app: Arc<App>, shutdown: impl Future<Output = ()>) {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
     let max_head = (app.settings.max_header_size as usize).clamp(8192, 16 << 20);
+    let max_headers = header_count_limit(app.settings.max_header_size);
     // Head deadlines are the connection's (see `deadline`), not hyper's per-request timer.
-    builder
-        .http1()
+    let mut http1 = http1::Builder::new();
+    http1
         .timer(TokioTimer::new())
         .header_read_timeout(None)
         .max_buf_size(max_head + 8192)
-        .max_headers(header_count_limit(app.settings.max_header_size))
+        .max_headers(max_headers)
         .keep_alive(true);
-    builder
-        .http2()
+    let mut http2 = http2::Builder::new(TokioExecutor::new());
+    http2
         .timer(TokioTimer::new())
         .max_header_list_size(max_head as u32)
         .keep_alive_interval(Some(Duration::from_secs(20)));
+    let builders = Arc::new(Builders { http1, http2 });
     let graceful = GracefulShutdown::new();
     let anchor = tokio::spawn(timer_anchor());
     let limits = deadline::Limits {
@@ -261,11 +305,11 @@ pub async fn serve(mut intake: Intake, app: Arc<App>, shutdown: impl Future<Outp
         let _ = stream.set_nodelay(true);
         let app = app.clone();
         let clock = deadline::Clock::new(tokio::time::Instant::now());
-        let io = deadline::DeadlineIo::new(stream, clock.clone(), limits);
         let via_tls = tls.is_some();
-        let svc = service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
+        let svc_clock = clock.clone();
+        let svc = service_fn(move |mut req: http::Request<Incoming>| {
             let app = app.clone();
-            let ticket = clock.begin();
+            let ticket = svc_clock.begin();
             if via_tls {
                 req.extensions_mut().insert(crate::gate::ViaTls);
             }
@@ -281,11 +325,15 @@ pub async fn serve(mut intake: Intake, app: Arc<App>, shutdown: impl Future<Outp
                 Ok::<_, Infallible>(resp.map(|b| deadline::Tracked::new(b, ticket)))
             }
         });
+        let (builders, watcher) = (builders.clone(), graceful.watcher());
         let Some(tls) = &tls else {
-            let conn = graceful.watch(builder.serve_connection(TokioIo::new(io), svc).into_owned());
             tokio::spawn(async move {
-                if let Err(e) = conn.await {
-                    debug!(error = %e, peer = %peer, "connection ended with an error");
+                let first_head = clock.first_head_deadline(&limits);
+                if let Some(version) = sniff::plain(&stream, first_head).await {
+                    let io = deadline::DeadlineIo::new(stream, clock, limits);
+                    if let Err(e) = builders.serve(version, io, svc, watcher).await {
+                        debug!(error = %e, peer = %peer, "connection ended with an error");
+                    }
                 }
                 drop(live);
             });
@@ -293,14 +341,13 @@ pub async fn serve(mut intake: Intake, app: Arc<App>, shutdown: impl Future<Outp
         };
         // TLS: the handshake runs on the connection's own task, with the certificates
         // current at accept (a reload swaps them for later connections only).
-        let (tls, builder, watcher) = (tls.clone(), builder.clone(), graceful.watcher());
+        let tls = tls.clone();
         tokio::spawn(async move {
+            let io = deadline::DeadlineIo::new(stream, clock, limits);
             match tls.accept(io).await {
                 Ok(stream) => {
-                    let conn = builder
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .into_owned();
-                    if let Err(e) = watcher.watch(conn).await {
+                    let version = sniff::from_alpn(stream.get_ref().1.alpn_protocol());
+                    if let Err(e) = builders.serve(version, stream, svc, watcher).await {
                         debug!(error = %e, peer = %peer, "TLS connection ended with an error");
                     }
                 }

@@ -65,6 +65,11 @@ impl Clock {
         Ticket(Arc::clone(self))
     }
 
+    /// When the first request head must have arrived, if ever.
+    pub fn first_head_deadline(&self, limits: &Limits) -> Option<Instant> {
+        after(self.born, limits.first_head)
+    }
+
     /// The read deadline in force, if any.
     fn read_deadline(&self, limits: &Limits) -> Option<Instant> {
         if self.in_flight.load(Ordering::Relaxed) > 0 {
