@@ -1,16 +1,19 @@
 //! Inbound API keys: the key ring (published behind an `ArcSwap`, read lock-free per request),
 //! how a request presents a key (`Authorization: Bearer`, `x-api-key`, `api-key`), SHA-256
-//! digests compared in constant time, model globs, expiry, and each key's request and token
-//! budgets (a small mutex per key, never held across an await). Keys are stored only as
-//! digests; the key itself is never kept, logged or shown.
+//! digests compared in constant time (a key proved once is then matched by a keyed-hash tag,
+//! [`Proven`]), model globs, expiry, and each key's request and token budgets (a small mutex
+//! per key, never held across an await). Keys are stored only as digests and tags; the key
+//! itself is never kept, logged or shown.
 
+use std::collections::hash_map::RandomState;
 use std::collections::{BTreeMap, HashMap};
+use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwap;
 use http::HeaderMap;
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
@@ -279,6 +282,58 @@ struct KeySet {
     enabled: bool,
     by_digest: HashMap<[u8; 32], Arc<ApiKey>>,
     by_name: BTreeMap<Arc<str>, Arc<ApiKey>>,
+    proven: Proven,
+}
+
+/// Keys a request has already proved against their SHA-256 digest, remembered by a 128-bit
+/// tag: SipHash of the presented key under two secret per-set seeds. A client presenting the
+/// same key again is matched by its tag (two SipHash runs over a short key, a tenth of a
+/// SHA-256), and the key itself is still never kept. Matching a tag without the key means
+/// guessing a 128-bit keyed hash online. It lives in the key set, so any change to the ring (a
+/// key removed, replaced or expired by config) starts it empty; it holds at most one tag per key.
+#[derive(Default)]
+struct Proven {
+    seeds: (RandomState, RandomState),
+    tags: RwLock<HashMap<u128, Arc<ApiKey>, BuildHasherDefault<TagHasher>>>,
+}
+
+impl Proven {
+    fn tag(&self, key: &[u8]) -> u128 {
+        let high = self.seeds.0.hash_one(key) as u128;
+        let low = self.seeds.1.hash_one(key) as u128;
+        (high << 64) | low
+    }
+
+    fn get(&self, tag: u128) -> Option<Arc<ApiKey>> {
+        self.tags.read().get(&tag).cloned()
+    }
+
+    fn remember(&self, tag: u128, key: &Arc<ApiKey>, most: usize) {
+        let mut tags = self.tags.write();
+        if tags.len() < most {
+            tags.insert(tag, key.clone());
+        }
+    }
+}
+
+/// Hashes a [`Proven`] tag for its map: the tag is already a keyed hash, so its low bits are.
+#[derive(Default)]
+struct TagHasher(u64);
+
+impl Hasher for TagHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+        }
+    }
+
+    fn write_u128(&mut self, tag: u128) {
+        self.0 = tag as u64;
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
 }
 
 /// The inbound key ring.
@@ -439,17 +494,25 @@ impl KeyRing {
         if given.len() > MAX_PRESENTED_LEN {
             return Err(KeyRefusal::Invalid);
         }
-        let d = digest(given);
-        let Some(key) = set.by_digest.get(&d) else {
-            return Err(KeyRefusal::Invalid);
+        let tag = set.proven.tag(given);
+        let key = match set.proven.get(tag) {
+            Some(key) => key,
+            None => {
+                let d = digest(given);
+                let Some(key) = set.by_digest.get(&d) else {
+                    return Err(KeyRefusal::Invalid);
+                };
+                if !bool::from(key.spec.digest.ct_eq(&d)) {
+                    return Err(KeyRefusal::Invalid);
+                }
+                set.proven.remember(tag, key, set.by_digest.len());
+                key.clone()
+            }
         };
-        if !bool::from(key.spec.digest.ct_eq(&d)) {
-            return Err(KeyRefusal::Invalid);
-        }
         if key.spec.expires.is_some_and(|e| SystemTime::now() >= e) {
             return Err(KeyRefusal::Expired);
         }
-        Ok(Some(key.clone()))
+        Ok(Some(key))
     }
 
     /// Charges `tokens` (from a finished response's usage) to the key's tokens/min budget.
@@ -555,6 +618,45 @@ mod tests {
         assert!(key_spec(&bad_name).is_err());
         bad_name.name = "x".repeat(65);
         assert!(key_spec(&bad_name).is_err());
+    }
+
+    #[test]
+    fn a_proven_key_is_matched_by_its_tag_until_the_ring_changes() {
+        let specs = vec![
+            key_spec(&entry("alice", "sk-alice-123")).unwrap(),
+            key_spec(&entry("bob", "sk-bob-45678")).unwrap(),
+        ];
+        let ring = KeyRing::new(Some(&specs));
+        let alice = headers("authorization", "Bearer sk-alice-123");
+        for _ in 0..3 {
+            let k = ring.authenticate(&alice).unwrap().unwrap();
+            assert_eq!(&*k.spec.name, "alice");
+        }
+        let bob = ring.authenticate(&headers("x-api-key", "sk-bob-45678"));
+        assert_eq!(&*bob.unwrap().unwrap().spec.name, "bob");
+        let set = ring.set.load();
+        assert_eq!(
+            set.proven.tags.read().len(),
+            2,
+            "one tag per key, however presented"
+        );
+        assert_ne!(
+            set.proven.tag(b"sk-alice-123"),
+            set.proven.tag(b"sk-bob-45678")
+        );
+        drop(set);
+        // Wrong keys are refused and never remembered.
+        for _ in 0..10 {
+            let wrong = headers("authorization", "Bearer sk-alice-124");
+            assert_eq!(ring.authenticate(&wrong).unwrap_err(), KeyRefusal::Invalid);
+        }
+        assert_eq!(ring.set.load().proven.tags.read().len(), 2);
+        // Removing a proven key refuses it at once.
+        assert!(ring.remove("alice"));
+        assert_eq!(ring.authenticate(&alice).unwrap_err(), KeyRefusal::Invalid);
+        assert!(ring
+            .authenticate(&headers("x-api-key", "sk-bob-45678"))
+            .is_ok());
     }
 
     #[test]

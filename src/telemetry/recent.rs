@@ -3,6 +3,7 @@
 //! one slot (a per-slot lock, picked by an atomic cursor, so finishing requests do not queue
 //! behind one lock). Bounded in memory: fixed slots, strings cut at [`MAX_FIELD`] bytes.
 
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
 
@@ -38,7 +39,8 @@ pub struct RecentEntry {
     pub tokens_in: Option<u64>,
     pub tokens_out: Option<u64>,
     pub failovers: u32,
-    pub client: String,
+    /// Formatted only when shown (serialised as the usual text form).
+    pub client: IpAddr,
     pub key: Option<String>,
     #[serde(skip)]
     seq: u64,
@@ -149,7 +151,7 @@ impl FinishObserver for RecentRing {
             tokens_in: rec.tokens_in,
             tokens_out: rec.tokens_out,
             failovers: rec.failovers,
-            client: rec.client_ip.to_string(),
+            client: rec.client_ip,
             key: rec.key_name.as_deref().map(cut),
             seq,
         };
