@@ -7,7 +7,7 @@
 
 use std::collections::hash_map::RandomState;
 use std::collections::{BTreeMap, HashMap};
-use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
+use std::hash::BuildHasher;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -18,6 +18,7 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
+use super::prehashed::PrehashedMap;
 use crate::config::schema::ApiKeyConfig;
 
 /// Longest key name.
@@ -294,7 +295,7 @@ struct KeySet {
 #[derive(Default)]
 struct Proven {
     seeds: (RandomState, RandomState),
-    tags: RwLock<HashMap<u128, Arc<ApiKey>, BuildHasherDefault<TagHasher>>>,
+    tags: RwLock<PrehashedMap<u128, Arc<ApiKey>>>,
 }
 
 impl Proven {
@@ -313,26 +314,6 @@ impl Proven {
         if tags.len() < most {
             tags.insert(tag, key.clone());
         }
-    }
-}
-
-/// Hashes a [`Proven`] tag for its map: the tag is already a keyed hash, so its low bits are.
-#[derive(Default)]
-struct TagHasher(u64);
-
-impl Hasher for TagHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
-        }
-    }
-
-    fn write_u128(&mut self, tag: u128) {
-        self.0 = tag as u64;
-    }
-
-    fn finish(&self) -> u64 {
-        self.0
     }
 }
 

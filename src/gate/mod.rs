@@ -11,6 +11,7 @@
 
 pub mod cors;
 pub mod keys;
+pub mod prehashed;
 pub mod ratelimit;
 pub mod settings;
 pub mod time;

@@ -9,12 +9,14 @@
 
 use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
-use std::hash::BuildHasher;
+use std::hash::{BuildHasher, Hash, Hasher};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
+
+use super::prehashed::PrehashedMap;
 
 const SHARDS: usize = 16;
 /// Most client IPs tracked at once (all shards).
@@ -115,7 +117,24 @@ pub struct IpTable {
     limit: u64,
     per_shard: usize,
     hasher: RandomState,
-    shards: Box<[Mutex<HashMap<IpAddr, IpEntry>>]>,
+    shards: Box<[Mutex<Shard>]>,
+}
+
+/// One shard of the per-IP table, keyed by address and its seeded hash (computed once per
+/// check, for the shard and the map both).
+type Shard = PrehashedMap<HashedIp, IpEntry>;
+
+/// A client address with its hash under the table's secret seed.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct HashedIp {
+    hash: u64,
+    ip: IpAddr,
+}
+
+impl Hash for HashedIp {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write_u64(self.hash);
+    }
 }
 
 impl IpTable {
@@ -125,17 +144,22 @@ impl IpTable {
             limit,
             per_shard: (capacity / SHARDS).max(1),
             hasher: RandomState::new(),
-            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
         }
     }
 
-    fn shard(&self, ip: &IpAddr) -> &Mutex<HashMap<IpAddr, IpEntry>> {
-        &self.shards[self.hasher.hash_one(ip) as usize % SHARDS]
+    /// The address hashed, and its shard: chosen by bits above those the shard's map uses
+    /// for buckets and tags, so the addresses of one shard still spread over its buckets.
+    fn shard(&self, ip: IpAddr) -> (HashedIp, &Mutex<Shard>) {
+        let hash = self.hasher.hash_one(ip);
+        let shard = &self.shards[(hash >> 32) as usize % SHARDS];
+        (HashedIp { hash, ip }, shard)
     }
 
     /// Checks and counts one request from `ip` at `now` (ns).
     pub fn check(&self, ip: IpAddr, now: u64) -> IpVerdict {
-        let mut shard = self.shard(&ip).lock();
+        let (ip, shard) = self.shard(ip);
+        let mut shard = shard.lock();
         if !shard.contains_key(&ip) && shard.len() >= self.per_shard {
             evict_one(&mut shard, now);
         }
@@ -197,8 +221,8 @@ impl IpTable {
 
 /// Makes room in a full shard: the first probed entry whose bucket has refilled (it holds no
 /// state a new entry would not), else the least recently seen probed entry.
-fn evict_one(shard: &mut HashMap<IpAddr, IpEntry>, now: u64) {
-    let mut victim: Option<(IpAddr, u64)> = None;
+fn evict_one(shard: &mut Shard, now: u64) {
+    let mut victim: Option<(HashedIp, u64)> = None;
     for (ip, e) in shard.iter().take(EVICTION_PROBES) {
         if e.tat <= now {
             victim = Some((*ip, 0));
