@@ -306,13 +306,14 @@ pub fn sanitized_url(raw: &str) -> String {
 /// Joins a base URI's path with a path-and-query, avoiding a doubled slash.
 pub fn join_uri(base: &Uri, path_and_query: &str) -> Result<Uri, http::Error> {
     let base_path = base.path().trim_end_matches('/');
-    let suffix = if path_and_query.starts_with('/') {
-        path_and_query.to_string()
-    } else {
-        format!("/{path_and_query}")
-    };
+    let mut joined = String::with_capacity(base_path.len() + 1 + path_and_query.len());
+    joined.push_str(base_path);
+    if !path_and_query.starts_with('/') {
+        joined.push('/');
+    }
+    joined.push_str(path_and_query);
     let mut parts = base.clone().into_parts();
-    parts.path_and_query = Some(format!("{base_path}{suffix}").parse()?);
+    parts.path_and_query = Some(http::uri::PathAndQuery::try_from(joined)?);
     Ok(Uri::from_parts(parts)?)
 }
 

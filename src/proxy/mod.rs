@@ -667,7 +667,7 @@ impl Run<'_> {
         set(
             &mut headers,
             names::X_OLLA_RESPONSE_TIME,
-            &format!("{}ms", first_byte.as_millis()),
+            &[itoa::Buffer::new().format(first_byte.as_millis()), "ms"].concat(),
         );
         headers.insert(names::X_SERVED_BY, headers::served_by());
         headers.insert(http::header::VIA, HeaderValue::from_static(headers::via()));

@@ -24,7 +24,6 @@
 pub mod decode;
 
 use std::collections::VecDeque;
-use std::fmt::Write as _;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -313,13 +312,15 @@ fn serialize_request(
     body: &[u8],
 ) -> Vec<u8> {
     let path = uri.path_and_query().map_or("/", |p| p.as_str());
-    let mut head = String::with_capacity(256 + headers.len() * 48);
-    let _ = write!(head, "{} {} HTTP/1.1\r\n", method.as_str(), path);
-    if !headers.contains_key(HOST) {
-        let _ = write!(head, "host: {authority}\r\n");
+    let mut out = Vec::with_capacity(256 + headers.len() * 48 + body.len());
+    for part in [method.as_str(), " ", path, " HTTP/1.1\r\n"] {
+        out.extend_from_slice(part.as_bytes());
     }
-    let mut out = Vec::with_capacity(head.len() + headers.len() * 48 + body.len() + 32);
-    out.extend_from_slice(head.as_bytes());
+    if !headers.contains_key(HOST) {
+        for part in ["host: ", authority, "\r\n"] {
+            out.extend_from_slice(part.as_bytes());
+        }
+    }
     for (name, value) in headers {
         out.extend_from_slice(name.as_str().as_bytes());
         out.extend_from_slice(b": ");
@@ -330,7 +331,7 @@ fn serialize_request(
         !body.is_empty() || matches!(*method, Method::POST | Method::PUT | Method::PATCH);
     if needs_length {
         out.extend_from_slice(b"content-length: ");
-        out.extend_from_slice(body.len().to_string().as_bytes());
+        out.extend_from_slice(itoa::Buffer::new().format(body.len()).as_bytes());
         out.extend_from_slice(b"\r\n");
     }
     out.extend_from_slice(b"\r\n");
