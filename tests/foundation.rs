@@ -416,6 +416,27 @@ async fn graceful_shutdown_lets_an_in_flight_stream_finish() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_that_has_sent_nothing_does_not_hold_shutdown() {
+    let d = daemon(&config(&[], "")).await;
+    let addr = d.url().trim_start_matches("http://").to_string();
+    let silent = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    // The connection is accepted and waiting for its first bytes (read_header_timeout 10 s).
+    let c = client();
+    let r = c
+        .get(format!("{}/internal/health", d.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    drop(c);
+    // Well under the 5 s shutdown_timeout the test config sets.
+    tokio::time::timeout(Duration::from_secs(3), d.stop())
+        .await
+        .expect("shutdown waited on a connection that never sent a request");
+    drop(silent);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_and_version_routes() {
     let d = daemon(&config(&[], "")).await;
     let c = client();
