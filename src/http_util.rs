@@ -57,6 +57,9 @@ const ACTIONS: &[&str] = &[
     "ambling",
 ];
 
+/// Lower-case hexadecimal digits by value.
+pub const HEX_DIGITS: &[u8; 16] = b"0123456789abcdef";
+
 /// The request id: an inbound `X-Request-ID` if it is at most 128 printable ASCII characters
 /// without spaces (as Olla accepts it), else a generated one such as `alpaca_grazing_0f3a`.
 pub fn request_id(inbound: Option<&HeaderValue>) -> String {
@@ -75,9 +78,7 @@ pub fn request_id(inbound: Option<&HeaderValue>) -> String {
     id.push_str(action);
     id.push('_');
     for shift in [12, 8, 4, 0] {
-        id.push(char::from(
-            b"0123456789abcdef"[usize::from(suffix >> shift & 0xf)],
-        ));
+        id.push(char::from(HEX_DIGITS[usize::from(suffix >> shift & 0xf)]));
     }
     id
 }

@@ -14,6 +14,8 @@ use std::fmt;
 
 use http::HeaderValue;
 
+use crate::http_util::HEX_DIGITS;
+
 /// A 16-byte trace id (never all zero).
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct TraceId(pub [u8; 16]);
@@ -46,12 +48,10 @@ impl SpanId {
     }
 }
 
-const HEX: &[u8; 16] = b"0123456789abcdef";
-
 fn write_hex(out: &mut Vec<u8>, bytes: &[u8]) {
     for b in bytes {
-        out.push(HEX[usize::from(b >> 4)]);
-        out.push(HEX[usize::from(b & 0xf)]);
+        out.push(HEX_DIGITS[usize::from(b >> 4)]);
+        out.push(HEX_DIGITS[usize::from(b & 0xf)]);
     }
 }
 
