@@ -48,25 +48,18 @@ impl SpanId {
     }
 }
 
-fn write_hex(out: &mut Vec<u8>, bytes: &[u8]) {
-    for b in bytes {
-        out.push(HEX_DIGITS[usize::from(b >> 4)]);
-        out.push(HEX_DIGITS[usize::from(b & 0xf)]);
-    }
-}
-
 impl fmt::Display for TraceId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut s = Vec::with_capacity(32);
-        write_hex(&mut s, &self.0);
+        let mut s = [0u8; 32];
+        hex_into(&mut s, &self.0);
         f.write_str(std::str::from_utf8(&s).map_err(|_| fmt::Error)?)
     }
 }
 
 impl fmt::Display for SpanId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut s = Vec::with_capacity(16);
-        write_hex(&mut s, &self.0);
+        let mut s = [0u8; 16];
+        hex_into(&mut s, &self.0);
         f.write_str(std::str::from_utf8(&s).map_err(|_| fmt::Error)?)
     }
 }
@@ -170,15 +163,23 @@ pub fn parse_tracestate(value: &[u8]) -> Option<String> {
 
 /// `traceparent` for a request leaving olla: version 00, this trace, `span` as the parent.
 pub fn format_traceparent(trace_id: TraceId, span: SpanId, sampled: bool) -> HeaderValue {
-    let mut s = Vec::with_capacity(55);
-    s.extend_from_slice(b"00-");
-    write_hex(&mut s, &trace_id.0);
-    s.push(b'-');
-    write_hex(&mut s, &span.0);
-    s.extend_from_slice(if sampled { b"-01" } else { b"-00" });
-    // Always valid: ASCII hex and dashes only (the buffer becomes the value, no copy).
-    HeaderValue::from_maybe_shared(bytes::Bytes::from(s))
-        .unwrap_or_else(|_| HeaderValue::from_static(""))
+    // Written into a fixed array (no per-byte capacity checks), then copied once.
+    let mut s = *b"00-00000000000000000000000000000000-0000000000000000-00";
+    hex_into(&mut s[3..35], &trace_id.0);
+    hex_into(&mut s[36..52], &span.0);
+    if sampled {
+        s[54] = b'1';
+    }
+    // Always valid: ASCII hex and dashes only.
+    HeaderValue::from_bytes(&s).unwrap_or_else(|_| HeaderValue::from_static(""))
+}
+
+/// Lowercase hex of `bytes` into `out` (twice as long).
+fn hex_into(out: &mut [u8], bytes: &[u8]) {
+    for (pair, b) in out.chunks_exact_mut(2).zip(bytes) {
+        pair[0] = HEX_DIGITS[usize::from(b >> 4)];
+        pair[1] = HEX_DIGITS[usize::from(b & 0xf)];
+    }
 }
 
 /// Which requests are recorded. The OpenTelemetry samplers olla offers, as

@@ -6,11 +6,10 @@
 //! test oracle, this is the exporter's path (it costs a fraction of building and encoding the
 //! message structs, which re-measure nested lengths at every level).
 
-use std::fmt::Write as _;
-
 use super::proto::{span_kind, status_code};
 use super::span::{
-    cut, flags, gen_ai_operation, int as int_value, unix_nanos, AttemptSpanInput, RequestSpanInput,
+    cut, duration_nanos, flags, gen_ai_operation, int as int_value, AttemptSpanInput,
+    RequestSpanInput,
 };
 
 const VARINT: u32 = 0;
@@ -66,19 +65,25 @@ fn int(buf: &mut Vec<u8>, field: u32, v: i64) {
     }
 }
 
-/// A nested message whose body `body` writes.
+/// A nested message whose body `body` writes. Two bytes are kept for the length, which is
+/// what a span needs (128 to 16,383 bytes), so a span's body is never moved; a shorter body
+/// moves left by one byte, and only a longer one (a whole batch) is shifted right.
 fn message(buf: &mut Vec<u8>, field: u32, body: impl FnOnce(&mut Vec<u8>)) {
     key(buf, field, LEN);
     let at = buf.len();
-    buf.push(0);
+    buf.extend_from_slice(&[0, 0]);
     body(buf);
-    let len = buf.len() - at - 1;
+    let len = buf.len() - at - 2;
     if len < 0x80 {
         buf[at] = len as u8;
+        buf.remove(at + 1);
+    } else if len < 0x4000 {
+        buf[at] = (len as u8 & 0x7f) | 0x80;
+        buf[at + 1] = (len >> 7) as u8;
     } else {
         let mut prefix = Vec::with_capacity(10);
         varint(&mut prefix, len as u64);
-        buf.splice(at..=at, prefix);
+        buf.splice(at..at + 2, prefix);
     }
 }
 
@@ -127,22 +132,31 @@ fn error_status(buf: &mut Vec<u8>, message_text: Option<&str>) {
     });
 }
 
-/// Writes spans; `scratch` holds formatted names and numbers between uses.
+/// Writes spans; `scratch` holds span names and numbers between uses.
 struct SpanWriter {
     scratch: String,
 }
 
 impl SpanWriter {
-    /// `scratch` = the format of `args`, bounded; returns it.
-    fn formatted(&mut self, args: std::fmt::Arguments) -> &str {
+    /// `scratch` = `a` + " " + `b`, bounded; returns it.
+    fn joined(&mut self, a: &str, b: &str) -> &str {
         self.scratch.clear();
-        let _ = self.scratch.write_fmt(args);
+        self.scratch.push_str(a);
+        self.scratch.push(' ');
+        self.scratch.push_str(b);
         cut(&self.scratch)
+    }
+
+    /// `scratch` = the decimal status; returns it.
+    fn status(&mut self, status: u16) -> &str {
+        self.scratch.clear();
+        self.scratch.push_str(itoa::Buffer::new().format(status));
+        &self.scratch
     }
 
     /// The request span followed by its attempt spans (as `build_spans`).
     fn request(&mut self, buf: &mut Vec<u8>, r: &RequestSpanInput) {
-        let trace_state = r.tracestate.as_deref().unwrap_or("");
+        let trace_state = r.tracestate.unwrap_or("");
         message(buf, 2, |b| {
             bytes(b, 1, &r.trace_id.0);
             bytes(b, 2, &r.span_id.0);
@@ -150,19 +164,19 @@ impl SpanWriter {
             if let Some(p) = r.parent_span_id {
                 bytes(b, 4, &p.0);
             }
-            let operation = gen_ai_operation(&r.path);
-            let name = match (operation, &r.model) {
-                (Some(op), Some(m)) => self.formatted(format_args!("{op} {m}")),
-                _ => self.formatted(format_args!("{} {}", r.method, r.path)),
+            let operation = gen_ai_operation(r.path);
+            let name = match (operation, r.model) {
+                (Some(op), Some(m)) => self.joined(op, m),
+                _ => self.joined(r.method, r.path),
             };
             bytes(b, 5, name.as_bytes());
             int(b, 6, i64::from(span_kind::SERVER));
-            fixed64(b, 7, unix_nanos(r.start));
-            fixed64(b, 8, unix_nanos(r.end));
-            attr_str(b, "http.request.method", cut(&r.method));
-            attr_str(b, "url.path", cut(&r.path));
+            fixed64(b, 7, r.start);
+            fixed64(b, 8, r.end);
+            attr_str(b, "http.request.method", cut(r.method));
+            attr_str(b, "url.path", cut(r.path));
             attr_int(b, "http.response.status_code", i64::from(r.status));
-            attr_str(b, "olla.request_id", cut(&r.request_id));
+            attr_str(b, "olla.request_id", cut(r.request_id));
             attr_int(
                 b,
                 "olla.failovers",
@@ -174,7 +188,7 @@ impl SpanWriter {
             if let Some(s) = r.system {
                 attr_str(b, "gen_ai.system", s);
             }
-            if let Some(m) = &r.model {
+            if let Some(m) = r.model {
                 attr_str(b, "gen_ai.request.model", cut(m));
             }
             if let Some(n) = r.tokens_in {
@@ -186,10 +200,10 @@ impl SpanWriter {
             if let Some(t) = r.ttft {
                 attr_double(b, "gen_ai.server.time_to_first_token", t.as_secs_f64());
             }
-            if let Some(e) = &r.endpoint {
+            if let Some(e) = r.endpoint {
                 attr_str(b, "olla.endpoint", cut(e));
             }
-            if let Some(k) = &r.key_name {
+            if let Some(k) = r.key_name {
                 attr_str(b, "olla.api_key.name", cut(k));
             }
             let failed = r.status >= 500 || r.error.is_some();
@@ -197,18 +211,18 @@ impl SpanWriter {
                 let kind = if r.error.is_some() && r.status < 500 {
                     "error"
                 } else {
-                    self.formatted(format_args!("{}", r.status))
+                    self.status(r.status)
                 };
                 attr_str(b, "error.type", kind);
             }
             if let Some(t) = r.ttft {
                 message(b, 11, |b| {
-                    fixed64(b, 1, unix_nanos(r.start + t));
+                    fixed64(b, 1, r.start.saturating_add(duration_nanos(t)));
                     bytes(b, 2, b"gen_ai.first_token");
                 });
             }
             if failed {
-                error_status(b, r.error.as_deref());
+                error_status(b, r.error);
             }
             fixed32(b, 16, flags(r.parent_span_id.map(|_| true)));
         });
@@ -230,14 +244,14 @@ impl SpanWriter {
             bytes(b, 2, &a.span_id.0);
             bytes(b, 3, trace_state.as_bytes());
             bytes(b, 4, &r.span_id.0);
-            let name = self.formatted(format_args!("{} {}", r.method, a.endpoint));
+            let name = self.joined(r.method, a.endpoint);
             bytes(b, 5, name.as_bytes());
             int(b, 6, i64::from(span_kind::CLIENT));
-            fixed64(b, 7, unix_nanos(a.start));
-            fixed64(b, 8, unix_nanos(a.end));
-            attr_str(b, "http.request.method", cut(&r.method));
-            attr_str(b, "server.address", cut(&a.host));
-            attr_str(b, "olla.endpoint", cut(&a.endpoint));
+            fixed64(b, 7, a.start);
+            fixed64(b, 8, a.end);
+            attr_str(b, "http.request.method", cut(r.method));
+            attr_str(b, "server.address", cut(a.host));
+            attr_str(b, "olla.endpoint", cut(a.endpoint));
             attr_int(b, "olla.attempt", int_value(i as u64 + 1));
             if let Some(s) = a.status {
                 attr_int(b, "http.response.status_code", i64::from(s));
@@ -245,11 +259,11 @@ impl SpanWriter {
             let failed = a.error.is_some() || a.status.is_none_or(|s| s >= 400);
             if failed {
                 let kind = match a.status {
-                    Some(s) if s >= 400 => self.formatted(format_args!("{s}")),
+                    Some(s) if s >= 400 => self.status(s),
                     _ => "error",
                 };
                 attr_str(b, "error.type", kind);
-                error_status(b, a.error.as_deref());
+                error_status(b, a.error);
             }
             fixed32(b, 16, flags(Some(false)));
         });
@@ -322,7 +336,9 @@ mod tests {
         export_request(&resource().encode_to_vec(), &scope().encode_to_vec(), batch)
     }
 
-    fn variants() -> Vec<RequestSpanInput> {
+    static LONG_MODEL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| "é".repeat(300));
+
+    fn variants() -> Vec<RequestSpanInput<'static>> {
         let base = sample_input();
         let mut out = vec![base.clone()];
         // No parent, no tracestate, no model, no usage, no ttft, failed with a 502.
@@ -337,21 +353,21 @@ mod tests {
         v.key_name = None;
         v.endpoint = None;
         v.status = 502;
-        v.error = Some("upstream broke".into());
+        v.error = Some("upstream broke");
         out.push(v);
         // An error below 500, a long model name (cut), a non-ASCII path, no attempts.
         let mut v = base.clone();
         v.status = 200;
-        v.error = Some("client went away".into());
-        v.model = Some("é".repeat(300));
-        v.path = "/olla/ollama/api/generate/ü".into();
+        v.error = Some("client went away");
+        v.model = Some(LONG_MODEL.as_str());
+        v.path = "/olla/ollama/api/generate/ü";
         v.attempts.clear();
         v.ttft = Some(Duration::ZERO);
         out.push(v);
         // Huge token counts, a 4xx attempt, an embeddings path, many attempts (long lengths).
         let mut v = base;
         v.tokens_in = Some(u64::MAX);
-        v.path = "/olla/proxy/v1/embeddings".into();
+        v.path = "/olla/proxy/v1/embeddings";
         for a in &mut v.attempts {
             a.status = Some(429);
             a.error = None;

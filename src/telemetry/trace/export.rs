@@ -2,14 +2,19 @@
 //! finished requests, builds their spans, and POSTs `ExportTraceServiceRequest` protobuf to the
 //! collector's `/v1/traces` (`Content-Type: application/x-protobuf`).
 //!
-//! Drop policy: [`TraceExporter::submit`] never waits. When the queue (`max_queue` requests) is
-//! full, or the collector fails, times out or answers non-2xx, the spans are dropped and
-//! counted (`dropped`; `export_errors` counts failed exports). Nothing is retried and nothing
-//! else is buffered, so a dead or slow collector costs a counter increment per request and
-//! bounded memory (`max_queue` inputs plus one batch in flight). After a failed export the
-//! task drops batches without encoding them for a pause ([`MIN_BACKOFF`], doubling per failure
-//! up to [`MAX_BACKOFF`]), so a dead collector costs no encoding either. Span building and
-//! encoding happen in the task, not on the request path.
+//! The queue is a vector behind a short lock, not a channel: a request's record is pushed with
+//! no wake-up, and the task is woken only when a batch is full, a flush is asked for or the
+//! exporter is dropped; otherwise it wakes once per batch interval. (A channel woke the task,
+//! on another thread, once per request.)
+//!
+//! Drop policy: [`TraceExporter::submit_record`] never waits. When the queue (`max_queue`
+//! requests) is full, or the collector fails, times out or answers non-2xx, the spans are
+//! dropped and counted (`dropped`; `export_errors` counts failed exports). Nothing is retried
+//! and nothing else is buffered, so a dead or slow collector costs a counter increment per
+//! request and bounded memory (`max_queue` records plus one batch in flight). After a failed
+//! export the task drops batches without encoding them for a pause ([`MIN_BACKOFF`], doubling
+//! per failure up to [`MAX_BACKOFF`]), so a dead collector costs no encoding either. Span
+//! building and encoding happen in the task, not on the request path.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -25,7 +30,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use prost::Message;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{oneshot, Notify};
 use tokio::time::Instant;
 
 use super::config::OtlpSettings;
@@ -81,18 +86,28 @@ pub type ExportFuture = Pin<Box<dyn Future<Output = Result<(), String>> + Send>>
 /// The transport of the exporter (HTTP in the daemon, anything in tests).
 pub type ExportSink = Arc<dyn Fn(Bytes) -> ExportFuture + Send + Sync>;
 
-/// What the queue carries.
-enum Item {
-    Request(Box<RequestSpanInput>),
-    /// A finished request (its spans are built in the batch task).
-    Record(Box<FinishRecord>),
-    /// Export what is batched now, then answer.
-    Flush(oneshot::Sender<()>),
+/// What the request path hands to the task.
+#[derive(Default)]
+struct Pending {
+    records: Vec<FinishRecord>,
+    /// Flushes waiting for everything queued before them to be exported.
+    flushes: Vec<oneshot::Sender<()>>,
+    /// The exporter was dropped: export what is queued and stop.
+    closed: bool,
+}
+
+/// The queue shared by the exporter handle and its task.
+struct Queue {
+    pending: parking_lot::Mutex<Pending>,
+    /// Wakes the task (a batch is full, a flush, closing); a wake before the task waits is kept.
+    wake: Notify,
+    max_queue: usize,
+    max_batch: usize,
 }
 
 /// Handle of the running exporter; cheap to share (`Arc`).
 pub struct TraceExporter {
-    tx: mpsc::Sender<Item>,
+    queue: Arc<Queue>,
     stats: Arc<ExportStats>,
     sampler: Sampler,
 }
@@ -105,13 +120,17 @@ impl TraceExporter {
 
     /// Starts the exporter with a given transport.
     pub fn with_sink(settings: &OtlpSettings, sink: ExportSink) -> Arc<Self> {
-        let (tx, rx) = mpsc::channel(settings.max_queue);
+        let queue = Arc::new(Queue {
+            pending: parking_lot::Mutex::new(Pending::default()),
+            wake: Notify::new(),
+            max_queue: settings.max_queue,
+            max_batch: settings.max_batch,
+        });
         let stats = Arc::new(ExportStats::default());
         let batcher = Batcher {
-            rx,
+            queue: queue.clone(),
             sink,
             stats: stats.clone(),
-            max_batch: settings.max_batch,
             interval: settings.batch_interval,
             timeout: settings.timeout,
             resource: resource(&settings.service_name).encode_to_vec(),
@@ -121,7 +140,7 @@ impl TraceExporter {
         };
         tokio::spawn(batcher.run());
         Arc::new(Self {
-            tx,
+            queue,
             stats,
             sampler: settings.sampler,
         })
@@ -136,37 +155,45 @@ impl TraceExporter {
         )
     }
 
-    /// Queues a finished, sampled request for export without waiting; when the queue is full
-    /// its spans are dropped and counted.
-    pub fn submit(&self, input: RequestSpanInput) {
-        let spans = 1 + input.attempts.len() as u64;
-        if self.tx.try_send(Item::Request(Box::new(input))).is_err() {
-            self.stats.dropped.fetch_add(spans, Ordering::Relaxed);
-        }
-    }
-
-    /// Queues a finished, sampled request's record (see [`TraceExporter::submit`]); its spans
-    /// are built from it in the batch task.
+    /// Queues a finished, sampled request's record without waiting; its spans are built in
+    /// the batch task. When the queue is full its spans are dropped and counted.
     pub fn submit_record(&self, rec: FinishRecord) {
         let spans = 1 + rec.attempts.len() as u64;
-        if self.tx.try_send(Item::Record(Box::new(rec))).is_err() {
-            self.stats.dropped.fetch_add(spans, Ordering::Relaxed);
+        let batch_full = {
+            let mut pending = self.queue.pending.lock();
+            if pending.records.len() >= self.queue.max_queue {
+                None
+            } else {
+                pending.records.push(rec);
+                Some(pending.records.len() == self.queue.max_batch)
+            }
+        };
+        match batch_full {
+            None => {
+                self.stats.dropped.fetch_add(spans, Ordering::Relaxed);
+            }
+            Some(true) => self.queue.wake.notify_one(),
+            Some(false) => {}
         }
     }
 
     /// Exports what is queued, waiting at most `within` (graceful shutdown).
     pub async fn flush(&self, within: Duration) {
         let (tx, rx) = oneshot::channel();
-        let _ = tokio::time::timeout(within, async {
-            if self.tx.send(Item::Flush(tx)).await.is_ok() {
-                let _ = rx.await;
-            }
-        })
-        .await;
+        self.queue.pending.lock().flushes.push(tx);
+        self.queue.wake.notify_one();
+        let _ = tokio::time::timeout(within, rx).await;
     }
 
     pub fn stats(&self) -> &Arc<ExportStats> {
         &self.stats
+    }
+}
+
+impl Drop for TraceExporter {
+    fn drop(&mut self) {
+        self.queue.pending.lock().closed = true;
+        self.queue.wake.notify_one();
     }
 }
 
@@ -196,10 +223,9 @@ pub fn encode(resource: &[u8], scope: &[u8], batch: &[RequestSpanInput]) -> Byte
 }
 
 struct Batcher {
-    rx: mpsc::Receiver<Item>,
+    queue: Arc<Queue>,
     sink: ExportSink,
     stats: Arc<ExportStats>,
-    max_batch: usize,
     interval: Duration,
     timeout: Duration,
     /// The encoded `Resource` and `InstrumentationScope` (the same in every export).
@@ -218,47 +244,38 @@ pub const MAX_BACKOFF: Duration = Duration::from_secs(10);
 
 impl Batcher {
     async fn run(mut self) {
-        let mut items: Vec<Item> = Vec::with_capacity(64);
-        let mut batch: Vec<RequestSpanInput> = Vec::with_capacity(self.max_batch.min(1024));
-        let mut flushed: Vec<oneshot::Sender<()>> = Vec::new();
+        let mut batch: Vec<FinishRecord> = Vec::new();
         loop {
-            // Wait for the first item, then gather until the batch is full, the interval has
-            // passed since that item, or a flush is asked for; one timer per batch.
-            if self.rx.recv_many(&mut items, self.max_batch).await == 0 {
-                return;
-            }
-            let sleep = tokio::time::sleep(self.interval);
-            tokio::pin!(sleep);
-            let mut closed = false;
-            loop {
-                for item in items.drain(..) {
-                    match item {
-                        Item::Request(i) => batch.push(*i),
-                        Item::Record(r) if self.paused() => {
-                            let spans = 1 + r.attempts.len() as u64;
-                            self.stats.dropped.fetch_add(spans, Ordering::Relaxed);
-                        }
-                        Item::Record(r) => batch.extend(span_input(&r)),
-                        Item::Flush(done) => flushed.push(done),
+            // Woken by a full batch, a flush or closing; else once per interval.
+            let _ = tokio::time::timeout(self.interval, self.queue.wake.notified()).await;
+            // Export full batches, then the rest; a flush waits for all queued before it.
+            let (flushes, closed) = loop {
+                let (flushes, closed, more) = {
+                    let mut pending = self.queue.pending.lock();
+                    let max = self.queue.max_batch;
+                    if pending.records.len() <= max {
+                        std::mem::swap(&mut pending.records, &mut batch);
+                    } else {
+                        batch.extend(pending.records.drain(..max));
                     }
+                    (
+                        std::mem::take(&mut pending.flushes),
+                        pending.closed,
+                        !pending.records.is_empty(),
+                    )
+                };
+                if !batch.is_empty() {
+                    self.export(&mut batch).await;
                 }
-                if !flushed.is_empty() || batch.len() >= self.max_batch {
-                    break;
+                if !more {
+                    break (flushes, closed);
                 }
-                tokio::select! {
-                    n = self.rx.recv_many(&mut items, self.max_batch - batch.len()) => {
-                        if n == 0 {
-                            closed = true;
-                            break;
-                        }
-                    }
-                    () = &mut sleep => break,
+                // Flushes taken in this round are answered after the whole queue is out.
+                if !flushes.is_empty() {
+                    self.queue.pending.lock().flushes.extend(flushes);
                 }
-            }
-            if !batch.is_empty() {
-                self.export(&mut batch).await;
-            }
-            for done in flushed.drain(..) {
+            };
+            for done in flushes {
                 let _ = done.send(());
             }
             if closed {
@@ -272,16 +289,23 @@ impl Batcher {
         self.paused_until.is_some_and(|t| Instant::now() < t)
     }
 
-    /// Encodes and sends one batch (or drops it while paused after a failure).
-    async fn export(&mut self, batch: &mut Vec<RequestSpanInput>) {
-        let spans: u64 = batch.iter().map(|i| 1 + i.attempts.len() as u64).sum();
+    /// Encodes and sends one batch (or drops it while paused after a failure); empties it.
+    async fn export(&mut self, batch: &mut Vec<FinishRecord>) {
+        let spans: u64 = batch
+            .iter()
+            .filter(|r| r.trace.is_some())
+            .map(|r| 1 + r.attempts.len() as u64)
+            .sum();
         if self.paused() {
             // The collector failed moments ago: do not spend CPU encoding for it.
             batch.clear();
             self.stats.dropped.fetch_add(spans, Ordering::Relaxed);
             return;
         }
-        let body = encode(&self.resource, &self.scope, batch);
+        let body = {
+            let inputs: Vec<RequestSpanInput> = batch.iter().filter_map(span_input).collect();
+            encode(&self.resource, &self.scope, &inputs)
+        };
         batch.clear();
         match tokio::time::timeout(self.timeout, (self.sink)(body)).await {
             Ok(Ok(())) => {
@@ -365,7 +389,7 @@ impl crate::telemetry::MetricsSource for ExportStats {
 mod tests {
     use super::super::context::{SpanId, TraceId};
     use super::super::proto::ExportTraceServiceRequest;
-    use super::super::span::tests::sample_input;
+    use super::super::wire::tests::{identity, record};
     use super::*;
     use std::sync::atomic::AtomicUsize;
 
@@ -385,11 +409,12 @@ mod tests {
         }
     }
 
-    fn input(n: u8) -> RequestSpanInput {
-        let mut i = sample_input();
-        i.trace_id = TraceId([n; 16]);
-        i.span_id = SpanId([n; 8]);
-        i
+    /// A finished, traced request of three spans (the request and two attempts).
+    fn input(n: u8) -> FinishRecord {
+        let mut id = identity();
+        id.trace_id = TraceId([n; 16]);
+        id.span_id = SpanId([n; 8]);
+        record(Some(id))
     }
 
     async fn wait_for(cond: impl Fn() -> bool) {
@@ -414,12 +439,12 @@ mod tests {
         let mut s = settings("http://127.0.0.1:1/v1/traces");
         s.max_batch = 1;
         let exp = TraceExporter::with_sink(&s, sink);
-        exp.submit(input(1));
+        exp.submit_record(input(1));
         // The task takes the first request and hangs in the export.
         wait_for(|| calls.load(Ordering::SeqCst) == 1).await;
         let started = std::time::Instant::now();
         for n in 0..100 {
-            exp.submit(input(n));
+            exp.submit_record(input(n));
         }
         assert!(
             started.elapsed() < Duration::from_secs(1),
@@ -481,7 +506,7 @@ mod tests {
         s.max_queue = 16;
         let exp = TraceExporter::start(&s);
         for n in 1..=5 {
-            exp.submit(input(n));
+            exp.submit_record(input(n));
         }
         wait_for(|| exp.stats().exported.load(Ordering::Relaxed) == 15).await;
         let got = got.lock();
@@ -511,11 +536,49 @@ mod tests {
         s.batch_interval = Duration::from_secs(3600);
         s.max_batch = 100;
         let exp = TraceExporter::start(&s);
-        exp.submit(input(1));
+        exp.submit_record(input(1));
         exp.flush(Duration::from_secs(10)).await;
         assert_eq!(exp.stats().exported.load(Ordering::Relaxed), 3);
         assert_eq!(got.lock().len(), 1);
         task.abort();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_task_exports_when_a_batch_fills_or_the_interval_ends() {
+        let sent = Arc::new(AtomicUsize::new(0));
+        let c = sent.clone();
+        let sink: ExportSink = Arc::new(move |body: Bytes| {
+            let spans = ExportTraceServiceRequest::decode(body)
+                .unwrap()
+                .resource_spans[0]
+                .scope_spans[0]
+                .spans
+                .len();
+            c.fetch_add(spans, Ordering::SeqCst);
+            Box::pin(async { Ok(()) })
+        });
+        let mut s = settings("http://127.0.0.1:1/v1/traces");
+        s.max_queue = 16;
+        s.batch_interval = Duration::from_secs(60);
+        let exp = TraceExporter::with_sink(&s, sink);
+        exp.submit_record(input(1));
+        exp.submit_record(input(2));
+        // Two of a batch of three: nothing is sent before the interval.
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        assert_eq!(sent.load(Ordering::SeqCst), 0);
+        // The third fills the batch: sent at once.
+        let filled = Instant::now();
+        exp.submit_record(input(3));
+        wait_for(|| sent.load(Ordering::SeqCst) == 9).await;
+        assert!(
+            filled.elapsed() < Duration::from_secs(1),
+            "not held for the interval"
+        );
+        // A lone request goes out when the interval ends.
+        exp.submit_record(input(4));
+        tokio::time::sleep(Duration::from_secs(61)).await;
+        wait_for(|| sent.load(Ordering::SeqCst) == 12).await;
+        assert_eq!(exp.stats().exported.load(Ordering::Relaxed), 12);
     }
 
     #[tokio::test]
@@ -527,7 +590,7 @@ mod tests {
         let exp = TraceExporter::start(&settings(&format!("http://127.0.0.1:{port}/v1/traces")));
         let started = std::time::Instant::now();
         for n in 0..50 {
-            exp.submit(input(n));
+            exp.submit_record(input(n));
         }
         assert!(started.elapsed() < Duration::from_millis(500));
         wait_for(|| {

@@ -8,7 +8,7 @@
 //!   [`build_spans`] (HTTP and GenAI semantic-convention attributes).
 //! - [`encode`]: the export body written straight from the span inputs (the bytes prost would
 //!   write for [`build_spans`], at a fraction of the cost).
-//! - [`export`]: [`TraceExporter`] (bounded queue, `submit` never waits, drops counted in
+//! - [`export`]: [`TraceExporter`] (bounded queue, `submit_record` never waits, drops counted in
 //!   [`ExportStats`], which renders Prometheus text).
 //! - [`config`]: `telemetry.otlp` and the `OTEL_*` environment variables → [`OtlpSettings`].
 //! - [`proto`]: the OTLP messages (prost).

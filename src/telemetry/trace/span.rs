@@ -27,50 +27,53 @@ use super::proto::{span_kind, status_code, Event, KeyValue, Span, Status};
 /// Longest string attribute value, in bytes.
 pub const MAX_ATTRIBUTE_LEN: usize = 256;
 
-/// One upstream attempt of a request.
+/// One upstream attempt of a request (borrowed from the finished request's record).
 #[derive(Clone, Debug)]
-pub struct AttemptSpanInput {
+pub struct AttemptSpanInput<'a> {
     /// The attempt's span id: the parent id sent to the backend in `traceparent`.
     pub span_id: SpanId,
     /// The endpoint's configured name.
-    pub endpoint: String,
+    pub endpoint: &'a str,
     /// The backend's host (and port), never its full URL.
-    pub host: String,
-    pub start: SystemTime,
-    pub end: SystemTime,
+    pub host: &'a str,
+    /// Start and end, nanoseconds since the Unix epoch.
+    pub start: u64,
+    pub end: u64,
     /// The backend's status when it answered.
     pub status: Option<u16>,
     /// Why the attempt failed (connect error, timeout, retryable status).
-    pub error: Option<String>,
+    pub error: Option<&'a str>,
 }
 
-/// A finished request, as the span builder needs it.
+/// A finished request, as the span builder needs it (borrowed from the request's record, so
+/// making it copies no string).
 #[derive(Clone, Debug)]
-pub struct RequestSpanInput {
+pub struct RequestSpanInput<'a> {
     pub trace_id: TraceId,
     pub span_id: SpanId,
     /// The client's span when it sent a valid `traceparent`.
     pub parent_span_id: Option<SpanId>,
     /// The client's `tracestate`.
-    pub tracestate: Option<String>,
-    pub method: String,
-    pub path: String,
+    pub tracestate: Option<&'a str>,
+    pub method: &'a str,
+    pub path: &'a str,
     pub status: u16,
-    pub start: SystemTime,
-    pub end: SystemTime,
-    pub model: Option<String>,
+    /// Start and end, nanoseconds since the Unix epoch.
+    pub start: u64,
+    pub end: u64,
+    pub model: Option<&'a str>,
     /// `gen_ai.system` of the backend that answered ([`gen_ai_system`]).
     pub system: Option<&'static str>,
     /// The endpoint that answered.
-    pub endpoint: Option<String>,
+    pub endpoint: Option<&'a str>,
     pub tokens_in: Option<u64>,
     pub tokens_out: Option<u64>,
     /// Time from receiving the request to the first response byte.
     pub ttft: Option<Duration>,
-    pub error: Option<String>,
-    pub key_name: Option<String>,
-    pub request_id: String,
-    pub attempts: Vec<AttemptSpanInput>,
+    pub error: Option<&'a str>,
+    pub key_name: Option<&'a str>,
+    pub request_id: &'a str,
+    pub attempts: Vec<AttemptSpanInput<'a>>,
 }
 
 /// `gen_ai.system` for a backend type name (`olla_actors::kind::BackendKind::as_str`).
@@ -106,9 +109,14 @@ pub fn gen_ai_operation(path: &str) -> Option<&'static str> {
     }
 }
 
-pub(super) fn unix_nanos(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+/// Nanoseconds since the Unix epoch (0 before it, saturating far after it).
+pub fn unix_nanos(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map_or(0, duration_nanos)
+}
+
+/// A duration in nanoseconds, saturating.
+pub fn duration_nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
 /// `s` cut to at most `MAX_ATTRIBUTE_LEN` bytes on a character boundary.
@@ -154,16 +162,16 @@ fn error_status(message: Option<&str>) -> Option<Status> {
 /// The request span followed by its attempt spans.
 pub fn build_spans(r: &RequestSpanInput) -> Vec<Span> {
     let mut out = Vec::with_capacity(1 + r.attempts.len());
-    let operation = gen_ai_operation(&r.path);
-    let name = match (operation, &r.model) {
+    let operation = gen_ai_operation(r.path);
+    let name = match (operation, r.model) {
         (Some(op), Some(m)) => bounded(&format!("{op} {m}")),
         _ => bounded(&format!("{} {}", r.method, r.path)),
     };
     let mut attrs = vec![
-        KeyValue::string("http.request.method", bounded(&r.method)),
-        KeyValue::string("url.path", bounded(&r.path)),
+        KeyValue::string("http.request.method", bounded(r.method)),
+        KeyValue::string("url.path", bounded(r.path)),
         KeyValue::int("http.response.status_code", i64::from(r.status)),
-        KeyValue::string("olla.request_id", bounded(&r.request_id)),
+        KeyValue::string("olla.request_id", bounded(r.request_id)),
         KeyValue::int(
             "olla.failovers",
             int(r.attempts.len().saturating_sub(1) as u64),
@@ -175,7 +183,7 @@ pub fn build_spans(r: &RequestSpanInput) -> Vec<Span> {
     if let Some(s) = r.system {
         attrs.push(KeyValue::string("gen_ai.system", s));
     }
-    if let Some(m) = &r.model {
+    if let Some(m) = r.model {
         attrs.push(KeyValue::string("gen_ai.request.model", bounded(m)));
     }
     if let Some(n) = r.tokens_in {
@@ -191,15 +199,15 @@ pub fn build_spans(r: &RequestSpanInput) -> Vec<Span> {
             t.as_secs_f64(),
         ));
         events.push(Event {
-            time_unix_nano: unix_nanos(r.start + t),
+            time_unix_nano: r.start.saturating_add(duration_nanos(t)),
             name: "gen_ai.first_token".into(),
             attributes: Vec::new(),
         });
     }
-    if let Some(e) = &r.endpoint {
+    if let Some(e) = r.endpoint {
         attrs.push(KeyValue::string("olla.endpoint", bounded(e)));
     }
-    if let Some(k) = &r.key_name {
+    if let Some(k) = r.key_name {
         attrs.push(KeyValue::string("olla.api_key.name", bounded(k)));
     }
     let failed = r.status >= 500 || r.error.is_some();
@@ -212,11 +220,7 @@ pub fn build_spans(r: &RequestSpanInput) -> Vec<Span> {
         attrs.push(KeyValue::string("error.type", kind));
     }
     let trace_id = r.trace_id.0.to_vec();
-    let trace_state = r
-        .tracestate
-        .as_deref()
-        .map(str::to_owned)
-        .unwrap_or_default();
+    let trace_state = r.tracestate.map(str::to_owned).unwrap_or_default();
     out.push(Span {
         trace_id: trace_id.clone(),
         span_id: r.span_id.0.to_vec(),
@@ -224,22 +228,18 @@ pub fn build_spans(r: &RequestSpanInput) -> Vec<Span> {
         parent_span_id: r.parent_span_id.map(|p| p.0.to_vec()).unwrap_or_default(),
         name,
         kind: span_kind::SERVER,
-        start_time_unix_nano: unix_nanos(r.start),
-        end_time_unix_nano: unix_nanos(r.end),
+        start_time_unix_nano: r.start,
+        end_time_unix_nano: r.end,
         attributes: attrs,
         events,
-        status: if failed {
-            error_status(r.error.as_deref())
-        } else {
-            None
-        },
+        status: if failed { error_status(r.error) } else { None },
         flags: flags(r.parent_span_id.map(|_| true)),
     });
     for (i, a) in r.attempts.iter().enumerate() {
         let mut attrs = vec![
-            KeyValue::string("http.request.method", bounded(&r.method)),
-            KeyValue::string("server.address", bounded(&a.host)),
-            KeyValue::string("olla.endpoint", bounded(&a.endpoint)),
+            KeyValue::string("http.request.method", bounded(r.method)),
+            KeyValue::string("server.address", bounded(a.host)),
+            KeyValue::string("olla.endpoint", bounded(a.endpoint)),
             KeyValue::int("olla.attempt", int(i as u64 + 1)),
         ];
         if let Some(s) = a.status {
@@ -260,15 +260,11 @@ pub fn build_spans(r: &RequestSpanInput) -> Vec<Span> {
             parent_span_id: r.span_id.0.to_vec(),
             name: bounded(&format!("{} {}", r.method, a.endpoint)),
             kind: span_kind::CLIENT,
-            start_time_unix_nano: unix_nanos(a.start),
-            end_time_unix_nano: unix_nanos(a.end),
+            start_time_unix_nano: a.start,
+            end_time_unix_nano: a.end,
             attributes: attrs,
             events: Vec::new(),
-            status: if failed {
-                error_status(a.error.as_deref())
-            } else {
-                None
-            },
+            status: if failed { error_status(a.error) } else { None },
             flags: flags(Some(false)),
         });
     }
@@ -288,43 +284,44 @@ pub(crate) mod tests {
             .and_then(|v| v.value.as_ref())
     }
 
-    pub(crate) fn sample_input() -> RequestSpanInput {
-        let start = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+    pub(crate) fn sample_input() -> RequestSpanInput<'static> {
+        const MS: u64 = 1_000_000;
+        let start = 1_700_000_000 * 1_000 * MS;
         RequestSpanInput {
             trace_id: TraceId([7; 16]),
             span_id: SpanId([1; 8]),
             parent_span_id: Some(SpanId([9; 8])),
-            tracestate: Some("k=v".into()),
-            method: "POST".into(),
-            path: "/olla/proxy/v1/chat/completions".into(),
+            tracestate: Some("k=v"),
+            method: "POST",
+            path: "/olla/proxy/v1/chat/completions",
             status: 200,
             start,
-            end: start + Duration::from_millis(900),
-            model: Some("llama3".into()),
+            end: start + 900 * MS,
+            model: Some("llama3"),
             system: Some(gen_ai_system("vllm")),
-            endpoint: Some("gpu2".into()),
+            endpoint: Some("gpu2"),
             tokens_in: Some(12),
             tokens_out: Some(34),
             ttft: Some(Duration::from_millis(250)),
             error: None,
-            key_name: Some("alice".into()),
-            request_id: "rid-1".into(),
+            key_name: Some("alice"),
+            request_id: "rid-1",
             attempts: vec![
                 AttemptSpanInput {
                     span_id: SpanId([2; 8]),
-                    endpoint: "gpu1".into(),
-                    host: "10.0.0.1:8000".into(),
+                    endpoint: "gpu1",
+                    host: "10.0.0.1:8000",
                     start,
-                    end: start + Duration::from_millis(5),
+                    end: start + 5 * MS,
                     status: None,
-                    error: Some("connection refused".into()),
+                    error: Some("connection refused"),
                 },
                 AttemptSpanInput {
                     span_id: SpanId([3; 8]),
-                    endpoint: "gpu2".into(),
-                    host: "10.0.0.2:8000".into(),
-                    start: start + Duration::from_millis(5),
-                    end: start + Duration::from_millis(250),
+                    endpoint: "gpu2",
+                    host: "10.0.0.2:8000",
+                    start: start + 5 * MS,
+                    end: start + 250 * MS,
                     status: Some(200),
                     error: None,
                 },
@@ -405,7 +402,8 @@ pub(crate) mod tests {
         let mut r = sample_input();
         r.status = 502;
         r.model = None;
-        r.error = Some("x".repeat(1000));
+        let long = "x".repeat(1000);
+        r.error = Some(&long);
         r.attempts.truncate(1);
         let spans = build_spans(&r);
         let s = &spans[0];

@@ -11,13 +11,12 @@
 //!   or not), time to first byte, failovers and the key name all come from the record.
 
 use std::sync::Arc;
-use std::time::SystemTime;
 
 use http::{HeaderMap, HeaderValue};
 
 use super::context::{SpanId, TraceIdentity, TRACEPARENT, TRACESTATE};
 use super::export::TraceExporter;
-use super::span::{gen_ai_system, AttemptSpanInput, RequestSpanInput};
+use super::span::{duration_nanos, gen_ai_system, unix_nanos, AttemptSpanInput, RequestSpanInput};
 use crate::telemetry::{AttemptOutcome, EndReason, FinishRecord};
 
 /// Whether requests to `path` are traced: all but olla's own status, metrics and version
@@ -41,32 +40,35 @@ pub fn begin(
 pub fn propagate(identity: &TraceIdentity, headers: &mut HeaderMap) -> SpanId {
     let span = SpanId::random();
     headers.insert(TRACEPARENT, identity.traceparent_for(span));
-    headers.remove(TRACESTATE);
-    if let Some(v) = identity
+    match identity
         .tracestate
         .as_deref()
         .and_then(|s| HeaderValue::try_from(s).ok())
     {
-        headers.insert(TRACESTATE, v);
-    }
+        Some(v) => headers.insert(TRACESTATE, v),
+        None => headers.remove(TRACESTATE),
+    };
     span
 }
 
 /// Why a request ended badly, for its span (`None`: it completed).
-fn end_error(end: EndReason) -> Option<String> {
+fn end_error(end: EndReason) -> Option<&'static str> {
     match end {
         EndReason::Complete => None,
-        EndReason::Error => Some("the response body failed before its end".into()),
-        EndReason::ClientGone => Some("client went away before the response ended".into()),
-        EndReason::Panic => Some("the request task panicked".into()),
+        EndReason::Error => Some("the response body failed before its end"),
+        EndReason::ClientGone => Some("client went away before the response ended"),
+        EndReason::Panic => Some("the request task panicked"),
     }
 }
 
-/// The span input of a finished, traced request (`None` when it carries no trace).
-pub fn span_input(rec: &FinishRecord) -> Option<RequestSpanInput> {
+/// The span input of a finished, traced request (`None` when it carries no trace). It
+/// borrows the record's strings; times are the record's wall-clock arrival plus offsets on
+/// the request's monotonic clock.
+pub fn span_input(rec: &FinishRecord) -> Option<RequestSpanInput<'_>> {
     let id = rec.trace.as_ref()?;
-    let at = |t: tokio::time::Instant| -> SystemTime {
-        rec.received_at + t.saturating_duration_since(rec.received)
+    let base = unix_nanos(rec.received_at);
+    let at = |t: tokio::time::Instant| -> u64 {
+        base.saturating_add(duration_nanos(t.saturating_duration_since(rec.received)))
     };
     let attempts = rec
         .attempts
@@ -74,17 +76,12 @@ pub fn span_input(rec: &FinishRecord) -> Option<RequestSpanInput> {
         .filter_map(|a| {
             let (status, error) = match a.outcome {
                 AttemptOutcome::Status(s) => (Some(s), None),
-                AttemptOutcome::Error(e) => (None, Some(e.as_str().to_owned())),
+                AttemptOutcome::Error(e) => (None, Some(e.as_str())),
             };
             Some(AttemptSpanInput {
                 span_id: a.span_id?,
-                endpoint: a.endpoint.0.name.clone(),
-                host: a
-                    .endpoint
-                    .0
-                    .url
-                    .authority()
-                    .map_or_else(String::new, |h| h.as_str().to_owned()),
+                endpoint: &a.endpoint.0.name,
+                host: a.endpoint.0.url.authority().map_or("", |h| h.as_str()),
                 start: at(a.started),
                 end: at(a.ended),
                 status,
@@ -96,38 +93,38 @@ pub fn span_input(rec: &FinishRecord) -> Option<RequestSpanInput> {
         trace_id: id.trace_id,
         span_id: id.span_id,
         parent_span_id: id.parent_span_id,
-        tracestate: id.tracestate.clone(),
-        method: rec.method.as_str().to_owned(),
-        path: rec.path.clone(),
+        tracestate: id.tracestate.as_deref(),
+        method: rec.method.as_str(),
+        path: &rec.path,
         status: rec.status,
-        start: rec.received_at,
-        end: rec.received_at + rec.duration,
-        model: rec.model.clone(),
+        start: base,
+        end: base.saturating_add(duration_nanos(rec.duration)),
+        model: rec.model.as_deref(),
         system: rec
             .endpoint
             .as_ref()
             .map(|e| gen_ai_system(e.0.kind.as_str())),
-        endpoint: rec.endpoint.as_ref().map(|e| e.0.name.clone()),
+        endpoint: rec.endpoint.as_ref().map(|e| e.0.name.as_str()),
         tokens_in: rec.tokens_in,
         tokens_out: rec.tokens_out,
         ttft: rec.ttfb,
         error: end_error(rec.end),
-        key_name: rec.key_name.as_deref().map(str::to_owned),
-        request_id: rec.request_id.clone(),
+        key_name: rec.key_name.as_deref(),
+        request_id: &rec.request_id,
         attempts,
     })
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::telemetry::context::{AttemptError, EndpointName, UpstreamAttempt};
     use crate::telemetry::Route;
     use olla_actors::kind::BackendKind;
     use olla_actors::spec::BackendSpec;
-    use std::time::Duration;
+    use std::time::{Duration, SystemTime};
 
-    fn record(trace: Option<TraceIdentity>) -> FinishRecord {
+    pub(crate) fn record(trace: Option<TraceIdentity>) -> FinishRecord {
         let spec = |name: &str, url: &'static str| {
             EndpointName(Arc::new(BackendSpec::new(
                 name,
@@ -187,7 +184,7 @@ mod tests {
         }
     }
 
-    fn identity() -> TraceIdentity {
+    pub(crate) fn identity() -> TraceIdentity {
         TraceIdentity {
             trace_id: super::super::TraceId([7; 16]),
             span_id: SpanId([9; 8]),
@@ -209,28 +206,26 @@ mod tests {
         assert_eq!(i.trace_id, super::super::TraceId([7; 16]));
         assert_eq!(i.span_id, SpanId([9; 8]));
         assert_eq!(i.parent_span_id, Some(SpanId([8; 8])));
-        assert_eq!(i.tracestate.as_deref(), Some("k=v"));
-        assert_eq!((i.method.as_str(), i.status), ("POST", 200));
-        assert_eq!(i.start, rec.received_at);
-        assert_eq!(i.end, rec.received_at + Duration::from_millis(90));
+        assert_eq!(i.tracestate, Some("k=v"));
+        assert_eq!((i.method, i.status), ("POST", 200));
+        let ms = |n: u64| unix_nanos(rec.received_at) + n * 1_000_000;
+        assert_eq!(i.start, ms(0));
+        assert_eq!(i.end, ms(90));
         assert_eq!(i.ttft, Some(Duration::from_millis(40)));
         // Non-streamed usage reaches the span too, and the key's name (never the key).
         assert_eq!((i.tokens_in, i.tokens_out), (Some(12), Some(34)));
-        assert_eq!(i.key_name.as_deref(), Some("team-a"));
+        assert_eq!(i.key_name, Some("team-a"));
         assert_eq!(i.system, Some("llama.cpp"));
-        assert_eq!(i.endpoint.as_deref(), Some("b"));
+        assert_eq!(i.endpoint, Some("b"));
         assert!(i.error.is_none());
         assert_eq!(i.attempts.len(), 2);
         let (a, b) = (&i.attempts[0], &i.attempts[1]);
+        assert_eq!((a.endpoint, a.host), ("a", "10.0.0.1:8080"));
+        assert_eq!((a.status, a.error), (None, Some("connect")));
+        assert_eq!(a.start, ms(1));
+        assert_eq!(a.end, ms(5));
         assert_eq!(
-            (a.endpoint.as_str(), a.host.as_str()),
-            ("a", "10.0.0.1:8080")
-        );
-        assert_eq!((a.status, a.error.as_deref()), (None, Some("connect")));
-        assert_eq!(a.start, rec.received_at + Duration::from_millis(1));
-        assert_eq!(a.end, rec.received_at + Duration::from_millis(5));
-        assert_eq!(
-            (b.span_id, b.status, b.error.as_deref()),
+            (b.span_id, b.status, b.error),
             (SpanId([2; 8]), Some(200), None)
         );
     }
@@ -240,10 +235,7 @@ mod tests {
         let mut rec = record(Some(identity()));
         rec.end = EndReason::ClientGone;
         let i = span_input(&rec).unwrap();
-        assert!(i
-            .error
-            .as_deref()
-            .is_some_and(|e| e.contains("client went away")));
+        assert!(i.error.is_some_and(|e| e.contains("client went away")));
     }
 
     #[test]
