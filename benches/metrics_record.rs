@@ -59,6 +59,7 @@ fn record(model: &str) -> FinishRecord {
         }],
         client_ip: IpAddr::from([127, 0, 0, 1]),
         key_name: None,
+        caller: None,
         decision: None,
         received_at: SystemTime::now(),
         received: now,

@@ -250,7 +250,7 @@ async fn a_key_over_its_token_budget_gets_429_until_the_window_refills() {
 }
 
 /// The whole path: the response's usage charges the key when the response finishes. This
-/// needs the request finisher (telemetry) to call `KeyRing::charge_tokens`.
+/// needs the request finisher (telemetry) to charge the key that admitted the request.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn usage_reported_by_the_backend_is_charged_to_the_key() {
     let be = MockServer::start(MockConfig {

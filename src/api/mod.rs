@@ -16,7 +16,7 @@ use hyper::body::Incoming;
 
 use crate::app::App;
 use crate::error::ProxyError;
-use crate::gate::{Admission, Caller, ViaTls};
+use crate::gate::{Admission, ViaTls};
 use crate::http_util::{request_id, Body};
 use crate::proxy::headers::ClientInfo;
 use crate::proxy::select::KindFilter;
@@ -32,7 +32,7 @@ pub const FAULT_PANIC: &str = "x-olla-fault-panic";
 /// then it is routed. The request's context lives in its [`Finisher`], which renders the
 /// request's headers onto the response and records the request once its body ends (or the
 /// client leaves, or the task panics).
-pub async fn handle(app: Arc<App>, mut req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+pub async fn handle(app: Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
     let rid = request_id(req.headers().get("x-request-id"));
     let path = req.uri().path().to_string();
     let mut ctx = RequestContext::new(rid, req.method().clone(), path.clone(), peer.ip());
@@ -45,8 +45,9 @@ pub async fn handle(app: Arc<App>, mut req: Request<Incoming>, peer: SocketAddr)
     let (pass, result) = match app.gate.admit(&req, peer, &path) {
         Admission::Pass(pass) => {
             if let Some(key) = &pass.key {
-                finisher.ctx().key_name = Some(key.spec.name.clone());
-                req.extensions_mut().insert(Caller(key.clone()));
+                let ctx = finisher.ctx();
+                ctx.key_name = Some(key.spec.name.clone());
+                ctx.caller = Some(key.clone());
             }
             let span = finisher.span();
             let routed = route(&app, req, peer, &path, finisher.ctx()).instrument(span);

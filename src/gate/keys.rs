@@ -7,7 +7,7 @@
 
 use std::collections::hash_map::RandomState;
 use std::collections::{BTreeMap, HashMap};
-use std::hash::BuildHasher;
+use std::hash::{BuildHasher, Hasher as _};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -16,6 +16,7 @@ use http::HeaderMap;
 use parking_lot::{Mutex, RwLock};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
+use siphasher::sip128::{Hasher128 as _, SipHasher13};
 use subtle::ConstantTimeEq;
 
 use super::prehashed::PrehashedMap;
@@ -217,6 +218,13 @@ pub struct KeyLimits {
     pub tokens: Option<Budget>,
 }
 
+impl KeyLimits {
+    /// The key has a requests or tokens budget.
+    pub fn any(&self) -> bool {
+        self.requests.is_some() || self.tokens.is_some()
+    }
+}
+
 /// One key in the ring.
 #[derive(Debug)]
 pub struct ApiKey {
@@ -287,22 +295,38 @@ struct KeySet {
 }
 
 /// Keys a request has already proved against their SHA-256 digest, remembered by a 128-bit
-/// tag: SipHash of the presented key under two secret per-set seeds. A client presenting the
-/// same key again is matched by its tag (two SipHash runs over a short key, a tenth of a
-/// SHA-256), and the key itself is still never kept. Matching a tag without the key means
+/// tag: SipHash-1-3 (128-bit output) of the presented key under a secret per-set key. A client
+/// presenting the same key again is matched by its tag (one SipHash pass over a short key, a
+/// tenth of a SHA-256), and the key itself is still never kept. Matching a tag without the key means
 /// guessing a 128-bit keyed hash online. It lives in the key set, so any change to the ring (a
 /// key removed, replaced or expired by config) starts it empty; it holds at most one tag per key.
-#[derive(Default)]
 struct Proven {
-    seeds: (RandomState, RandomState),
+    /// The secret SipHash key of this set's tags.
+    secret: [u8; 16],
     tags: RwLock<PrehashedMap<u128, Arc<ApiKey>>>,
 }
 
+impl Default for Proven {
+    fn default() -> Self {
+        // `RandomState` is seeded from the OS once per thread; SipHash of constants under it
+        // gives an unpredictable 128-bit key.
+        let seed = RandomState::new();
+        let mut secret = [0u8; 16];
+        secret[..8].copy_from_slice(&seed.hash_one(1u8).to_le_bytes());
+        secret[8..].copy_from_slice(&seed.hash_one(2u8).to_le_bytes());
+        Self {
+            secret,
+            tags: RwLock::default(),
+        }
+    }
+}
+
 impl Proven {
+    /// SipHash-1-3 with a 128-bit output: one pass over the key.
     fn tag(&self, key: &[u8]) -> u128 {
-        let high = self.seeds.0.hash_one(key) as u128;
-        let low = self.seeds.1.hash_one(key) as u128;
-        (high << 64) | low
+        let mut h = SipHasher13::new_with_key(&self.secret);
+        h.write(key);
+        h.finish128().as_u128()
     }
 
     fn get(&self, tag: u128) -> Option<Arc<ApiKey>> {
@@ -503,27 +527,28 @@ impl KeyRing {
             return;
         }
         if let Some(k) = self.set.load().by_name.get(key_name) {
-            if let Some(b) = &k.limits.tokens {
-                b.charge(tokens as f64, Instant::now());
-            }
+            k.charge_tokens(tokens);
         }
     }
 }
 
-impl KeyRing {
+impl ApiKey {
+    /// Charges `tokens` to this key's tokens/min budget (none: ignored).
+    pub fn charge_tokens(&self, tokens: u64) {
+        if let (Some(b), true) = (&self.limits.tokens, tokens > 0) {
+            b.charge(tokens as f64, Instant::now());
+        }
+    }
+
     /// Charges a finished request's usage (prompt plus completion tokens) to the key that
-    /// admitted it; what a request finisher calls. Nothing happens without a key or usage.
-    pub fn charge_usage(
-        &self,
-        key_name: Option<&str>,
-        tokens_in: Option<u64>,
-        tokens_out: Option<u64>,
-    ) {
-        if let Some(name) = key_name {
+    /// admitted it, whose budget it is even if the ring changed since; what a request
+    /// finisher calls.
+    pub fn charge_usage(&self, tokens_in: Option<u64>, tokens_out: Option<u64>) {
+        if self.limits.tokens.is_some() {
             let total = tokens_in
                 .unwrap_or(0)
                 .saturating_add(tokens_out.unwrap_or(0));
-            self.charge_tokens(name, total);
+            self.charge_tokens(total);
         }
     }
 }
@@ -712,8 +737,7 @@ mod tests {
         let k = ring.get("t").unwrap();
         let t0 = Instant::now();
         assert!(admit(&k, t0).is_ok());
-        ring.charge_usage(Some("t"), Some(50), Some(600));
-        ring.charge_usage(None, Some(5), Some(5));
+        k.charge_usage(Some(50), Some(600));
         ring.charge_tokens("nobody", 5);
         let (kind, wait) = admit(&k, t0).unwrap_err();
         assert_eq!(kind, KeyLimitKind::Tokens);

@@ -44,16 +44,6 @@ pub const X_RATELIMIT_RESET: HeaderName = HeaderName::from_static("x-ratelimit-r
 #[derive(Clone, Copy, Debug)]
 pub struct ViaTls;
 
-/// Request extension: the inbound API key that admitted the request. Holds the key's name
-/// and settings, never the key.
-#[derive(Clone, Debug)]
-pub struct Caller(pub Arc<ApiKey>);
-
-/// The name of the key that admitted a request (for logs, metrics labels and traces).
-pub fn key_name(ext: &http::Extensions) -> Option<Arc<str>> {
-    ext.get::<Caller>().map(|c| c.0.spec.name.clone())
-}
-
 /// Process-wide counters of refusals (lifetime totals) and the recently blocked IPs.
 #[derive(Default)]
 pub struct SecurityStats {
@@ -208,14 +198,49 @@ impl Pass {
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs())
                 + 60;
-            h.insert(X_RATELIMIT_LIMIT, HeaderValue::from(r.limit));
+            let (limit, reset) = RATE_VALUES.with(|c| {
+                let mut c = c.borrow_mut();
+                (c.limit.get(r.limit), c.reset.get(reset))
+            });
+            h.insert(X_RATELIMIT_LIMIT, limit);
             h.insert(X_RATELIMIT_REMAINING, HeaderValue::from(r.remaining));
-            h.insert(X_RATELIMIT_RESET, HeaderValue::from(reset));
+            h.insert(X_RATELIMIT_RESET, reset);
         }
         if let Some(c) = &self.cors {
             c.decorate(self.allow_origin.as_ref(), h);
         }
     }
+}
+
+/// The last header value made for a number, reused while the number stays the same (a clone
+/// is a reference count, a new value an allocation).
+#[derive(Default)]
+struct LastValue(Option<(u64, HeaderValue)>);
+
+impl LastValue {
+    fn get(&mut self, n: u64) -> HeaderValue {
+        match &self.0 {
+            Some((last, v)) if *last == n => v.clone(),
+            _ => {
+                let v = HeaderValue::from(n);
+                self.0 = Some((n, v.clone()));
+                v
+            }
+        }
+    }
+}
+
+/// Per serving thread: `X-RateLimit-Limit` (the configured limit) and `X-RateLimit-Reset`
+/// (a Unix second) change rarely.
+#[derive(Default)]
+struct RateHeaderValues {
+    limit: LastValue,
+    reset: LastValue,
+}
+
+thread_local! {
+    static RATE_VALUES: std::cell::RefCell<RateHeaderValues> =
+        std::cell::RefCell::new(RateHeaderValues::default());
 }
 
 /// The gate's verdict on a request.
@@ -251,18 +276,24 @@ fn content_length(h: &HeaderMap) -> Option<u64> {
 /// Olla rate-limits only the proxy catch-alls: not `/internal/*`, `/version`, `/olla/models*`,
 /// model-list routes or `/olla/anthropic/*`.
 pub fn rate_limited_route(method: &Method, path: &str) -> bool {
-    let Some(rest) = path.strip_prefix("/olla/") else {
+    let Some(rest) = path.as_bytes().strip_prefix(b"/olla/") else {
         return false;
     };
-    let (prefix, tail) = rest.split_once('/').unwrap_or((rest, ""));
-    if matches!(prefix, "models" | "anthropic") || prefix.is_empty() {
+    // Bytes, not `split_once`: this runs on every request.
+    let (prefix, tail) = match rest.iter().position(|&b| b == b'/') {
+        Some(i) => (&rest[..i], &rest[i + 1..]),
+        None => (rest, &b""[..]),
+    };
+    if matches!(prefix, b"models" | b"anthropic" | b"") {
         return false;
     }
-    let list = matches!(
+    if method != Method::GET && method != Method::HEAD {
+        return true;
+    }
+    !matches!(
         tail,
-        "v1/models" | "v1/models/" | "api/tags" | "api/v0/models" | "api/v1/models"
-    );
-    !(list && (method == Method::GET || method == Method::HEAD))
+        b"v1/models" | b"v1/models/" | b"api/tags" | b"api/v0/models" | b"api/v1/models"
+    )
 }
 
 /// The gate's state, one per daemon.
@@ -400,7 +431,7 @@ impl Gate {
                 return Admission::Reject(e, pass);
             }
         }
-        if let Some(k) = &pass.key {
+        if let Some(k) = pass.key.as_ref().filter(|k| k.limits.any()) {
             if let Err((kind, wait)) = keys::admit(k, Instant::now()) {
                 let (counter, what) = match kind {
                     KeyLimitKind::Requests => (&self.stats.key_rate_limits, "requests per minute"),
@@ -471,10 +502,10 @@ impl Gate {
     /// The key that admitted the request may use `model` (called once the body is inspected).
     pub fn check_model(
         &self,
-        ext: &http::Extensions,
+        caller: Option<&ApiKey>,
         model: Option<&str>,
     ) -> Result<(), ProxyError> {
-        let Some(Caller(key)) = ext.get::<Caller>() else {
+        let Some(key) = caller else {
             return Ok(());
         };
         if key.allows_model(model) {
@@ -528,8 +559,8 @@ impl crate::telemetry::MetricsSource for SecurityStats {
 /// Charges the tokens a finished response reported to the key that sent it (tokens/min).
 impl crate::telemetry::FinishObserver for KeyRing {
     fn on_finish(&self, rec: &crate::telemetry::FinishRecord) {
-        if rec.key_name.is_some() {
-            self.charge_usage(rec.key_name.as_deref(), rec.tokens_in, rec.tokens_out);
+        if let Some(key) = &rec.caller {
+            key.charge_usage(rec.tokens_in, rec.tokens_out);
         }
     }
 }

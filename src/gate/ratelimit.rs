@@ -160,7 +160,11 @@ impl IpTable {
     pub fn check(&self, ip: IpAddr, now: u64) -> IpVerdict {
         let (ip, shard) = self.shard(ip);
         let mut shard = shard.lock();
-        if !shard.contains_key(&ip) && shard.len() >= self.per_shard {
+        // One lookup for a known address; a new one may first evict.
+        if let Some(e) = shard.get_mut(&ip) {
+            return self.step(e, now);
+        }
+        if shard.len() >= self.per_shard {
             evict_one(&mut shard, now);
         }
         let e = shard.entry(ip).or_insert(IpEntry {
@@ -169,6 +173,11 @@ impl IpTable {
             window_count: 0,
             last_seen: now,
         });
+        self.step(e, now)
+    }
+
+    /// Counts one request against an address's entry.
+    fn step(&self, e: &mut IpEntry, now: u64) -> IpVerdict {
         e.last_seen = now;
         match self.rate.step(e.tat, now) {
             Ok(next) => {

@@ -315,7 +315,7 @@ pub async fn forward_body(
     ctx.model.clone_from(&facts.model);
     ctx.stream = facts.stream;
     app.gate
-        .check_model(&parts.extensions, facts.model.as_deref())?;
+        .check_model(ctx.caller.as_deref(), facts.model.as_deref())?;
     let route_facts = select::RouteFacts {
         headers: Some(&parts.headers),
         peer: Some(client.peer),

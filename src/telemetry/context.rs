@@ -207,6 +207,8 @@ pub struct RequestContext {
     pub client_ip: IpAddr,
     /// The API key's name (set by the gate when keys are on).
     pub key_name: Option<Arc<str>>,
+    /// The API key that admitted the request (its model globs and budgets; never the key).
+    pub caller: Option<Arc<crate::gate::keys::ApiKey>>,
     /// The model the client asked for.
     pub model: Option<String>,
     pub stream: bool,
@@ -243,6 +245,7 @@ impl RequestContext {
             route,
             client_ip,
             key_name: None,
+            caller: None,
             model: None,
             stream: false,
             decision: None,
@@ -366,6 +369,8 @@ pub struct FinishRecord {
     pub attempts: Vec<UpstreamAttempt>,
     pub client_ip: IpAddr,
     pub key_name: Option<Arc<str>>,
+    /// The API key that admitted the request.
+    pub caller: Option<Arc<crate::gate::keys::ApiKey>>,
     pub decision: Option<Decision>,
     pub received_at: SystemTime,
     pub received: Instant,
@@ -462,6 +467,7 @@ impl Tracker {
             attempts: ctx.attempts,
             client_ip: ctx.client_ip,
             key_name: ctx.key_name,
+            caller: ctx.caller,
             decision: ctx.decision,
             received_at: ctx.received_at,
             received: ctx.received,

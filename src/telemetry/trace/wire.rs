@@ -177,6 +177,7 @@ pub(crate) mod tests {
             ],
             client_ip: std::net::IpAddr::from([127, 0, 0, 1]),
             key_name: Some(Arc::from("team-a")),
+            caller: None,
             decision: None,
             received_at,
             received,
