@@ -161,22 +161,38 @@ impl SecurityStats {
 /// Olla's global and per-IP limits.
 struct Limiter {
     base: Instant,
+    /// Unix seconds at `base` (the wall clock is read once; `X-RateLimit-Reset` is derived).
+    base_unix_secs: u64,
     global: Option<GlobalBucket>,
     per_ip: Option<IpTable>,
     per_ip_limit: u64,
+    /// `X-RateLimit-Limit`: the per-IP limit, made once.
+    limit_value: HeaderValue,
 }
 
 impl Limiter {
     fn now_ns(&self) -> u64 {
         self.base.elapsed().as_nanos() as u64
     }
+
+    /// The rate-limit headers of a request checked at `now` (ns since `base`): Olla's reset is
+    /// the current Unix second plus 60.
+    fn headers(&self, now: u64, remaining: u64) -> RateHeaders {
+        RateHeaders {
+            limit: self.limit_value.clone(),
+            remaining,
+            reset: self.base_unix_secs + now / 1_000_000_000 + 60,
+        }
+    }
 }
 
 /// Rate-limit headers for a proxy-route response.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 struct RateHeaders {
-    limit: u64,
+    limit: HeaderValue,
     remaining: u64,
+    /// Unix seconds.
+    reset: u64,
 }
 
 /// What a request passed the gate with; [`Pass::finish`] adds its headers to the response.
@@ -191,18 +207,11 @@ pub struct Pass {
 
 impl Pass {
     /// Adds the rate-limit and CORS headers.
-    pub fn finish(&self, resp: &mut Response<Body>) {
+    pub fn finish(self, resp: &mut Response<Body>) {
         let h = resp.headers_mut();
         if let Some(r) = self.rate {
-            let reset = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs())
-                + 60;
-            let (limit, reset) = RATE_VALUES.with(|c| {
-                let mut c = c.borrow_mut();
-                (c.limit.get(r.limit), c.reset.get(reset))
-            });
-            h.insert(X_RATELIMIT_LIMIT, limit);
+            let reset = RESET_VALUE.with(|c| c.borrow_mut().get(r.reset));
+            h.insert(X_RATELIMIT_LIMIT, r.limit);
             h.insert(X_RATELIMIT_REMAINING, HeaderValue::from(r.remaining));
             h.insert(X_RATELIMIT_RESET, reset);
         }
@@ -230,17 +239,10 @@ impl LastValue {
     }
 }
 
-/// Per serving thread: `X-RateLimit-Limit` (the configured limit) and `X-RateLimit-Reset`
-/// (a Unix second) change rarely.
-#[derive(Default)]
-struct RateHeaderValues {
-    limit: LastValue,
-    reset: LastValue,
-}
-
 thread_local! {
-    static RATE_VALUES: std::cell::RefCell<RateHeaderValues> =
-        std::cell::RefCell::new(RateHeaderValues::default());
+    /// Per serving thread: the last `X-RateLimit-Reset` value (a Unix second).
+    static RESET_VALUE: std::cell::RefCell<LastValue> =
+        std::cell::RefCell::new(LastValue::default());
 }
 
 /// The gate's verdict on a request.
@@ -333,11 +335,16 @@ impl Gate {
             )
         });
         let limiter = (global.is_some() || per_ip.is_some()).then(|| {
+            let per_ip_limit = s.per_ip_requests_per_minute.max(0) as u64;
             Arc::new(Limiter {
                 base: Instant::now(),
+                base_unix_secs: SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs()),
                 global,
                 per_ip,
-                per_ip_limit: s.per_ip_requests_per_minute.max(0) as u64,
+                per_ip_limit,
+                limit_value: HeaderValue::from(per_ip_limit),
             })
         });
         if let (Some(l), Ok(rt)) = (&limiter, tokio::runtime::Handle::try_current()) {
@@ -471,7 +478,7 @@ impl Gate {
             self.count(&self.stats.rate_limits);
             self.stats.blocked.record(ip, Instant::now());
             if limit > 0 {
-                pass.rate = Some(RateHeaders { limit, remaining });
+                pass.rate = Some(l.headers(now, remaining));
             }
             ProxyError::RateLimited {
                 retry_after,
@@ -486,7 +493,7 @@ impl Gate {
         if let Some(t) = &l.per_ip {
             match t.check(ip, now) {
                 IpVerdict::Allowed { remaining } => {
-                    pass.rate = Some(RateHeaders { limit, remaining });
+                    pass.rate = Some(l.headers(now, remaining));
                 }
                 IpVerdict::Refused {
                     retry_after,
