@@ -58,7 +58,6 @@ fn record(model: &str) -> FinishRecord {
             outcome: AttemptOutcome::Status(200),
         }],
         client_ip: IpAddr::from([127, 0, 0, 1]),
-        key_name: None,
         caller: None,
         decision: None,
         received_at: SystemTime::now(),

@@ -44,11 +44,7 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> 
     let _active = ActiveGuard(app.clone());
     let (pass, result) = match app.gate.admit(&req, peer, &path) {
         Admission::Pass(pass) => {
-            if let Some(key) = &pass.key {
-                let ctx = finisher.ctx();
-                ctx.key_name = Some(key.spec.name.clone());
-                ctx.caller = Some(key.clone());
-            }
+            finisher.ctx().caller.clone_from(&pass.key);
             let span = finisher.span();
             let routed = route(&app, req, peer, &path, finisher.ctx()).instrument(span);
             let result = match catch_unwind(routed).await {

@@ -32,7 +32,7 @@ pub fn log(rec: &FinishRecord) {
                 tokens_out = rec.tokens_out,
                 failovers = rec.failovers,
                 client = %rec.client_ip,
-                key = rec.key_name.as_deref(),
+                key = rec.key_name(),
                 "request"
             )
         };

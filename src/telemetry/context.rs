@@ -205,9 +205,8 @@ pub struct RequestContext {
     pub path: String,
     pub route: Route,
     pub client_ip: IpAddr,
-    /// The API key's name (set by the gate when keys are on).
-    pub key_name: Option<Arc<str>>,
-    /// The API key that admitted the request (its model globs and budgets; never the key).
+    /// The API key that admitted the request (set by the gate when keys are on): its name,
+    /// model globs and budgets, never the key.
     pub caller: Option<Arc<crate::gate::keys::ApiKey>>,
     /// The model the client asked for.
     pub model: Option<String>,
@@ -244,7 +243,6 @@ impl RequestContext {
             path,
             route,
             client_ip,
-            key_name: None,
             caller: None,
             model: None,
             stream: false,
@@ -368,7 +366,6 @@ pub struct FinishRecord {
     pub retries: u32,
     pub attempts: Vec<UpstreamAttempt>,
     pub client_ip: IpAddr,
-    pub key_name: Option<Arc<str>>,
     /// The API key that admitted the request.
     pub caller: Option<Arc<crate::gate::keys::ApiKey>>,
     pub decision: Option<Decision>,
@@ -380,6 +377,11 @@ pub struct FinishRecord {
 impl FinishRecord {
     pub fn endpoint_name(&self) -> Option<&str> {
         self.endpoint.as_deref()
+    }
+
+    /// The name of the API key that admitted the request.
+    pub fn key_name(&self) -> Option<&str> {
+        self.caller.as_ref().map(|k| &*k.spec.name)
     }
 
     /// A failed request: a 5xx, a body broken mid-way, or a panic.
@@ -466,7 +468,6 @@ impl Tracker {
             retries: ctx.retries,
             attempts: ctx.attempts,
             client_ip: ctx.client_ip,
-            key_name: ctx.key_name,
             caller: ctx.caller,
             decision: ctx.decision,
             received_at: ctx.received_at,

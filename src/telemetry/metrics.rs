@@ -389,7 +389,7 @@ impl Metrics {
                 }
             }
         }
-        if let Some(key) = rec.key_name.as_deref() {
+        if let Some(key) = rec.key_name() {
             if let Some(k) = series(&self.keys, &self.grow, key, MAX_KEY_SERIES) {
                 bump(&k.requests);
                 add(&k.tokens_in, rec.tokens_in.unwrap_or(0));

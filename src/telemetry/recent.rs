@@ -152,7 +152,7 @@ impl FinishObserver for RecentRing {
             tokens_out: rec.tokens_out,
             failovers: rec.failovers,
             client: rec.client_ip,
-            key: rec.key_name.as_deref().map(cut),
+            key: rec.key_name().map(cut),
             seq,
         };
         *self.slots[(seq % CAPACITY as u64) as usize].lock() = Some(entry);

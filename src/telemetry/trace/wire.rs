@@ -109,7 +109,7 @@ pub fn span_input(rec: &FinishRecord) -> Option<RequestSpanInput<'_>> {
         tokens_out: rec.tokens_out,
         ttft: rec.ttfb,
         error: end_error(rec.end),
-        key_name: rec.key_name.as_deref(),
+        key_name: rec.key_name(),
         request_id: &rec.request_id,
         attempts,
     })
@@ -118,11 +118,24 @@ pub fn span_input(rec: &FinishRecord) -> Option<RequestSpanInput<'_>> {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use crate::config::schema::ApiKeyConfig;
+    use crate::gate::keys::{key_spec, ApiKey, KeyRing};
     use crate::telemetry::context::{AttemptError, EndpointName, UpstreamAttempt};
     use crate::telemetry::Route;
     use olla_actors::kind::BackendKind;
     use olla_actors::spec::BackendSpec;
     use std::time::{Duration, SystemTime};
+
+    /// An API key named `name`, as the gate hands it to a request.
+    fn caller(name: &str) -> Arc<ApiKey> {
+        let entry = ApiKeyConfig {
+            name: name.into(),
+            key: Some(format!("sk-{name}-0001")),
+            ..ApiKeyConfig::default()
+        };
+        let ring = KeyRing::new(Some(&[key_spec(&entry).unwrap()]));
+        ring.get(name).unwrap()
+    }
 
     pub(crate) fn record(trace: Option<TraceIdentity>) -> FinishRecord {
         let spec = |name: &str, url: &'static str| {
@@ -176,8 +189,7 @@ pub(crate) mod tests {
                 ),
             ],
             client_ip: std::net::IpAddr::from([127, 0, 0, 1]),
-            key_name: Some(Arc::from("team-a")),
-            caller: None,
+            caller: Some(caller("team-a")),
             decision: None,
             received_at,
             received,
