@@ -227,7 +227,7 @@ async fn a_key_over_its_token_budget_gets_429_until_the_window_refills() {
     let auth = Some(("x-api-key", "sk-tokens-0005"));
     assert_eq!(status_of(&d, "m", auth).await, 200);
     // 600 tokens/min = 10 a second back; 605 spent leaves the budget 5 short.
-    d.app.gate.keys.charge_tokens("tokens", 605);
+    d.app.gate.keys.get("tokens").unwrap().charge_tokens(605);
     let r = chat_as(&d, CHAT, "m", auth).await;
     assert_eq!(r.status(), 429);
     assert!(r.headers().contains_key("retry-after"));

@@ -233,6 +233,26 @@ pub struct ApiKey {
 }
 
 impl ApiKey {
+    /// Charges `tokens` to this key's tokens/min budget (none: ignored).
+    pub fn charge_tokens(&self, tokens: u64) {
+        if tokens == 0 {
+            return;
+        }
+        if let Some(b) = &self.limits.tokens {
+            b.charge(tokens as f64, Instant::now());
+        }
+    }
+
+    /// Charges a finished request's usage (prompt plus completion tokens) to the key that
+    /// admitted it, whose budget it is even if the ring changed since; what a request
+    /// finisher calls.
+    pub fn charge_usage(&self, tokens_in: Option<u64>, tokens_out: Option<u64>) {
+        let total = tokens_in
+            .unwrap_or(0)
+            .saturating_add(tokens_out.unwrap_or(0));
+        self.charge_tokens(total);
+    }
+
     /// The key may use `model` (`None`: the request names none).
     pub fn allows_model(&self, model: Option<&str>) -> bool {
         match (&self.spec.models, model) {
@@ -519,38 +539,6 @@ impl KeyRing {
         }
         Ok(Some(key))
     }
-
-    /// Charges `tokens` (from a finished response's usage) to the key's tokens/min budget.
-    /// Unknown names and keys without a token limit are ignored.
-    pub fn charge_tokens(&self, key_name: &str, tokens: u64) {
-        if tokens == 0 {
-            return;
-        }
-        if let Some(k) = self.set.load().by_name.get(key_name) {
-            k.charge_tokens(tokens);
-        }
-    }
-}
-
-impl ApiKey {
-    /// Charges `tokens` to this key's tokens/min budget (none: ignored).
-    pub fn charge_tokens(&self, tokens: u64) {
-        if let (Some(b), true) = (&self.limits.tokens, tokens > 0) {
-            b.charge(tokens as f64, Instant::now());
-        }
-    }
-
-    /// Charges a finished request's usage (prompt plus completion tokens) to the key that
-    /// admitted it, whose budget it is even if the ring changed since; what a request
-    /// finisher calls.
-    pub fn charge_usage(&self, tokens_in: Option<u64>, tokens_out: Option<u64>) {
-        if self.limits.tokens.is_some() {
-            let total = tokens_in
-                .unwrap_or(0)
-                .saturating_add(tokens_out.unwrap_or(0));
-            self.charge_tokens(total);
-        }
-    }
 }
 
 /// Admits one request against a key's budgets: one request from the requests/min budget, and
@@ -738,7 +726,6 @@ mod tests {
         let t0 = Instant::now();
         assert!(admit(&k, t0).is_ok());
         k.charge_usage(Some(50), Some(600));
-        ring.charge_tokens("nobody", 5);
         let (kind, wait) = admit(&k, t0).unwrap_err();
         assert_eq!(kind, KeyLimitKind::Tokens);
         assert!(wait >= Duration::from_secs(5), "{wait:?}");
