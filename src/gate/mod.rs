@@ -161,8 +161,8 @@ impl SecurityStats {
 /// Olla's global and per-IP limits.
 struct Limiter {
     base: Instant,
-    /// Unix seconds at `base` (the wall clock is read once; `X-RateLimit-Reset` is derived).
-    base_unix_secs: u64,
+    /// Unix nanoseconds at `base` (the wall clock is read once; `X-RateLimit-Reset` is derived).
+    base_unix_ns: u64,
     global: Option<GlobalBucket>,
     per_ip: Option<IpTable>,
     per_ip_limit: u64,
@@ -181,7 +181,7 @@ impl Limiter {
         RateHeaders {
             limit: self.limit_value.clone(),
             remaining,
-            reset: self.base_unix_secs + now / 1_000_000_000 + 60,
+            reset: self.base_unix_ns.saturating_add(now) / 1_000_000_000 + 60,
         }
     }
 }
@@ -338,9 +338,9 @@ impl Gate {
             let per_ip_limit = s.per_ip_requests_per_minute.max(0) as u64;
             Arc::new(Limiter {
                 base: Instant::now(),
-                base_unix_secs: SystemTime::now()
+                base_unix_ns: SystemTime::now()
                     .duration_since(UNIX_EPOCH)
-                    .map_or(0, |d| d.as_secs()),
+                    .map_or(0, |d| d.as_nanos() as u64),
                 global,
                 per_ip,
                 per_ip_limit,
