@@ -116,6 +116,14 @@ fn hides_dot_segment(seg: &str) -> bool {
 /// starts with `/`, has no empty or dot-segment, and keeps a trailing `/` when the input had one
 /// (or ended in a dot-segment). Normalising the result again returns it unchanged.
 pub fn normalise(raw: &str) -> Result<String, PathError> {
+    if is_normal(raw) {
+        return Ok(raw.to_owned());
+    }
+    normalise_full(raw)
+}
+
+/// [`normalise`] without its fast path: decode, then resolve segment by segment.
+fn normalise_full(raw: &str) -> Result<String, PathError> {
     let decoded = decode_unreserved(raw)?;
     let mut out: Vec<&str> = Vec::new();
     let mut trailing_slash = false;
@@ -147,6 +155,28 @@ pub fn normalise(raw: &str) -> Result<String, PathError> {
         path.push('/');
     }
     Ok(path)
+}
+
+/// Whether `raw` is already the one spelling [`normalise`] gives (the common case, taken
+/// without decoding or splitting into a list): it starts with `/`, each segment is non-empty
+/// (only the last may be, for a trailing `/`), no segment is `.` or `..`, and every byte is
+/// unreserved or `/` (no escape, `\`, `;`, control or non-ASCII byte, which only the full pass
+/// reads).
+fn is_normal(raw: &str) -> bool {
+    let Some(rest) = raw.strip_prefix('/') else {
+        return false;
+    };
+    let mut segments = rest.split('/').peekable();
+    while let Some(seg) = segments.next() {
+        let last = segments.peek().is_none();
+        if (seg.is_empty() && !last) || seg == "." || seg == ".." {
+            return false;
+        }
+        if !seg.bytes().all(unreserved) {
+            return false;
+        }
+    }
+    true
 }
 
 /// The spelling path rules match on: a normalised path, ASCII case-folded, each segment's
@@ -277,5 +307,41 @@ mod tests {
                 prop_assert_eq!(normalise(&once), Ok(once.clone()));
             }
         }
+    }
+
+    #[test]
+    fn the_fast_path_returns_only_what_the_full_pass_returns() {
+        let inputs = [
+            "/",
+            "/v1/chat/completions",
+            "/api/generate/",
+            "/a.b/c-d_e~f/",
+            "/v1//x",
+            "//",
+            "/./a",
+            "/a/.",
+            "/a/..",
+            "/a/../b",
+            "/..",
+            "/.a/..b/...",
+            "/a%2e/b",
+            "/a;b/c",
+            "/a\\b",
+            "v1/models",
+            "",
+            "/a/b//",
+            "/é",
+            "/a b",
+            "/A/B",
+        ];
+        for raw in inputs {
+            let full = normalise_full(raw);
+            if is_normal(raw) {
+                assert_eq!(Ok(raw.to_owned()), full, "{raw:?}");
+            }
+            assert_eq!(normalise(raw), full, "{raw:?}");
+        }
+        assert!(is_normal("/v1/chat/completions") && is_normal("/") && is_normal("/a/"));
+        assert!(!is_normal("/a//b") && !is_normal("/a/../b") && !is_normal("a/b"));
     }
 }
