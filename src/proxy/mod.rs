@@ -21,7 +21,6 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use http::header::HeaderName;
 use http::request::Parts;
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Uri};
 use http_body_util::{BodyExt, Full, Limited};
@@ -157,9 +156,16 @@ fn own_small_body(body: Bytes) -> Bytes {
     }
 }
 
-fn set(headers: &mut HeaderMap, name: HeaderName, value: &str) {
-    if let Ok(v) = HeaderValue::try_from(value) {
-        headers.insert(name, v);
+/// `X-Olla-Response-Time`: whole milliseconds to the response head, then `ms` (Olla's form).
+fn response_time_value(elapsed: Duration) -> HeaderValue {
+    let mut digits = itoa::Buffer::new();
+    let digits = digits.format(elapsed.as_millis()).as_bytes();
+    let mut text = [0u8; 48];
+    text[..digits.len()].copy_from_slice(digits);
+    text[digits.len()..digits.len() + 2].copy_from_slice(b"ms");
+    match HeaderValue::from_bytes(&text[..digits.len() + 2]) {
+        Ok(v) => v,
+        Err(_) => HeaderValue::from_static("0ms"),
     }
 }
 
@@ -172,7 +178,7 @@ pub fn decision_headers(headers: &mut HeaderMap, d: &Decision) {
         (names::X_OLLA_ROUTING_REASON, d.reason),
     ] {
         if !value.is_empty() {
-            set(headers, name, value);
+            headers.insert(name, HeaderValue::from_static(value));
         }
     }
     d.balance_headers(headers);
@@ -658,17 +664,14 @@ impl Run<'_> {
             .and_then(|v| v.to_str().ok())
             .is_some_and(|c| c.starts_with("text/event-stream"));
         let mut headers = headers::inbound_response(&parts.headers, &spec.outbound_headers);
-        set(&mut headers, names::X_OLLA_ENDPOINT, handle.name());
-        set(
-            &mut headers,
+        if let Some(name) = handle.name_value() {
+            headers.insert(names::X_OLLA_ENDPOINT, name.clone());
+        }
+        headers.insert(
             names::X_OLLA_BACKEND_TYPE,
-            handle.kind().as_str(),
+            HeaderValue::from_static(handle.kind().as_str()),
         );
-        set(
-            &mut headers,
-            names::X_OLLA_RESPONSE_TIME,
-            &[itoa::Buffer::new().format(first_byte.as_millis()), "ms"].concat(),
-        );
+        headers.insert(names::X_OLLA_RESPONSE_TIME, response_time_value(first_byte));
         headers.insert(names::X_SERVED_BY, headers::served_by());
         headers.insert(http::header::VIA, HeaderValue::from_static(headers::via()));
         parts.headers = headers;
@@ -709,5 +712,25 @@ impl Run<'_> {
             };
         }
         Attempt::Done(response)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn response_time_is_whole_milliseconds_then_ms() {
+        assert_eq!(response_time_value(Duration::from_micros(999)), "0ms");
+        assert_eq!(response_time_value(Duration::from_millis(1234)), "1234ms");
+        let longest = response_time_value(Duration::MAX);
+        assert!(longest.to_str().is_ok_and(|t| t.ends_with("ms")));
+    }
+
+    #[test]
+    fn every_backend_type_is_a_header_value() {
+        for kind in olla_actors::kind::ALL_KINDS {
+            assert!(HeaderValue::try_from(kind.as_str()).is_ok(), "{kind:?}");
+        }
     }
 }

@@ -83,6 +83,8 @@ pub struct BackendShared {
     pub spec: Arc<BackendSpec>,
     /// Olla's endpoint id: base36 FNV-1a of the sanitised URL.
     pub id: String,
+    /// The name as a header value (`X-Olla-Endpoint` on every proxied response), made once.
+    name_value: Option<http::HeaderValue>,
     pub client: ShardedClient,
     actor: ActorRef<BackendMsg>,
     /// What routing reads of the handle for every request, side by side.
@@ -157,8 +159,10 @@ impl BackendHandle {
             .then(|| Arc::new(Semaphore::new(spec.limits.max_concurrency)));
         let breaker = Breaker::new(spec.breaker.clone());
         let id = endpoint_id(&spec.configured_url);
+        let name_value = http::HeaderValue::try_from(spec.name.as_str()).ok();
         Self(Arc::new(BackendShared {
             id,
+            name_value,
             client,
             actor,
             gate: Gate {
@@ -189,6 +193,10 @@ impl BackendHandle {
     }
     pub fn id(&self) -> &str {
         &self.0.id
+    }
+    /// The name as a header value (`None` for a name no header can carry).
+    pub fn name_value(&self) -> Option<&http::HeaderValue> {
+        self.0.name_value.as_ref()
     }
     /// The calling thread's connection pool to this backend.
     pub fn client(&self) -> &UpstreamClient {
