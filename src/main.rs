@@ -14,7 +14,54 @@ use tracing::{error, info, warn};
 
 /// mimalloc: measurably cheaper than glibc malloc for the many small per-request allocations.
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: Allocator = Allocator;
+
+/// mimalloc, entered through its plain `mi_malloc` when the alignment asked for is one every
+/// mimalloc block has (a machine word). The `mimalloc` crate's allocator always calls
+/// `mi_malloc_aligned`, whose fast path only covers blocks up to 1 KiB: every larger block (the
+/// connection buffers, the request and response heads) took its generic path (measured: 2.4%
+/// of the instructions of a proxied request). Stricter alignments (tokio's cache-padded task
+/// cells) still go through the aligned entry points.
+struct Allocator;
+
+/// Every mimalloc block is aligned to at least a machine word.
+const WORD_ALIGN: usize = std::mem::size_of::<usize>();
+
+// SAFETY: every path returns memory from mimalloc with at least `layout.align()` alignment
+// (plain entry points only when the alignment is a word or less, which every mimalloc block
+// meets), and frees with `mi_free`, which accepts blocks from all of them.
+unsafe impl std::alloc::GlobalAlloc for Allocator {
+    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+        use libmimalloc_sys as mi;
+        if layout.align() <= WORD_ALIGN {
+            mi::mi_malloc(layout.size()).cast()
+        } else {
+            mi::mi_malloc_aligned(layout.size(), layout.align()).cast()
+        }
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: std::alloc::Layout) -> *mut u8 {
+        use libmimalloc_sys as mi;
+        if layout.align() <= WORD_ALIGN {
+            mi::mi_zalloc(layout.size()).cast()
+        } else {
+            mi::mi_zalloc_aligned(layout.size(), layout.align()).cast()
+        }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, _layout: std::alloc::Layout) {
+        libmimalloc_sys::mi_free(ptr.cast());
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, new_size: usize) -> *mut u8 {
+        use libmimalloc_sys as mi;
+        if layout.align() <= WORD_ALIGN {
+            mi::mi_realloc(ptr.cast(), new_size).cast()
+        } else {
+            mi::mi_realloc_aligned(ptr.cast(), new_size, layout.align()).cast()
+        }
+    }
+}
 
 /// mimalloc commits its first arena eagerly where the kernel overcommits, and on Linux with
 /// transparent huge pages that makes megabytes resident before a single request: idle RSS was
