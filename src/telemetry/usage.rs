@@ -40,6 +40,18 @@ impl Usage {
     }
 }
 
+/// The searchers for the two key suffixes, built once: building one (picking and preparing
+/// its SIMD prefilter) costs more than searching a chunk of a token stream.
+fn suffix_finders() -> &'static [memmem::Finder<'static>; 2] {
+    static FINDERS: std::sync::OnceLock<[memmem::Finder<'static>; 2]> = std::sync::OnceLock::new();
+    FINDERS.get_or_init(|| {
+        [
+            memmem::Finder::new(b"_tokens\""),
+            memmem::Finder::new(b"_count\""),
+        ]
+    })
+}
+
 /// See the module doc.
 #[derive(Debug)]
 pub struct UsageScanner {
@@ -145,8 +157,9 @@ impl UsageScanner {
     }
 
     fn scan(&mut self, hay: &[u8]) {
-        for suffix in [&b"_tokens\""[..], &b"_count\""[..]] {
-            for at in memmem::find_iter(hay, suffix) {
+        for finder in suffix_finders() {
+            let suffix = finder.needle();
+            for at in finder.find_iter(hay) {
                 let Some(side) = key_before(hay, at, suffix) else {
                     continue;
                 };
