@@ -49,14 +49,15 @@ const MAX_HEADERS: usize = 128;
 const MAX_IDLE_PER_SHARD: usize = 256;
 /// Request bodies up to this size are copied next to the head (one write).
 const INLINE_BODY: usize = 16 * 1024;
-/// First read buffer of an exchange (the response head, then the start of the body). Small on
-/// purpose: a slow stream keeps this block for its whole life, so its size is memory per open
-/// stream. A larger head grows it by doubling, up to `MAX_HEAD`.
+/// First read buffer of an exchange (the response head, then the start of the body): sized so a
+/// head and a small JSON body arrive in one read. A larger head grows it by doubling, up to
+/// `MAX_HEAD`. A body whose reads stay small swaps it for a `BODY_READ_MIN` block once drained.
 const HEAD_BUF: usize = 2 * 1024;
 /// Body reads start with this much room and adapt between these bounds: a read that fills the
 /// room doubles the next one (bursts, big bodies), a read under a quarter of it halves it
-/// (slow token streams), so an idle stream holds little and a burst still moves in few reads.
-const BODY_READ_MIN: usize = 2 * 1024;
+/// (slow token streams), so an idle stream holds little and a burst still moves in few reads;
+/// a drained buffer larger than the reads need is given back.
+const BODY_READ_MIN: usize = 1024;
 const BODY_READ_MAX: usize = 64 * 1024;
 /// Below this much spare room the buffer is grown before a read.
 const MIN_SPARE: usize = 512;
@@ -575,6 +576,11 @@ impl Body for H1Body {
             let Some(stream) = this.stream.as_mut() else {
                 return this.fail(H1Error::ClosedMidBody);
             };
+            // Drained, and larger than the reads now need (the head's buffer, or a burst's):
+            // give the block back, so an open slow stream holds `read_size`, not its largest.
+            if this.buf.is_empty() && this.buf.capacity() > this.read_size + MIN_SPARE {
+                this.buf = BytesMut::with_capacity(this.read_size);
+            }
             if this.buf.capacity() - this.buf.len() < MIN_SPARE {
                 this.buf.reserve(this.read_size);
             }
@@ -658,6 +664,62 @@ mod tests {
             size = next_read_size(size, 120);
         }
         assert_eq!(size, BODY_READ_MIN, "a slow stream shrinks them back");
+    }
+
+    #[tokio::test]
+    async fn a_slow_stream_gives_back_its_head_buffer_and_a_burst_grows_reads_again() {
+        use http_body_util::BodyExt;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let (step_tx, mut step_rx) = tokio::sync::mpsc::channel::<Vec<u8>>(4);
+        let server = tokio::spawn(async move {
+            let (mut sock, _) = listener.accept().await.unwrap();
+            let mut req = [0u8; 4096];
+            let _ = sock.read(&mut req).await.unwrap();
+            sock.write_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+                .await
+                .unwrap();
+            while let Some(bytes) = step_rx.recv().await {
+                sock.write_all(&bytes).await.unwrap();
+            }
+        });
+        let pool = pool(&url).unwrap();
+        let uri: Uri = format!("{url}/v1/x").parse().unwrap();
+        let resp = pool
+            .send(0, &Method::GET, &uri, &HeaderMap::new(), b"")
+            .await
+            .unwrap();
+        let mut body = resp.into_body();
+        let chunk =
+            |data: &[u8]| [format!("{:x}\r\n", data.len()).as_bytes(), data, b"\r\n"].concat();
+        let step = Duration::from_secs(2);
+        for _ in 0..3 {
+            step_tx
+                .send(chunk(b"data: {\"token\":\"a\"}\n\n"))
+                .await
+                .unwrap();
+            let frame = tokio::time::timeout(step, body.frame()).await.unwrap();
+            assert!(frame.unwrap().unwrap().is_data());
+        }
+        // Wait for the next read: the drained buffer has been swapped for a small one.
+        let pending = tokio::time::timeout(Duration::from_millis(50), body.frame()).await;
+        assert!(pending.is_err(), "no data was sent");
+        assert!(
+            body.buf.capacity() <= BODY_READ_MIN,
+            "{}",
+            body.buf.capacity()
+        );
+        let burst = vec![b'x'; 3 * BODY_READ_MAX];
+        step_tx.send(chunk(&burst)).await.unwrap();
+        let mut got = 0;
+        while got < burst.len() {
+            let frame = tokio::time::timeout(step, body.frame()).await.unwrap();
+            got += frame.unwrap().unwrap().into_data().unwrap().len();
+        }
+        assert!(body.read_size > BODY_READ_MIN, "a burst grows the reads");
+        drop(step_tx);
+        server.await.unwrap();
     }
 
     fn pool(url: &str) -> Option<H1Pool> {
