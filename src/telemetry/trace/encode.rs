@@ -92,35 +92,63 @@ fn varint_len(v: u64) -> usize {
     (64 - (v | 1).leading_zeros() as usize).div_ceil(7)
 }
 
-/// A `KeyValue` attribute (span field 9) whose `AnyValue` body is `value_len` bytes written by
-/// `value`; lengths are known up front, so nothing is shifted.
-fn attr(buf: &mut Vec<u8>, k: &str, value_len: usize, value: impl FnOnce(&mut Vec<u8>)) {
-    let kv =
-        1 + varint_len(k.len() as u64) + k.len() + 1 + varint_len(value_len as u64) + value_len;
+/// The `KeyValue.key` field of an attribute (tag, length, name), made at compile time; names
+/// are shorter than 128 bytes, so the length is one byte.
+const fn key_field<const N: usize>(name: &str) -> [u8; N] {
+    let b = name.as_bytes();
+    assert!(b.len() + 2 == N && b.len() < 0x80);
+    let mut out = [0u8; N];
+    out[0] = (1 << 3) | LEN as u8;
+    out[1] = b.len() as u8;
+    let mut i = 0;
+    while i < b.len() {
+        out[i + 2] = b[i];
+        i += 1;
+    }
+    out
+}
+
+/// An attribute name as its encoded `KeyValue.key` field (see [`key_field`]).
+macro_rules! k {
+    ($name:literal) => {{
+        const FIELD: [u8; $name.len() + 2] = key_field($name);
+        &FIELD
+    }};
+}
+
+/// A `KeyValue` attribute (span field 9) whose key field is `key` (from [`k!`]) and whose
+/// `AnyValue` body is `value_len` bytes written by `value`; lengths are known up front, so
+/// nothing is shifted.
+fn attr(buf: &mut Vec<u8>, key: &[u8], value_len: usize, value: impl FnOnce(&mut Vec<u8>)) {
+    let kv = key.len() + 1 + varint_len(value_len as u64) + value_len;
     buf.reserve(1 + varint_len(kv as u64) + kv);
-    key(buf, 9, LEN);
+    buf.push((9 << 3) | LEN as u8);
     varint(buf, kv as u64);
-    bytes_always(buf, 1, k.as_bytes());
-    key(buf, 2, LEN);
+    buf.extend_from_slice(key);
+    buf.push((2 << 3) | LEN as u8);
     varint(buf, value_len as u64);
     value(buf);
 }
 
-fn attr_str(buf: &mut Vec<u8>, k: &str, v: &str) {
+fn attr_str(buf: &mut Vec<u8>, key: &[u8], v: &str) {
     let len = 1 + varint_len(v.len() as u64) + v.len();
-    attr(buf, k, len, |b| bytes_always(b, 1, v.as_bytes()));
+    attr(buf, key, len, |b| {
+        b.push((1 << 3) | LEN as u8);
+        varint(b, v.len() as u64);
+        b.extend_from_slice(v.as_bytes());
+    });
 }
 
-fn attr_int(buf: &mut Vec<u8>, k: &str, v: i64) {
-    attr(buf, k, 1 + varint_len(v as u64), |b| {
-        key(b, 3, VARINT);
+fn attr_int(buf: &mut Vec<u8>, key: &[u8], v: i64) {
+    attr(buf, key, 1 + varint_len(v as u64), |b| {
+        b.push((3 << 3) | VARINT as u8);
         varint(b, v as u64);
     });
 }
 
-fn attr_double(buf: &mut Vec<u8>, k: &str, v: f64) {
-    attr(buf, k, 9, |b| {
-        key(b, 4, FIXED64);
+fn attr_double(buf: &mut Vec<u8>, key: &[u8], v: f64) {
+    attr(buf, key, 9, |b| {
+        b.push((4 << 3) | FIXED64 as u8);
         b.extend_from_slice(&v.to_bits().to_le_bytes());
     });
 }
@@ -173,38 +201,38 @@ impl SpanWriter {
             int(b, 6, i64::from(span_kind::SERVER));
             fixed64(b, 7, r.start);
             fixed64(b, 8, r.end);
-            attr_str(b, "http.request.method", cut(r.method));
-            attr_str(b, "url.path", cut(r.path));
-            attr_int(b, "http.response.status_code", i64::from(r.status));
-            attr_str(b, "olla.request_id", cut(r.request_id));
+            attr_str(b, k!("http.request.method"), cut(r.method));
+            attr_str(b, k!("url.path"), cut(r.path));
+            attr_int(b, k!("http.response.status_code"), i64::from(r.status));
+            attr_str(b, k!("olla.request_id"), cut(r.request_id));
             attr_int(
                 b,
-                "olla.failovers",
+                k!("olla.failovers"),
                 int_value(r.attempts.len().saturating_sub(1) as u64),
             );
             if let Some(op) = operation {
-                attr_str(b, "gen_ai.operation.name", op);
+                attr_str(b, k!("gen_ai.operation.name"), op);
             }
             if let Some(s) = r.system {
-                attr_str(b, "gen_ai.system", s);
+                attr_str(b, k!("gen_ai.system"), s);
             }
             if let Some(m) = r.model {
-                attr_str(b, "gen_ai.request.model", cut(m));
+                attr_str(b, k!("gen_ai.request.model"), cut(m));
             }
             if let Some(n) = r.tokens_in {
-                attr_int(b, "gen_ai.usage.input_tokens", int_value(n));
+                attr_int(b, k!("gen_ai.usage.input_tokens"), int_value(n));
             }
             if let Some(n) = r.tokens_out {
-                attr_int(b, "gen_ai.usage.output_tokens", int_value(n));
+                attr_int(b, k!("gen_ai.usage.output_tokens"), int_value(n));
             }
             if let Some(t) = r.ttft {
-                attr_double(b, "gen_ai.server.time_to_first_token", t.as_secs_f64());
+                attr_double(b, k!("gen_ai.server.time_to_first_token"), t.as_secs_f64());
             }
             if let Some(e) = r.endpoint {
-                attr_str(b, "olla.endpoint", cut(e));
+                attr_str(b, k!("olla.endpoint"), cut(e));
             }
             if let Some(k) = r.key_name {
-                attr_str(b, "olla.api_key.name", cut(k));
+                attr_str(b, k!("olla.api_key.name"), cut(k));
             }
             let failed = r.status >= 500 || r.error.is_some();
             if failed {
@@ -213,7 +241,7 @@ impl SpanWriter {
                 } else {
                     self.status(r.status)
                 };
-                attr_str(b, "error.type", kind);
+                attr_str(b, k!("error.type"), kind);
             }
             if let Some(t) = r.ttft {
                 message(b, 11, |b| {
@@ -249,12 +277,12 @@ impl SpanWriter {
             int(b, 6, i64::from(span_kind::CLIENT));
             fixed64(b, 7, a.start);
             fixed64(b, 8, a.end);
-            attr_str(b, "http.request.method", cut(r.method));
-            attr_str(b, "server.address", cut(a.host));
-            attr_str(b, "olla.endpoint", cut(a.endpoint));
-            attr_int(b, "olla.attempt", int_value(i as u64 + 1));
+            attr_str(b, k!("http.request.method"), cut(r.method));
+            attr_str(b, k!("server.address"), cut(a.host));
+            attr_str(b, k!("olla.endpoint"), cut(a.endpoint));
+            attr_int(b, k!("olla.attempt"), int_value(i as u64 + 1));
             if let Some(s) = a.status {
-                attr_int(b, "http.response.status_code", i64::from(s));
+                attr_int(b, k!("http.response.status_code"), i64::from(s));
             }
             let failed = a.error.is_some() || a.status.is_none_or(|s| s >= 400);
             if failed {
@@ -262,7 +290,7 @@ impl SpanWriter {
                     Some(s) if s >= 400 => self.status(s),
                     _ => "error",
                 };
-                attr_str(b, "error.type", kind);
+                attr_str(b, k!("error.type"), kind);
                 error_status(b, a.error);
             }
             fixed32(b, 16, flags(Some(false)));
