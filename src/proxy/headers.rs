@@ -274,28 +274,38 @@ pub fn outbound(
     out
 }
 
+/// Headers a proxy adds to a backend's response (the `X-Olla-*` set, `Via`, the gate's
+/// rate-limit and CORS headers): room a response map is made with, so they fit without a
+/// rehash.
+pub const RESPONSE_HEADROOM: usize = 12;
+
 /// Cleans a backend's response headers: hop-by-hop, `Set-Cookie`, auth headers, the backend's
-/// own configured header names, and every `X-Olla-*` removed.
+/// own configured header names, and every `X-Olla-*` removed. Filtered in place: what a
+/// backend sends is kept without being hashed again, and only the names to drop (usually
+/// none or one or two) are looked up.
 pub fn inbound_response(
-    upstream: &HeaderMap,
+    mut upstream: HeaderMap,
     backend_headers: &[(HeaderName, HeaderValue)],
 ) -> HeaderMap {
-    let listed = connection_listed(upstream);
-    let mut out = HeaderMap::with_capacity(upstream.len() + 10);
-    for (k, v) in upstream {
-        let name = k.as_str();
-        if HOP_BY_HOP.contains(&name)
-            || CREDENTIALS.contains(&name)
-            || name == "set-cookie"
-            || name.starts_with("x-olla-")
-            || listed.contains(k)
-            || backend_headers.iter().any(|(b, _)| b == k)
-        {
-            continue;
-        }
-        out.append(k, v.clone());
+    let listed = connection_listed(&upstream);
+    let dropped: Vec<HeaderName> = upstream
+        .keys()
+        .filter(|k| {
+            let name = k.as_str();
+            HOP_BY_HOP.contains(&name)
+                || CREDENTIALS.contains(&name)
+                || name == "set-cookie"
+                || name.starts_with("x-olla-")
+                || listed.contains(k)
+                || backend_headers.iter().any(|(b, _)| b == *k)
+        })
+        .cloned()
+        .collect();
+    for k in &dropped {
+        upstream.remove(k);
     }
-    out
+    upstream.reserve(RESPONSE_HEADROOM);
+    upstream
 }
 
 #[cfg(test)]
@@ -403,7 +413,7 @@ mod tests {
         let client = ClientInfo::new("127.0.0.1".parse().unwrap(), false, &[]);
         let out = outbound(&inbound, &client, None, &[]);
         assert!(out.values().all(|v| v != "secret"), "{out:?}");
-        assert!(inbound_response(&inbound, &[]).is_empty());
+        assert!(inbound_response(inbound, &[]).is_empty());
     }
 
     #[test]
@@ -449,8 +459,32 @@ mod tests {
             HeaderName::from_static("x-tenant-id"),
             HeaderValue::from_static("acme"),
         )];
-        let out = inbound_response(&upstream, &backend);
+        let out = inbound_response(upstream.clone(), &backend);
         assert_eq!(out.len(), 1);
         assert_eq!(out["content-type"], "text/event-stream");
+    }
+
+    #[test]
+    fn response_keeps_every_value_of_a_kept_header_and_drops_connection_listed_ones() {
+        let mut upstream = HeaderMap::with_capacity(4);
+        for (k, v) in [
+            ("link", "<a>; rel=preload"),
+            ("x-trace-hop", "1"),
+            ("link", "<b>; rel=preload"),
+            ("connection", "x-trace-hop, keep-alive"),
+            ("x-trace-hop", "2"),
+            ("content-type", "application/json"),
+        ] {
+            upstream.append(HeaderName::from_static(k), HeaderValue::from_static(v));
+        }
+        let out = inbound_response(upstream, &[]);
+        let links: Vec<_> = out.get_all("link").iter().collect();
+        assert_eq!(links, ["<a>; rel=preload", "<b>; rel=preload"]);
+        assert!(!out.contains_key("x-trace-hop") && !out.contains_key("connection"));
+        assert_eq!(out.len(), 3);
+        assert!(
+            out.capacity() >= out.len() + RESPONSE_HEADROOM,
+            "room for olla's headers"
+        );
     }
 }

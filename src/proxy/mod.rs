@@ -663,7 +663,8 @@ impl Run<'_> {
             .get(http::header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .is_some_and(|c| c.starts_with("text/event-stream"));
-        let mut headers = headers::inbound_response(&parts.headers, &spec.outbound_headers);
+        let mut headers =
+            headers::inbound_response(std::mem::take(&mut parts.headers), &spec.outbound_headers);
         if let Some(name) = handle.name_value() {
             headers.insert(names::X_OLLA_ENDPOINT, name.clone());
         }

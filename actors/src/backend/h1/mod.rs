@@ -440,7 +440,8 @@ fn parse_head(buf: &[u8], head_request: bool) -> Result<Option<(usize, ParsedHea
     } else {
         Version::HTTP_11
     };
-    let mut headers = HeaderMap::with_capacity(parsed.headers.len());
+    // Room for the dozen headers a proxy adds to a response before it sends it on.
+    let mut headers = HeaderMap::with_capacity(parsed.headers.len() + 12);
     for h in parsed.headers.iter() {
         let name = HeaderName::from_bytes(h.name.as_bytes())
             .map_err(|_| H1Error::Head(format!("header name {:?}", h.name)))?;
