@@ -182,6 +182,35 @@ fn is_normal(raw: &str) -> bool {
 /// The spelling path rules match on: a normalised path, ASCII case-folded, each segment's
 /// `;params` removed, and no trailing `/` (the root stays `/`).
 pub fn rule_key(normalised: &str) -> String {
+    if is_rule_key(normalised) {
+        return normalised.to_owned();
+    }
+    rule_key_full(normalised)
+}
+
+/// Whether `path` is its own rule key (the common case: a lower-case API path), checked in one
+/// pass without splitting it: it starts with `/`, has no `;`, no upper-case letter, no empty
+/// segment and no trailing `/` (or is the root).
+fn is_rule_key(path: &str) -> bool {
+    let b = path.as_bytes();
+    if b == b"/" {
+        return true;
+    }
+    if b.first() != Some(&b'/') || b.last() == Some(&b'/') {
+        return false;
+    }
+    let mut prev = 0u8;
+    for &c in b {
+        if c == b';' || c.is_ascii_uppercase() || (c == b'/' && prev == b'/') {
+            return false;
+        }
+        prev = c;
+    }
+    true
+}
+
+/// [`rule_key`] segment by segment.
+fn rule_key_full(normalised: &str) -> String {
     let mut key = String::with_capacity(normalised.len());
     for seg in normalised.split('/').filter(|s| !s.is_empty()) {
         let seg = seg.split(';').next().unwrap_or("");
@@ -285,6 +314,11 @@ mod tests {
         #![proptest_config(ProptestConfig::with_cases(2000))]
 
         #[test]
+        fn the_rule_key_fast_path_agrees_with_the_full_pass(raw in "[aA/;.b-]{0,12}|\\PC{0,20}") {
+            prop_assert_eq!(rule_key(&raw), rule_key_full(&raw));
+        }
+
+        #[test]
         fn normalising_never_panics_and_is_stable(raw in "[a-zA-Z0-9./\\\\%;_~-]{0,40}|\\PC{0,40}") {
             if let Ok(once) = normalise(&raw) {
                 prop_assert!(once.starts_with('/'));
@@ -292,7 +326,8 @@ mod tests {
                 prop_assert!(!once.contains("//"), "{}", once);
                 prop_assert_eq!(normalise(&once), Ok(once.clone()));
                 let key = rule_key(&once);
-                prop_assert_eq!(rule_key(&key), key);
+                prop_assert_eq!(rule_key(&key), key.clone());
+                prop_assert_eq!(rule_key_full(&once), key);
             }
         }
 
