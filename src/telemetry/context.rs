@@ -75,7 +75,11 @@ impl Route {
             return Self::Internal;
         }
         // Past the route prefix (`proxy`, `ollama`, `openai`, ...).
-        let tail = rest.find('/').map_or("", |i| &rest[i..]);
+        // A byte scan: the prefix is a few bytes, shorter than a substring searcher's set-up.
+        let tail = rest
+            .bytes()
+            .position(|b| b == b'/')
+            .map_or("", |i| &rest[i..]);
         if tail.starts_with("/v1/") || tail == "/v1" {
             Self::OpenAi
         } else if tail.starts_with("/api/") {
