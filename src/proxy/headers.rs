@@ -274,11 +274,6 @@ pub fn outbound(
     out
 }
 
-/// Headers a proxy adds to a backend's response (the `X-Olla-*` set, `Via`, the gate's
-/// rate-limit and CORS headers): room a response map is made with, so they fit without a
-/// rehash.
-pub const RESPONSE_HEADROOM: usize = 12;
-
 /// Cleans a backend's response headers: hop-by-hop, `Set-Cookie`, auth headers, the backend's
 /// own configured header names, and every `X-Olla-*` removed. Filtered in place: what a
 /// backend sends is kept without being hashed again, and only the names to drop (usually
@@ -304,7 +299,7 @@ pub fn inbound_response(
     for k in &dropped {
         upstream.remove(k);
     }
-    upstream.reserve(RESPONSE_HEADROOM);
+    upstream.reserve(olla_actors::backend::h1::RESPONSE_HEADROOM);
     upstream
 }
 
@@ -483,7 +478,7 @@ mod tests {
         assert!(!out.contains_key("x-trace-hop") && !out.contains_key("connection"));
         assert_eq!(out.len(), 3);
         assert!(
-            out.capacity() >= out.len() + RESPONSE_HEADROOM,
+            out.capacity() >= out.len() + olla_actors::backend::h1::RESPONSE_HEADROOM,
             "room for olla's headers"
         );
     }

@@ -61,6 +61,10 @@ const BODY_READ_MIN: usize = 1024;
 const BODY_READ_MAX: usize = 64 * 1024;
 /// Below this much spare room the buffer is grown before a read.
 const MIN_SPARE: usize = 512;
+/// Headers a proxy adds to a backend's response before sending it on (the `X-Olla-*` set,
+/// `Via`, rate-limit and CORS headers): room a parsed response map is made with, so they fit
+/// without a rehash.
+pub const RESPONSE_HEADROOM: usize = 12;
 
 /// The next body read size after a read of `n` bytes into room for `size`.
 fn next_read_size(size: usize, n: usize) -> usize {
@@ -440,8 +444,7 @@ fn parse_head(buf: &[u8], head_request: bool) -> Result<Option<(usize, ParsedHea
     } else {
         Version::HTTP_11
     };
-    // Room for the dozen headers a proxy adds to a response before it sends it on.
-    let mut headers = HeaderMap::with_capacity(parsed.headers.len() + 12);
+    let mut headers = HeaderMap::with_capacity(parsed.headers.len() + RESPONSE_HEADROOM);
     for h in parsed.headers.iter() {
         let name = HeaderName::from_bytes(h.name.as_bytes())
             .map_err(|_| H1Error::Head(format!("header name {:?}", h.name)))?;
