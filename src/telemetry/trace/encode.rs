@@ -116,39 +116,35 @@ macro_rules! k {
     }};
 }
 
-/// A `KeyValue` attribute (span field 9) whose key field is `key` (from [`k!`]) and whose
+/// A `KeyValue` attribute (span field 9) whose key field is `name_field` (from [`k!`]) and whose
 /// `AnyValue` body is `value_len` bytes written by `value`; lengths are known up front, so
 /// nothing is shifted.
-fn attr(buf: &mut Vec<u8>, key: &[u8], value_len: usize, value: impl FnOnce(&mut Vec<u8>)) {
-    let kv = key.len() + 1 + varint_len(value_len as u64) + value_len;
+fn attr(buf: &mut Vec<u8>, name_field: &[u8], value_len: usize, value: impl FnOnce(&mut Vec<u8>)) {
+    let kv = name_field.len() + 1 + varint_len(value_len as u64) + value_len;
     buf.reserve(1 + varint_len(kv as u64) + kv);
-    buf.push((9 << 3) | LEN as u8);
+    key(buf, 9, LEN);
     varint(buf, kv as u64);
-    buf.extend_from_slice(key);
-    buf.push((2 << 3) | LEN as u8);
+    buf.extend_from_slice(name_field);
+    key(buf, 2, LEN);
     varint(buf, value_len as u64);
     value(buf);
 }
 
-fn attr_str(buf: &mut Vec<u8>, key: &[u8], v: &str) {
+fn attr_str(buf: &mut Vec<u8>, name_field: &[u8], v: &str) {
     let len = 1 + varint_len(v.len() as u64) + v.len();
-    attr(buf, key, len, |b| {
-        b.push((1 << 3) | LEN as u8);
-        varint(b, v.len() as u64);
-        b.extend_from_slice(v.as_bytes());
-    });
+    attr(buf, name_field, len, |b| bytes_always(b, 1, v.as_bytes()));
 }
 
-fn attr_int(buf: &mut Vec<u8>, key: &[u8], v: i64) {
-    attr(buf, key, 1 + varint_len(v as u64), |b| {
-        b.push((3 << 3) | VARINT as u8);
+fn attr_int(buf: &mut Vec<u8>, name_field: &[u8], v: i64) {
+    attr(buf, name_field, 1 + varint_len(v as u64), |b| {
+        key(b, 3, VARINT);
         varint(b, v as u64);
     });
 }
 
-fn attr_double(buf: &mut Vec<u8>, key: &[u8], v: f64) {
-    attr(buf, key, 9, |b| {
-        b.push((4 << 3) | FIXED64 as u8);
+fn attr_double(buf: &mut Vec<u8>, name_field: &[u8], v: f64) {
+    attr(buf, name_field, 9, |b| {
+        key(b, 4, FIXED64);
         b.extend_from_slice(&v.to_bits().to_le_bytes());
     });
 }
