@@ -75,7 +75,7 @@ impl Route {
             return Self::Internal;
         }
         // Past the route prefix (`proxy`, `ollama`, `openai`, ...).
-        // A byte scan: the prefix is a few bytes, shorter than a substring searcher's set-up.
+        // A byte scan: the prefix is a few bytes, less than a char searcher's set-up costs.
         let tail = rest
             .bytes()
             .position(|b| b == b'/')
