@@ -753,7 +753,7 @@ fi
 if [ "$HOLD_STREAMS" -gt 0 ]; then
     report ""
     report "$STREAMS concurrent SSE streams held per target (100 tokens, 50 ms apart; ramp 3 s):"
-    report "$(printf '  %-8s %6s %7s %9s %9s %10s %9s %9s %9s %9s' target ok failed idle_MB peak_MB KB/stream ttft_p50 ttft_p99 added_p50 added_p99)"
+    report "$(printf '  %-8s %6s %7s %9s %9s %9s %10s %9s %9s %9s %9s' target ok failed peak_open idle_MB peak_MB KB/stream ttft_p50 ttft_p99 added_p50 added_p99)"
     hold_field() { python3 -c 'import json,sys; print(json.loads(sys.argv[1])[sys.argv[2]])' "$1" "$2"; }
     d50=$(hold_field "${HOLD[direct]}" ttft_p50_ms); d99=$(hold_field "${HOLD[direct]}" ttft_p99_ms)
     for target in "${TARGETS[@]}"; do
@@ -762,15 +762,16 @@ if [ "$HOLD_STREAMS" -gt 0 ]; then
         t50=$(hold_field "$h" ttft_p50_ms); t99=$(hold_field "$h" ttft_p99_ms)
         failed=$(hold_field "$h" failed)
         report "$(awk -v t="$target" -v ok="$(hold_field "$h" ok)" -v f="$failed" -v i="$idle" -v p="$peak" \
-            -v n="$STREAMS" -v a="$t50" -v b="$t99" -v c="$d50" -v d="$d99" 'BEGIN {
-            printf "  %-8s %6d %7d %9.1f %9.1f %10.1f %9.2f %9.2f %9.2f %9.2f", t, ok, f, i / 1024, p / 1024,
-                (p - i) / n, a, b, a - c, b - d }')"
+            -v n="$(hold_field "$h" peak_open)" -v a="$t50" -v b="$t99" -v c="$d50" -v d="$d99" 'BEGIN {
+            printf "  %-8s %6d %7d %9d %9.1f %9.1f %10.1f %9.2f %9.2f %9.2f %9.2f", t, ok, f, n, i / 1024, p / 1024,
+                (p - i) / (n > 0 ? n : 1), a, b, a - c, b - d }')"
         if [ "$failed" != 0 ]; then
             verdicts+=("FAIL  streams: $failed of $STREAMS streams failed via $target")
             fails=$((fails + 1))
         fi
     done
-    report "  (direct = the mock's own memory; KB/stream = (peak - idle) / streams)"
+    report "  (direct = the mock's own memory; peak_open = most streams open at once, past their first"
+    report "   token; KB/stream = (peak - idle) / peak_open)"
 elif [ "$STREAMS" -gt 0 ]; then
     report ""
     report "held-streams phase ($STREAMS streams) skipped: TLS=1 and olla-hold speaks plain TCP only"

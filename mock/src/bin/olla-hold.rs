@@ -178,10 +178,15 @@ async fn main() {
         }
         (peak, peak_open)
     });
-    for _ in 0..args.streams {
+    // Each stream starts at its own point of the ramp (`sleep_until`, not `sleep(gap)`): a
+    // timer rounds every sleep up to the next millisecond, so sleeping the gap each time
+    // stretched a 3 s ramp of 3,000 streams past the streams' own length, and the first had
+    // ended before the last opened.
+    let ramp_start = tokio::time::Instant::now();
+    for i in 0..args.streams {
         tasks.spawn(one_stream(args.addr, request.clone(), open.clone()));
         if !gap.is_zero() {
-            tokio::time::sleep(gap).await;
+            tokio::time::sleep_until(ramp_start + gap * (i as u32 + 1)).await;
         }
     }
     let mut ttfts = Vec::with_capacity(args.streams);
