@@ -263,6 +263,12 @@ impl BackendSpec {
         join_uri(&self.url, path_and_query)
     }
 
+    /// The path and query of `path_and_query` under this endpoint's base path, unchecked (a
+    /// request line built from it checks its bytes). Borrowed when the base path is `/`.
+    pub fn join_path<'a>(&self, path_and_query: &'a str) -> std::borrow::Cow<'a, str> {
+        join_path(self.url.path(), path_and_query)
+    }
+
     /// The health-check URL (absolute `health_check_url`, or the path joined to `url`).
     pub fn health_uri(&self, kind: BackendKind) -> Result<Uri, http::Error> {
         self.resolve(self.health_check_url.as_deref(), kind.profile().health_path)
@@ -305,16 +311,25 @@ pub fn sanitized_url(raw: &str) -> String {
 
 /// Joins a base URI's path with a path-and-query, avoiding a doubled slash.
 pub fn join_uri(base: &Uri, path_and_query: &str) -> Result<Uri, http::Error> {
-    let base_path = base.path().trim_end_matches('/');
+    let joined = join_path(base.path(), path_and_query).into_owned();
+    let mut parts = base.clone().into_parts();
+    parts.path_and_query = Some(http::uri::PathAndQuery::try_from(joined)?);
+    Ok(Uri::from_parts(parts)?)
+}
+
+/// `path_and_query` under `base_path`, with one `/` between them.
+fn join_path<'a>(base_path: &str, path_and_query: &'a str) -> std::borrow::Cow<'a, str> {
+    let base_path = base_path.trim_end_matches('/');
+    if base_path.is_empty() && path_and_query.starts_with('/') {
+        return std::borrow::Cow::Borrowed(path_and_query);
+    }
     let mut joined = String::with_capacity(base_path.len() + 1 + path_and_query.len());
     joined.push_str(base_path);
     if !path_and_query.starts_with('/') {
         joined.push('/');
     }
     joined.push_str(path_and_query);
-    let mut parts = base.clone().into_parts();
-    parts.path_and_query = Some(http::uri::PathAndQuery::try_from(joined)?);
-    Ok(Uri::from_parts(parts)?)
+    std::borrow::Cow::Owned(joined)
 }
 
 #[cfg(test)]

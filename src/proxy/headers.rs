@@ -11,6 +11,9 @@
 use std::net::IpAddr;
 
 use http::header::{HeaderMap, HeaderName, HeaderValue};
+use olla_actors::backend::h1::RequestHead;
+
+use crate::telemetry::trace::context::{TRACEPARENT, TRACESTATE};
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
@@ -205,31 +208,49 @@ fn ip_value(ip: IpAddr) -> Option<HeaderValue> {
     HeaderValue::from_bytes(&text[..n]).ok()
 }
 
-/// Builds the outbound headers from the client's: hop-by-hop, `Host`, credentials and
-/// `Content-Length` removed (the body is re-sent whole); forwarding headers set (the client's
-/// own kept only from a trusted proxy); then the backend's configured headers and auth (auth
-/// wins).
-pub fn outbound(
-    inbound: &HeaderMap,
-    client: &ClientInfo,
-    model: Option<&str>,
-    backend_headers: &[(HeaderName, HeaderValue)],
-) -> HeaderMap {
-    let listed = connection_listed(inbound);
-    let mut out = HeaderMap::with_capacity(inbound.len() + 8);
-    for (k, v) in inbound {
-        let name = k.as_str();
-        if HOP_BY_HOP.contains(&name)
-            || CREDENTIALS.contains(&name)
-            || (!client.trusted_proxy && FORWARDING.contains(&name))
-            || name == "host"
-            || name == "content-length"
-            || listed.contains(k)
-        {
-            continue;
-        }
-        out.append(k, v.clone());
+/// Where outbound header fields go: a [`HeaderMap`] for requests sent through hyper's client,
+/// or the bytes of an HTTP/1.1 head ([`RequestHead`]) for the direct pool, which so never
+/// builds a map.
+pub trait FieldSink {
+    fn field(&mut self, name: &HeaderName, value: &HeaderValue);
+}
+
+impl FieldSink for HeaderMap {
+    fn field(&mut self, name: &HeaderName, value: &HeaderValue) {
+        self.append(name, value.clone());
     }
+}
+
+impl FieldSink for RequestHead {
+    fn field(&mut self, name: &HeaderName, value: &HeaderValue) {
+        RequestHead::field(self, name, value);
+    }
+}
+
+/// What olla sets on one upstream attempt beside the client's own headers.
+pub struct Outbound<'a> {
+    pub client: &'a ClientInfo,
+    /// The model the backend is asked for (`X-Model`).
+    pub model: Option<&'a str>,
+    /// The backend's configured headers and auth: they replace any other header of their name.
+    pub backend_headers: &'a [(HeaderName, HeaderValue)],
+    /// The attempt's `traceparent` and `tracestate` (none: the client's is dropped), when the
+    /// request is traced: they replace any other of their name.
+    pub trace: Option<(&'a HeaderValue, Option<&'a HeaderValue>)>,
+}
+
+/// Forwarding headers olla always writes itself; a client's own are replaced.
+const SET_BY_OLLA: &[&str] = &["x-forwarded-for", "x-real-ip", "via", "x-proxied-by"];
+
+/// Writes the outbound headers to `sink`, each name once: the client's without hop-by-hop,
+/// `Host`, credentials and `Content-Length` (the body is re-sent whole); the forwarding headers
+/// (a client's own `X-Forwarded-Proto`/`-Host` kept only from a trusted proxy); `X-Model`; the
+/// backend's configured headers and auth, which win over all of these; and the trace context,
+/// which wins over everything.
+pub fn outbound_into(inbound: &HeaderMap, o: &Outbound<'_>, sink: &mut impl FieldSink) {
+    let client = o.client;
+    let listed = connection_listed(inbound);
+    let model = o.model.and_then(echo_value);
     let xff = match inbound
         .get(names::X_FORWARDED_FOR)
         .and_then(|v| v.to_str().ok())
@@ -240,37 +261,78 @@ pub fn outbound(
         }
         _ => ip_value(client.peer),
     };
-    if let Some(v) = xff {
-        out.insert(names::X_FORWARDED_FOR, v);
+    let real_ip = ip_value(client.client_ip(inbound));
+    let via_value = match inbound.get(http::header::VIA).and_then(|v| v.to_str().ok()) {
+        Some(prev) => HeaderValue::try_from(format!("{prev}, {}", via())).ok(),
+        None => Some(HeaderValue::from_static(via())),
+    };
+    // A later writer of a name replaces every earlier one: the trace context, then the
+    // backend's headers (the last of a repeated name), then olla's own.
+    let traced = |name: &str| o.trace.is_some() && (name == "traceparent" || name == "tracestate");
+    let by_backend = |name: &str| o.backend_headers.iter().any(|(b, _)| b.as_str() == name);
+    let overridden = |name: &str| traced(name) || by_backend(name);
+    for (k, v) in inbound {
+        let name = k.as_str();
+        if HOP_BY_HOP.contains(&name)
+            || CREDENTIALS.contains(&name)
+            || (!client.trusted_proxy && FORWARDING.contains(&name))
+            || name == "host"
+            || name == "content-length"
+            || listed.contains(k)
+            || SET_BY_OLLA.contains(&name)
+            || (name == "x-model" && model.is_some())
+            || overridden(name)
+        {
+            continue;
+        }
+        sink.field(k, v);
     }
-    if let Some(v) = ip_value(client.client_ip(inbound)) {
-        out.insert(names::X_REAL_IP, v);
-    }
-    if !out.contains_key(names::X_FORWARDED_PROTO) {
-        out.insert(
+    let mut own = |name: HeaderName, value: Option<HeaderValue>| {
+        if let Some(v) = value.filter(|_| !overridden(name.as_str())) {
+            sink.field(&name, &v);
+        }
+    };
+    own(names::X_FORWARDED_FOR, xff);
+    own(names::X_REAL_IP, real_ip);
+    // Kept when a trusted proxy sent them (copied above); otherwise what olla saw.
+    let kept = |name: &HeaderName| client.trusted_proxy && inbound.contains_key(name);
+    if !kept(&names::X_FORWARDED_PROTO) {
+        own(
             names::X_FORWARDED_PROTO,
-            HeaderValue::from_static(if client.tls { "https" } else { "http" }),
+            Some(HeaderValue::from_static(if client.tls {
+                "https"
+            } else {
+                "http"
+            })),
         );
     }
-    if !out.contains_key(names::X_FORWARDED_HOST) {
-        if let Some(h) = inbound.get(http::header::HOST) {
-            out.insert(names::X_FORWARDED_HOST, h.clone());
+    if !kept(&names::X_FORWARDED_HOST) {
+        own(
+            names::X_FORWARDED_HOST,
+            inbound.get(http::header::HOST).cloned(),
+        );
+    }
+    own(http::header::VIA, via_value);
+    own(names::X_PROXIED_BY, Some(served_by()));
+    own(names::X_MODEL, model);
+    for (i, (k, v)) in o.backend_headers.iter().enumerate() {
+        let repeated_later = o.backend_headers[i + 1..].iter().any(|(b, _)| b == k);
+        if !repeated_later && !traced(k.as_str()) {
+            sink.field(k, v);
         }
     }
-    let via_value = match inbound.get(http::header::VIA).and_then(|v| v.to_str().ok()) {
-        Some(prev) => format!("{prev}, {}", via()),
-        None => via().to_string(),
-    };
-    if let Ok(v) = HeaderValue::try_from(via_value) {
-        out.insert(http::header::VIA, v);
+    if let Some((traceparent, tracestate)) = o.trace {
+        sink.field(&TRACEPARENT, traceparent);
+        if let Some(v) = tracestate {
+            sink.field(&TRACESTATE, v);
+        }
     }
-    out.insert(names::X_PROXIED_BY, served_by());
-    if let Some(m) = model.and_then(echo_value) {
-        out.insert(names::X_MODEL, m);
-    }
-    for (k, v) in backend_headers {
-        out.insert(k, v.clone());
-    }
+}
+
+/// [`outbound_into`] a new header map (requests sent through hyper's client).
+pub fn outbound(inbound: &HeaderMap, o: &Outbound<'_>) -> HeaderMap {
+    let mut out = HeaderMap::with_capacity(inbound.len() + 8);
+    outbound_into(inbound, o, &mut out);
     out
 }
 
@@ -333,6 +395,91 @@ mod tests {
         h
     }
 
+    /// The outbound map of an untraced attempt.
+    fn plain(
+        inbound: &HeaderMap,
+        client: &ClientInfo,
+        model: Option<&str>,
+        backend_headers: &[(HeaderName, HeaderValue)],
+    ) -> HeaderMap {
+        outbound(
+            inbound,
+            &Outbound {
+                client,
+                model,
+                backend_headers,
+                trace: None,
+            },
+        )
+    }
+
+    #[test]
+    fn backend_headers_win_over_olla_s_own_and_the_last_of_a_name_wins() {
+        let inbound = map(&[("x-model", "client"), ("x-tenant", "client")]);
+        let client = ClientInfo::new("10.1.2.3".parse().unwrap(), false, &[]);
+        let backend = vec![
+            (names::X_FORWARDED_PROTO, HeaderValue::from_static("https")),
+            (
+                HeaderName::from_static("x-tenant"),
+                HeaderValue::from_static("first"),
+            ),
+            (
+                HeaderName::from_static("x-tenant"),
+                HeaderValue::from_static("second"),
+            ),
+        ];
+        let out = plain(&inbound, &client, None, &backend);
+        assert_eq!(out.get_all("x-forwarded-proto").iter().count(), 1);
+        assert_eq!(out["x-forwarded-proto"], "https");
+        let tenants: Vec<_> = out.get_all("x-tenant").iter().collect();
+        assert_eq!(tenants, ["second"]);
+        assert_eq!(
+            out["x-model"], "client",
+            "no model: the client's X-Model stays"
+        );
+        let out = plain(&inbound, &client, Some("m"), &backend);
+        let models: Vec<_> = out.get_all("x-model").iter().collect();
+        assert_eq!(models, ["m"]);
+    }
+
+    #[test]
+    fn the_trace_context_replaces_the_client_s_and_the_backend_s() {
+        let inbound = map(&[("traceparent", "00-client"), ("tracestate", "client=1")]);
+        let client = ClientInfo::new("10.1.2.3".parse().unwrap(), false, &[]);
+        let backend = vec![(TRACEPARENT, HeaderValue::from_static("00-backend"))];
+        let ours = HeaderValue::from_static("00-ours");
+        let state = HeaderValue::from_static("ours=1");
+        let traced = |tracestate| {
+            outbound(
+                &inbound,
+                &Outbound {
+                    client: &client,
+                    model: None,
+                    backend_headers: &backend,
+                    trace: Some((&ours, tracestate)),
+                },
+            )
+        };
+        let out = traced(Some(&state));
+        assert_eq!(
+            out.get_all("traceparent").iter().collect::<Vec<_>>(),
+            ["00-ours"]
+        );
+        assert_eq!(
+            out.get_all("tracestate").iter().collect::<Vec<_>>(),
+            ["ours=1"]
+        );
+        let out = traced(None);
+        assert_eq!(out["traceparent"], "00-ours");
+        assert!(
+            !out.contains_key("tracestate"),
+            "the client's is not passed on"
+        );
+        let untraced = plain(&inbound, &client, None, &backend);
+        assert_eq!(untraced["traceparent"], "00-backend");
+        assert_eq!(untraced["tracestate"], "client=1");
+    }
+
     #[test]
     fn outbound_strips_credentials_and_hop_by_hop_and_adds_forwarding() {
         let inbound = map(&[
@@ -350,7 +497,7 @@ mod tests {
             http::header::AUTHORIZATION,
             HeaderValue::from_static("Bearer backend"),
         )];
-        let out = outbound(&inbound, &client, Some("llama3"), &backend);
+        let out = plain(&inbound, &client, Some("llama3"), &backend);
         assert_eq!(out["authorization"], "Bearer backend");
         assert!(!out.contains_key("cookie") && !out.contains_key("x-api-key"));
         assert!(!out.contains_key("connection") && !out.contains_key("x-custom-hop"));
@@ -374,14 +521,14 @@ mod tests {
         ]);
         let trusted: Vec<ipnet::IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
         let proxy = ClientInfo::new("10.0.0.1".parse().unwrap(), false, &trusted);
-        let out = outbound(&inbound, &proxy, None, &[]);
+        let out = plain(&inbound, &proxy, None, &[]);
         assert_eq!(out["x-forwarded-for"], "1.1.1.1, 10.0.0.1");
         assert_eq!(out["x-real-ip"], "1.1.1.1");
         assert_eq!(out["forwarded"], "for=3.3.3.3");
         assert_eq!(out["x-forwarded-proto"], "https");
 
         let stranger = ClientInfo::new("192.0.2.9".parse().unwrap(), false, &trusted);
-        let out = outbound(&inbound, &stranger, None, &[]);
+        let out = plain(&inbound, &stranger, None, &[]);
         assert_eq!(out["x-forwarded-for"], "192.0.2.9");
         assert_eq!(out["x-real-ip"], "192.0.2.9");
         assert!(!out.contains_key("forwarded"));
@@ -406,7 +553,7 @@ mod tests {
             );
         }
         let client = ClientInfo::new("127.0.0.1".parse().unwrap(), false, &[]);
-        let out = outbound(&inbound, &client, None, &[]);
+        let out = plain(&inbound, &client, None, &[]);
         assert!(out.values().all(|v| v != "secret"), "{out:?}");
         assert!(inbound_response(inbound, &[]).is_empty());
     }
@@ -481,5 +628,100 @@ mod tests {
             out.capacity() >= out.len() + olla_actors::backend::h1::RESPONSE_HEADROOM,
             "room for olla's headers"
         );
+    }
+}
+
+#[cfg(test)]
+mod prop {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Header names a client might send: olla's own, forwarding, hop-by-hop, credentials,
+    /// trace context and plain ones.
+    const NAMES: &[&str] = &[
+        "content-type",
+        "accept",
+        "x-request-id",
+        "x-forwarded-for",
+        "x-forwarded-proto",
+        "x-forwarded-host",
+        "x-real-ip",
+        "forwarded",
+        "via",
+        "x-model",
+        "x-proxied-by",
+        "connection",
+        "keep-alive",
+        "authorization",
+        "cookie",
+        "host",
+        "content-length",
+        "traceparent",
+        "tracestate",
+        "x-tenant",
+    ];
+
+    fn fields_of(head: &[u8]) -> Vec<(String, String)> {
+        let text = std::str::from_utf8(head).unwrap();
+        let mut fields: Vec<(String, String)> = text
+            .split("\r\n")
+            .skip(1)
+            .take_while(|l| !l.is_empty())
+            .map(|l| {
+                let (k, v) = l.split_once(": ").unwrap();
+                (k.to_string(), v.to_string())
+            })
+            .collect();
+        fields.sort();
+        fields
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+        /// The bytes written for the direct pool carry the same fields as the map built for
+        /// hyper's client, whatever the client sent.
+        #[test]
+        fn the_wire_head_has_the_fields_of_the_map(
+            sent in proptest::collection::vec((0..NAMES.len(), "[a-z0-9 ,=.]{0,12}"), 0..12),
+            backend in proptest::collection::vec((0..NAMES.len(), "[a-z0-9]{1,6}"), 0..3),
+            trusted in any::<bool>(),
+            model in proptest::option::of("[a-z0-9:]{1,8}"),
+            traced in any::<bool>(),
+        ) {
+            let mut inbound = HeaderMap::new();
+            for (i, v) in &sent {
+                inbound.append(HeaderName::from_static(NAMES[*i]), HeaderValue::from_str(v).unwrap());
+            }
+            let backend: Vec<(HeaderName, HeaderValue)> = backend
+                .iter()
+                .filter(|(i, _)| !matches!(NAMES[*i], "host" | "content-length" | "connection" | "keep-alive"))
+                .map(|(i, v)| (HeaderName::from_static(NAMES[*i]), HeaderValue::from_str(v).unwrap()))
+                .collect();
+            let nets: Vec<ipnet::IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+            let client = ClientInfo::new("10.0.0.1".parse().unwrap(), false, if trusted { &nets } else { &[] });
+            let tp = HeaderValue::from_static("00-t");
+            let o = Outbound {
+                client: &client,
+                model: model.as_deref(),
+                backend_headers: &backend,
+                trace: traced.then_some((&tp, None)),
+            };
+            let map = outbound(&inbound, &o);
+            let mut head = RequestHead::new(&http::Method::GET, "/", None, 0, 0).unwrap();
+            outbound_into(&inbound, &o, &mut head);
+            let mut want: Vec<(String, String)> = map
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_str().unwrap().to_string()))
+                .collect();
+            want.sort();
+            let bytes = head.as_bytes().to_vec();
+            prop_assert_eq!(fields_of(&bytes), want);
+            for name in map.keys() {
+                let n = map.get_all(name).iter().count();
+                let from_client = inbound.get_all(name).iter().count();
+                prop_assert!(n == 1 || n == from_client, "{} written {} times", name, n);
+            }
+        }
     }
 }

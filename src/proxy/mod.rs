@@ -17,14 +17,17 @@ pub mod path;
 pub mod select;
 pub mod surface;
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use http::request::Parts;
-use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Uri};
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
+use olla_actors::backend::h1::{H1Pool, RequestHead};
+use olla_actors::backend::UpstreamClient;
 use olla_actors::discovery::error_chain;
 use olla_actors::wait::parse_retry_after;
 use olla_actors::{BackendHandle, InFlightGuard, Outcome, SlotAttempt};
@@ -33,6 +36,7 @@ use tokio::time::Instant;
 use crate::app::App;
 use crate::error::ProxyError;
 use crate::http_util::Body;
+use crate::telemetry::trace::wire;
 use crate::telemetry::{
     AttemptError, AttemptOutcome, EndpointName, RequestContext, UpstreamAttempt,
 };
@@ -182,6 +186,22 @@ pub fn decision_headers(headers: &mut HeaderMap, d: &Decision) {
         }
     }
     d.balance_headers(headers);
+}
+
+/// One attempt's request, ready to send.
+enum Prepared<'h> {
+    /// Over the backend's direct HTTP/1.1 pool: the head already in its wire form.
+    Direct {
+        pool: &'h H1Pool,
+        shard: usize,
+        head: RequestHead,
+        body: Bytes,
+    },
+    /// Over hyper's client (TLS, h2c).
+    Hyper {
+        client: &'h UpstreamClient,
+        req: Request<Full<Bytes>>,
+    },
 }
 
 /// An upstream exchange that produced no response head.
@@ -473,17 +493,14 @@ impl Run<'_> {
         Err(ProxyError::NoHealthyEndpoints)
     }
 
-    /// The upstream URL, headers and body of this request for one candidate.
-    fn upstream_parts(&self, cand: &Candidate) -> Result<(Uri, HeaderMap, Bytes), ProxyError> {
-        let spec = cand.handle.spec();
+    /// The upstream path (with query) and body of this request for one candidate, before the
+    /// endpoint's base path.
+    fn upstream_parts(&self, cand: &Candidate) -> Result<(Cow<'_, str>, Bytes), ProxyError> {
         let adapted = self.adapt.map(|a| a.upstream(cand));
         let (path, body) = match &adapted {
-            Some((path, body)) => (path.as_str(), body),
-            None => (self.path, self.body),
+            Some((path, body)) => (Cow::Owned(path.clone()), body),
+            None => (Cow::Borrowed(self.path), self.body),
         };
-        let uri = spec
-            .join(path)
-            .map_err(|e| ProxyError::Internal(format!("cannot build upstream URL: {e}")))?;
         let body = match (&cand.native_model, &self.facts.model) {
             (Some(native), Some(requested)) if **native != **requested => {
                 // The span was found in the client's body; an adapted body is inspected anew.
@@ -501,54 +518,88 @@ impl Run<'_> {
             }
             _ => body.clone(),
         };
-        let model = cand.native_model.as_deref().or(self.facts.model.as_deref());
-        let headers = headers::outbound(
-            &self.parts.headers,
-            self.client,
-            model,
-            &spec.outbound_headers,
-        );
-        Ok((uri, headers, body))
+        Ok((path, body))
     }
 
-    /// Sends the request to one backend and waits for the response head: over the backend's
-    /// direct HTTP/1.1 pool when it has one, else over hyper's client (TLS, h2c).
-    async fn send(
+    /// The request for one backend, ready to send: its head written straight to bytes for the
+    /// backend's direct HTTP/1.1 pool when it has one, else a request for hyper's client (TLS,
+    /// h2c).
+    fn prepare<'h>(
         &self,
-        handle: &BackendHandle,
-        uri: Uri,
-        headers: HeaderMap,
+        handle: &'h BackendHandle,
+        path: &str,
         body: Bytes,
-    ) -> Result<Response<Upstream>, SendError> {
+        outbound: &headers::Outbound<'_>,
+    ) -> Result<Prepared<'h>, ProxyError> {
+        let cannot = |e: &dyn std::fmt::Display| {
+            ProxyError::Internal(format!("cannot build upstream URL: {e}"))
+        };
         let clients = handle.sharded_client();
+        let inbound = &self.parts.headers;
         if let Some(h1) = clients.h1() {
-            return h1
-                .send(clients.shard(), &self.parts.method, &uri, &headers, &body)
+            let target = handle.spec().join_path(path);
+            let host_given = outbound
+                .backend_headers
+                .iter()
+                .any(|(k, _)| k == http::header::HOST);
+            let mut head = h1
+                .request_head(
+                    &self.parts.method,
+                    &target,
+                    host_given,
+                    inbound.len() + 8,
+                    body.len(),
+                )
+                .map_err(|e| cannot(&e))?;
+            headers::outbound_into(inbound, outbound, &mut head);
+            return Ok(Prepared::Direct {
+                pool: h1,
+                shard: clients.shard(),
+                head,
+                body,
+            });
+        }
+        let uri = handle.spec().join(path).map_err(|e| cannot(&e))?;
+        let mut req = Request::new(Full::new(body));
+        *req.method_mut() = self.parts.method.clone();
+        *req.uri_mut() = uri;
+        *req.headers_mut() = headers::outbound(inbound, outbound);
+        Ok(Prepared::Hyper {
+            client: clients.get(),
+            req,
+        })
+    }
+
+    /// Sends a prepared request and waits for the response head.
+    async fn send(prepared: Prepared<'_>) -> Result<Response<Upstream>, SendError> {
+        match prepared {
+            Prepared::Direct {
+                pool,
+                shard,
+                head,
+                body,
+            } => pool
+                .send_head(shard, head, &body)
                 .await
                 .map(|r| r.map(Upstream::Direct))
                 .map_err(|e| SendError {
                     connect: e.is_connect(),
                     refused: e.is_connect() && is_refused(&e),
                     message: error_chain(&e),
-                });
+                }),
+            Prepared::Hyper { client, req } => client
+                .request(req)
+                .await
+                .map(|mut r| {
+                    olla_actors::backend::h1::decode::drop_length_beside_coding(r.headers_mut());
+                    r.map(Upstream::Hyper)
+                })
+                .map_err(|e| SendError {
+                    connect: e.is_connect(),
+                    refused: e.is_connect() && is_refused(&e),
+                    message: error_chain(&e),
+                }),
         }
-        let mut req = Request::new(Full::new(body));
-        *req.method_mut() = self.parts.method.clone();
-        *req.uri_mut() = uri;
-        *req.headers_mut() = headers;
-        clients
-            .get()
-            .request(req)
-            .await
-            .map(|mut r| {
-                olla_actors::backend::h1::decode::drop_length_beside_coding(r.headers_mut());
-                r.map(Upstream::Hyper)
-            })
-            .map_err(|e| SendError {
-                connect: e.is_connect(),
-                refused: e.is_connect() && is_refused(&e),
-                message: error_chain(&e),
-            })
     }
 
     /// One upstream attempt; a client span of the request's trace when it is traced.
@@ -575,7 +626,17 @@ impl Run<'_> {
                 outcome,
             });
         };
-        let (uri, mut out_headers, out_body) = match self.upstream_parts(cand) {
+        let client_span = ctx.trace.as_ref().map(wire::client_span);
+        let outbound = headers::Outbound {
+            client: self.client,
+            model: cand.native_model.as_deref().or(self.facts.model.as_deref()),
+            backend_headers: &spec.outbound_headers,
+            trace: client_span.as_ref().map(wire::ClientSpan::headers),
+        };
+        let prepared = self
+            .upstream_parts(cand)
+            .and_then(|(path, body)| self.prepare(&handle, &path, body, &outbound));
+        let prepared = match prepared {
             Ok(p) => p,
             Err(e) => {
                 record(ctx, span_id, AttemptOutcome::Error(AttemptError::Build));
@@ -586,18 +647,13 @@ impl Run<'_> {
                 };
             }
         };
-        if let Some(id) = &ctx.trace {
-            span_id = Some(crate::telemetry::trace::wire::propagate(
-                id,
-                &mut out_headers,
-            ));
-        }
+        span_id = client_span.map(|c| c.span);
         let total_deadline = spec.timeouts.total.map(|d| (d, started + d));
         let first_byte_limit = match spec.timeouts.total {
             Some(t) => spec.timeouts.first_byte.min(t),
             None => spec.timeouts.first_byte,
         };
-        let sent = self.send(&handle, uri, out_headers, out_body);
+        let sent = Self::send(prepared);
         let resp = match tokio::time::timeout(first_byte_limit, sent).await {
             Err(_) => {
                 record(ctx, span_id, AttemptOutcome::Error(AttemptError::Timeout));

@@ -13,11 +13,12 @@
 //! - [`config`]: `telemetry.otlp` and the `OTEL_*` environment variables → [`OtlpSettings`].
 //! - [`proto`]: the OTLP messages (prost).
 //! - [`wire`]: how a request is traced: [`wire::begin`] in the request handler (the identity
-//!   lives in the request's context), [`wire::propagate`] per upstream attempt, and
+//!   lives in the request's context), [`wire::client_span`] per upstream attempt, and
 //!   [`wire::span_input`], which the exporter's task applies to the finished request's record.
 //!
 //! The whole flow: on arrival `ctx.trace = wire::begin(...)` ([`TraceIdentity`]); per upstream
-//! attempt `span_id = wire::propagate(&identity, &mut headers)`, kept in the attempt's record;
+//! attempt `wire::client_span(&identity)` (its span id is kept in the attempt's record, its
+//! `traceparent` and `tracestate` go on the outbound headers);
 //! when the request finishes, a sampled request's `FinishRecord` goes to
 //! [`TraceExporter::submit_record`] (never blocks); `exporter.stats().render_prometheus(..)`
 //! adds the exporter's counters to `/internal/metrics`.

@@ -3,8 +3,9 @@
 //!
 //! - [`begin`] in the request handler: the request's [`TraceIdentity`] from its headers, kept
 //!   in its [`RequestContext`](crate::telemetry::RequestContext) (`trace`).
-//! - [`propagate`] per upstream attempt in the proxy: a new client span id and the outbound
-//!   `traceparent` (and `tracestate`) headers; the span id is kept in the attempt's record.
+//! - [`client_span`] per upstream attempt in the proxy: a new client span id and the outbound
+//!   `traceparent` (and `tracestate`) values, which replace the client's; the span id is kept in
+//!   the attempt's record.
 //! - When the request finishes, the finisher hands the [`FinishRecord`] of a sampled request to
 //!   the exporter ([`TraceExporter::submit_record`]); its batch task turns it into the span
 //!   input ([`span_input`]) and encodes it, off the request path. Model, endpoint, tokens (streamed
@@ -14,7 +15,7 @@ use std::sync::Arc;
 
 use http::{HeaderMap, HeaderValue};
 
-use super::context::{SpanId, TraceIdentity, TRACEPARENT, TRACESTATE};
+use super::context::{SpanId, TraceIdentity};
 use super::export::TraceExporter;
 use super::span::{duration_nanos, gen_ai_system, unix_nanos, AttemptSpanInput, RequestSpanInput};
 use crate::telemetry::{AttemptOutcome, EndReason, FinishRecord};
@@ -35,20 +36,32 @@ pub fn begin(
     Some(exporter.begin(headers))
 }
 
-/// Starts an upstream attempt's client span: sets `traceparent` (and the client's
-/// `tracestate`, or none) on the outbound headers and returns the span's id.
-pub fn propagate(identity: &TraceIdentity, headers: &mut HeaderMap) -> SpanId {
+/// The trace context an upstream attempt sends: its client span's id, the `traceparent`
+/// naming that span, and the client's `tracestate` (none: no `tracestate` is sent).
+pub struct ClientSpan {
+    pub span: SpanId,
+    pub traceparent: HeaderValue,
+    pub tracestate: Option<HeaderValue>,
+}
+
+impl ClientSpan {
+    /// The outbound headers' view of it ([`crate::proxy::headers::Outbound::trace`]).
+    pub fn headers(&self) -> (&HeaderValue, Option<&HeaderValue>) {
+        (&self.traceparent, self.tracestate.as_ref())
+    }
+}
+
+/// Starts an upstream attempt's client span: a new span id and the trace context to send.
+pub fn client_span(identity: &TraceIdentity) -> ClientSpan {
     let span = SpanId::random();
-    headers.insert(TRACEPARENT, identity.traceparent_for(span));
-    match identity
-        .tracestate
-        .as_deref()
-        .and_then(|s| HeaderValue::try_from(s).ok())
-    {
-        Some(v) => headers.insert(TRACESTATE, v),
-        None => headers.remove(TRACESTATE),
-    };
-    span
+    ClientSpan {
+        span,
+        traceparent: identity.traceparent_for(span),
+        tracestate: identity
+            .tracestate
+            .as_deref()
+            .and_then(|s| HeaderValue::try_from(s).ok()),
+    }
 }
 
 /// Why a request ended badly, for its span (`None`: it completed).
@@ -252,19 +265,17 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn propagate_sets_traceparent_with_a_new_attempt_span() {
+    fn each_attempt_has_its_own_client_span_named_by_its_traceparent() {
         let id = identity();
-        let mut h = HeaderMap::new();
-        h.insert("tracestate", HeaderValue::from_static("stale=1"));
-        let span = propagate(&id, &mut h);
+        let first = client_span(&id);
         assert_eq!(
-            h["traceparent"],
-            format!("00-{}-{}-01", "07".repeat(16), span)
+            first.traceparent,
+            format!("00-{}-{}-01", "07".repeat(16), first.span)
         );
-        assert_eq!(h["tracestate"], "k=v");
+        assert_eq!(first.tracestate.as_ref().unwrap(), "k=v");
         assert_ne!(
-            span,
-            propagate(&id, &mut h),
+            first.span,
+            client_span(&id).span,
             "each attempt has its own span"
         );
     }

@@ -96,6 +96,8 @@ pub enum H1Error {
     Framing(#[from] decode::FramingError),
     #[error(transparent)]
     Chunked(#[from] decode::ChunkError),
+    #[error("invalid request target {0:?}")]
+    Target(String),
 }
 
 impl H1Error {
@@ -161,6 +163,22 @@ impl H1Pool {
         self.inner.shards.iter().map(|s| s.lock().len()).sum()
     }
 
+    /// Starts the head of a request to this backend: the request line and, unless the caller
+    /// sends its own (`host_given`), `Host`. The caller adds the header fields
+    /// ([`RequestHead::field`]) and sends it with [`H1Pool::send_head`]. `path_and_query` must
+    /// be a valid request target (see [`RequestHead::new`]).
+    pub fn request_head(
+        &self,
+        method: &Method,
+        path_and_query: &str,
+        host_given: bool,
+        fields: usize,
+        body_len: usize,
+    ) -> Result<RequestHead, H1Error> {
+        let authority = (!host_given).then_some(self.inner.authority.as_str());
+        RequestHead::new(method, path_and_query, authority, fields, body_len)
+    }
+
     /// Sends one request and returns once the response head has arrived. `uri` supplies the
     /// path and query; `headers` must not hold hop-by-hop headers or `Content-Length`.
     pub async fn send(
@@ -171,16 +189,35 @@ impl H1Pool {
         headers: &HeaderMap,
         body: &[u8],
     ) -> Result<Response<H1Body>, H1Error> {
+        let path = uri.path_and_query().map_or("/", |p| p.as_str());
+        let mut head = self.request_head(
+            method,
+            path,
+            headers.contains_key(HOST),
+            headers.len(),
+            body.len(),
+        )?;
+        for (name, value) in headers {
+            head.field(name, value);
+        }
+        self.send_head(shard, head, body).await
+    }
+
+    /// Sends a request whose head [`H1Pool::request_head`] started and the caller filled, and
+    /// returns once the response head has arrived. The head's fields must not hold hop-by-hop
+    /// headers or `Content-Length` (added here from `body`).
+    pub async fn send_head(
+        &self,
+        shard: usize,
+        head: RequestHead,
+        body: &[u8],
+    ) -> Result<Response<H1Body>, H1Error> {
         let shard = shard.min(self.inner.shards.len() - 1);
-        let head = serialize_request(method, uri, &self.inner.authority, headers, body);
+        let is_head = head.method == Method::HEAD;
         // A small body goes out with the head in one write; a large one is not copied.
-        let (request, tail) = if body.len() <= INLINE_BODY {
-            ([head.as_slice(), body].concat(), &[][..])
-        } else {
-            (head, body)
-        };
+        let (request, tail) = head.finish(body);
         if let Some(stream) = self.checkout(shard) {
-            match exchange(stream, &request, tail, method == Method::HEAD).await {
+            match exchange(stream, &request, tail, is_head).await {
                 Ok(head) => return Ok(self.response(head, shard)),
                 // The backend closed this idle connection; it never saw the request.
                 Err(Exchange::NothingReceived(_)) => {}
@@ -191,7 +228,7 @@ impl H1Pool {
             }
         }
         let stream = self.connect().await?;
-        match exchange(stream, &request, tail, method == Method::HEAD).await {
+        match exchange(stream, &request, tail, is_head).await {
             Ok(head) => Ok(self.response(head, shard)),
             Err(Exchange::NothingReceived(e) | Exchange::Failed(e)) => Err(e),
         }
@@ -309,38 +346,80 @@ fn still_open(stream: &TcpStream) -> bool {
     }
 }
 
-fn serialize_request(
-    method: &Method,
-    uri: &Uri,
-    authority: &str,
-    headers: &HeaderMap,
-    body: &[u8],
-) -> Vec<u8> {
-    let path = uri.path_and_query().map_or("/", |p| p.as_str());
-    let mut out = Vec::with_capacity(256 + headers.len() * 48 + body.len());
-    for part in [method.as_str(), " ", path, " HTTP/1.1\r\n"] {
-        out.extend_from_slice(part.as_bytes());
+/// The wire form of an outbound request head, written as it is built: the request line and
+/// `Host` first, then each field as the caller adds it, then (in [`RequestHead::finish`])
+/// `Content-Length`, the blank line and, when small, the body. No header map is built on the
+/// way: the proxy writes the fields it keeps straight into the bytes it sends.
+pub struct RequestHead {
+    buf: Vec<u8>,
+    method: Method,
+}
+
+impl RequestHead {
+    /// A head for `method` on `path_and_query`, with `Host: authority` when one is given,
+    /// sized for about `fields` header fields and an inline body of `body_len` bytes.
+    ///
+    /// `path_and_query` must start with `/` and hold only visible ASCII: a space or control
+    /// byte in a request line would let its tail be read as another request.
+    pub fn new(
+        method: &Method,
+        path_and_query: &str,
+        authority: Option<&str>,
+        fields: usize,
+        body_len: usize,
+    ) -> Result<Self, H1Error> {
+        let target = path_and_query.as_bytes();
+        if target.first() != Some(&b'/') || !target.iter().all(|&b| b > b' ' && b != 0x7f) {
+            return Err(H1Error::Target(path_and_query.chars().take(64).collect()));
+        }
+        let inline = if body_len <= INLINE_BODY { body_len } else { 0 };
+        let mut buf = Vec::with_capacity(256 + fields * 48 + inline);
+        for part in [method.as_str().as_bytes(), b" ", target, b" HTTP/1.1\r\n"] {
+            buf.extend_from_slice(part);
+        }
+        if let Some(authority) = authority {
+            for part in [b"host: ", authority.as_bytes(), b"\r\n"] {
+                buf.extend_from_slice(part);
+            }
+        }
+        Ok(Self {
+            buf,
+            method: method.clone(),
+        })
     }
-    if !headers.contains_key(HOST) {
-        for part in ["host: ", authority, "\r\n"] {
-            out.extend_from_slice(part.as_bytes());
+
+    /// Adds one header field.
+    pub fn field(&mut self, name: &HeaderName, value: &HeaderValue) {
+        for part in [name.as_str().as_bytes(), b": ", value.as_bytes(), b"\r\n"] {
+            self.buf.extend_from_slice(part);
         }
     }
-    for (name, value) in headers {
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
+
+    /// The bytes written so far: the request line, `Host` (when added) and the fields.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.buf
     }
-    let needs_length =
-        !body.is_empty() || matches!(*method, Method::POST | Method::PUT | Method::PATCH);
-    if needs_length {
-        out.extend_from_slice(b"content-length: ");
-        out.extend_from_slice(itoa::Buffer::new().format(body.len()).as_bytes());
-        out.extend_from_slice(b"\r\n");
+
+    /// Ends the head for `body`: `Content-Length` when the request carries or expects a body,
+    /// the blank line, and the body itself when it is small enough to go in the same write.
+    /// Returns the bytes to write and what of the body is left to write after them.
+    fn finish(mut self, body: &[u8]) -> (Vec<u8>, &[u8]) {
+        let needs_length =
+            !body.is_empty() || matches!(self.method, Method::POST | Method::PUT | Method::PATCH);
+        if needs_length {
+            self.buf.extend_from_slice(b"content-length: ");
+            self.buf
+                .extend_from_slice(itoa::Buffer::new().format(body.len()).as_bytes());
+            self.buf.extend_from_slice(b"\r\n");
+        }
+        self.buf.extend_from_slice(b"\r\n");
+        if body.len() <= INLINE_BODY {
+            self.buf.extend_from_slice(body);
+            (self.buf, &[])
+        } else {
+            (self.buf, body)
+        }
     }
-    out.extend_from_slice(b"\r\n");
-    out
 }
 
 /// A parsed response head and the connection it came on.
@@ -748,21 +827,62 @@ mod tests {
         assert!(pool("https://api.example.com").is_none());
     }
 
+    fn finished(head: RequestHead, body: &[u8]) -> String {
+        let (bytes, tail) = head.finish(body);
+        String::from_utf8([bytes.as_slice(), tail].concat()).unwrap()
+    }
+
     #[test]
     fn serializes_the_request_with_host_and_length() {
-        let mut headers = HeaderMap::new();
-        headers.insert("content-type", HeaderValue::from_static("application/json"));
-        let uri: Uri = "http://h:1/v1/chat/completions?x=1".parse().unwrap();
-        let out = serialize_request(&Method::POST, &uri, "h:1", &headers, b"{}");
-        assert_eq!(
-            String::from_utf8(out).unwrap(),
-            "POST /v1/chat/completions?x=1 HTTP/1.1\r\nhost: h:1\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n"
+        let p = pool("http://h:1").unwrap();
+        let mut head = p
+            .request_head(&Method::POST, "/v1/chat/completions?x=1", false, 1, 2)
+            .unwrap();
+        head.field(
+            &HeaderName::from_static("content-type"),
+            &HeaderValue::from_static("application/json"),
         );
-        let out = serialize_request(&Method::GET, &uri, "h:1", &HeaderMap::new(), b"");
         assert_eq!(
-            String::from_utf8(out).unwrap(),
-            "GET /v1/chat/completions?x=1 HTTP/1.1\r\nhost: h:1\r\n\r\n"
+            finished(head, b"{}"),
+            "POST /v1/chat/completions?x=1 HTTP/1.1\r\nhost: h:1\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}"
         );
+        let head = p.request_head(&Method::GET, "/m", false, 0, 0).unwrap();
+        assert_eq!(finished(head, b""), "GET /m HTTP/1.1\r\nhost: h:1\r\n\r\n");
+        let mut head = p.request_head(&Method::GET, "/m", true, 1, 0).unwrap();
+        head.field(&HOST, &HeaderValue::from_static("virtual.example"));
+        assert_eq!(
+            finished(head, b""),
+            "GET /m HTTP/1.1\r\nhost: virtual.example\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn a_large_body_is_left_for_its_own_write() {
+        let p = pool("http://h:1").unwrap();
+        let body = vec![b'x'; INLINE_BODY + 1];
+        let head = p
+            .request_head(&Method::POST, "/", false, 0, body.len())
+            .unwrap();
+        let (bytes, tail) = head.finish(&body);
+        assert!(bytes.ends_with(b"\r\n\r\n"));
+        assert_eq!(tail.len(), body.len());
+    }
+
+    #[test]
+    fn a_request_target_with_a_space_or_control_byte_is_refused() {
+        let p = pool("http://h:1").unwrap();
+        for bad in ["", "v1/models", "/a b", "/a\r\nx: y", "/a\tb", "/a\u{7f}"] {
+            assert!(
+                matches!(
+                    p.request_head(&Method::GET, bad, false, 0, 0),
+                    Err(H1Error::Target(_))
+                ),
+                "{bad:?}"
+            );
+        }
+        assert!(p
+            .request_head(&Method::GET, "/caf\u{e9}?q=\"x\"", false, 0, 0)
+            .is_ok());
     }
 }
 
