@@ -8,6 +8,7 @@
 //! are replaced by what olla saw. Values olla echoes from a request into a header (the model
 //! name) go through [`echo_value`]: bounded and printable.
 
+use std::borrow::Cow;
 use std::net::IpAddr;
 
 use http::header::{HeaderMap, HeaderName, HeaderValue};
@@ -41,8 +42,11 @@ pub mod names {
 }
 
 /// `Olla/<version>`-style product token (`X-Served-By`, `X-Proxied-By`).
+const SERVED_BY: &str = concat!("Olla/v", env!("CARGO_PKG_VERSION"));
+
+/// [`SERVED_BY`] as a header value.
 pub fn served_by() -> HeaderValue {
-    HeaderValue::from_static(concat!("Olla/v", env!("CARGO_PKG_VERSION")))
+    HeaderValue::from_static(SERVED_BY)
 }
 
 /// `1.1 olla/<version>` (`Via`).
@@ -94,6 +98,14 @@ pub const MAX_ECHO_LEN: usize = 256;
 /// A request-derived value fit to echo in a header: at most [`MAX_ECHO_LEN`] bytes, every
 /// character outside visible ASCII and space replaced by `?`. `None` when nothing is left.
 pub fn echo_value(s: &str) -> Option<HeaderValue> {
+    echo_text(s).and_then(|t| HeaderValue::try_from(t.as_ref()).ok())
+}
+
+/// [`echo_value`] as text: `s` itself when it is already fit, else the cleaned copy.
+pub fn echo_text(s: &str) -> Option<Cow<'_, str>> {
+    if echo_fit(s.as_bytes()) {
+        return Some(Cow::Borrowed(s));
+    }
     let clean: String = s
         .chars()
         .take(MAX_ECHO_LEN)
@@ -105,23 +117,27 @@ pub fn echo_value(s: &str) -> Option<HeaderValue> {
             }
         })
         .collect();
-    let clean = clean.trim();
-    if clean.is_empty() {
+    let trimmed = clean.trim();
+    if trimmed.is_empty() {
         return None;
     }
-    HeaderValue::try_from(clean).ok()
+    Some(Cow::Owned(trimmed.to_string()))
 }
 
-/// [`echo_value`] of a request header's value; a value that is already fit (visible ASCII and
-/// inner spaces, within [`MAX_ECHO_LEN`]) is shared, not rebuilt.
-pub fn echo_header(v: &HeaderValue) -> Option<HeaderValue> {
-    let b = v.as_bytes();
-    let fit = !b.is_empty()
+/// Already what [`echo_value`] would make of it: visible ASCII and inner spaces, within
+/// [`MAX_ECHO_LEN`].
+fn echo_fit(b: &[u8]) -> bool {
+    !b.is_empty()
         && b.len() <= MAX_ECHO_LEN
         && b.first() != Some(&b' ')
         && b.last() != Some(&b' ')
-        && b.iter().all(|&c| c == b' ' || c.is_ascii_graphic());
-    if fit {
+        && b.iter().all(|&c| c == b' ' || c.is_ascii_graphic())
+}
+
+/// [`echo_value`] of a request header's value; a value that is already fit is shared, not
+/// rebuilt.
+pub fn echo_header(v: &HeaderValue) -> Option<HeaderValue> {
+    if echo_fit(v.as_bytes()) {
         return Some(v.clone());
     }
     v.to_str().ok().and_then(echo_value)
@@ -181,31 +197,45 @@ impl ClientInfo {
     }
 }
 
-/// An address as a header value. IPv4 is written digit by digit: through `Display` each
-/// address cost about 1,300 instructions, and every proxied request writes two.
-fn ip_value(ip: IpAddr) -> Option<HeaderValue> {
-    let IpAddr::V4(v4) = ip else {
-        return HeaderValue::try_from(ip.to_string()).ok();
-    };
-    let mut text = [0u8; 15];
-    let mut n = 0;
-    for (i, octet) in v4.octets().into_iter().enumerate() {
-        if i > 0 {
-            text[n] = b'.';
+/// An address as header text. IPv4 is written digit by digit into a stack buffer: through
+/// `Display` each address cost about 1,300 instructions, and every proxied request writes two.
+enum IpText {
+    V4([u8; 15], usize),
+    V6(String),
+}
+
+impl IpText {
+    fn new(ip: IpAddr) -> Self {
+        let IpAddr::V4(v4) = ip else {
+            return Self::V6(ip.to_string());
+        };
+        let mut text = [0u8; 15];
+        let mut n = 0;
+        for (i, octet) in v4.octets().into_iter().enumerate() {
+            if i > 0 {
+                text[n] = b'.';
+                n += 1;
+            }
+            if octet >= 100 {
+                text[n] = b'0' + octet / 100;
+                n += 1;
+            }
+            if octet >= 10 {
+                text[n] = b'0' + octet / 10 % 10;
+                n += 1;
+            }
+            text[n] = b'0' + octet % 10;
             n += 1;
         }
-        if octet >= 100 {
-            text[n] = b'0' + octet / 100;
-            n += 1;
-        }
-        if octet >= 10 {
-            text[n] = b'0' + octet / 10 % 10;
-            n += 1;
-        }
-        text[n] = b'0' + octet % 10;
-        n += 1;
+        Self::V4(text, n)
     }
-    HeaderValue::from_bytes(&text[..n]).ok()
+
+    fn as_bytes(&self) -> &[u8] {
+        match self {
+            Self::V4(text, n) => &text[..*n],
+            Self::V6(s) => s.as_bytes(),
+        }
+    }
 }
 
 /// Where outbound header fields go: a [`HeaderMap`] for requests sent through hyper's client,
@@ -213,17 +243,29 @@ fn ip_value(ip: IpAddr) -> Option<HeaderValue> {
 /// builds a map.
 pub trait FieldSink {
     fn field(&mut self, name: &HeaderName, value: &HeaderValue);
+    /// A field whose value olla wrote; one that is not a valid header value is left out.
+    fn field_bytes(&mut self, name: &HeaderName, value: &[u8]);
 }
 
 impl FieldSink for HeaderMap {
     fn field(&mut self, name: &HeaderName, value: &HeaderValue) {
         self.append(name, value.clone());
     }
+
+    fn field_bytes(&mut self, name: &HeaderName, value: &[u8]) {
+        if let Ok(v) = HeaderValue::from_bytes(value) {
+            self.append(name, v);
+        }
+    }
 }
 
 impl FieldSink for RequestHead {
     fn field(&mut self, name: &HeaderName, value: &HeaderValue) {
         RequestHead::field(self, name, value);
+    }
+
+    fn field_bytes(&mut self, name: &HeaderName, value: &[u8]) {
+        RequestHead::field_bytes(self, name, value);
     }
 }
 
@@ -250,22 +292,19 @@ const SET_BY_OLLA: &[&str] = &["x-forwarded-for", "x-real-ip", "via", "x-proxied
 pub fn outbound_into(inbound: &HeaderMap, o: &Outbound<'_>, sink: &mut impl FieldSink) {
     let client = o.client;
     let listed = connection_listed(inbound);
-    let model = o.model.and_then(echo_value);
-    let xff = match inbound
+    let model = o.model.and_then(echo_text);
+    let peer = IpText::new(client.peer);
+    let prev_xff = inbound
         .get(names::X_FORWARDED_FOR)
         .and_then(|v| v.to_str().ok())
-        .filter(|_| client.trusted_proxy)
-    {
-        Some(prev) if !prev.trim().is_empty() => {
-            HeaderValue::try_from(format!("{prev}, {}", client.peer)).ok()
-        }
-        _ => ip_value(client.peer),
-    };
-    let real_ip = ip_value(client.client_ip(inbound));
-    let via_value = match inbound.get(http::header::VIA).and_then(|v| v.to_str().ok()) {
-        Some(prev) => HeaderValue::try_from(format!("{prev}, {}", via())).ok(),
-        None => Some(HeaderValue::from_static(via())),
-    };
+        .filter(|prev| client.trusted_proxy && !prev.trim().is_empty());
+    let chained_xff = prev_xff.map(|prev| format!("{prev}, {}", client.peer));
+    let real_ip = client.client_ip(inbound);
+    let real_ip = (real_ip != client.peer).then(|| IpText::new(real_ip));
+    let via_chain = inbound
+        .get(http::header::VIA)
+        .and_then(|v| v.to_str().ok())
+        .map(|prev| format!("{prev}, {}", via()));
     // A later writer of a name replaces every earlier one: the trace context, then the
     // backend's headers (the last of a repeated name), then olla's own.
     let traced = |name: &str| o.trace.is_some() && (name == "traceparent" || name == "tracestate");
@@ -287,34 +326,44 @@ pub fn outbound_into(inbound: &HeaderMap, o: &Outbound<'_>, sink: &mut impl Fiel
         }
         sink.field(k, v);
     }
-    let mut own = |name: HeaderName, value: Option<HeaderValue>| {
-        if let Some(v) = value.filter(|_| !overridden(name.as_str())) {
-            sink.field(&name, &v);
+    let mut own = |name: HeaderName, value: &[u8]| {
+        if !overridden(name.as_str()) {
+            sink.field_bytes(&name, value);
         }
     };
-    own(names::X_FORWARDED_FOR, xff);
-    own(names::X_REAL_IP, real_ip);
+    own(
+        names::X_FORWARDED_FOR,
+        chained_xff
+            .as_ref()
+            .map_or(peer.as_bytes(), |c| c.as_bytes()),
+    );
+    own(
+        names::X_REAL_IP,
+        real_ip.as_ref().map_or(peer.as_bytes(), IpText::as_bytes),
+    );
     // Kept when a trusted proxy sent them (copied above); otherwise what olla saw.
     let kept = |name: &HeaderName| client.trusted_proxy && inbound.contains_key(name);
     if !kept(&names::X_FORWARDED_PROTO) {
         own(
             names::X_FORWARDED_PROTO,
-            Some(HeaderValue::from_static(if client.tls {
-                "https"
-            } else {
-                "http"
-            })),
+            if client.tls { b"https" } else { b"http" },
         );
     }
     if !kept(&names::X_FORWARDED_HOST) {
-        own(
-            names::X_FORWARDED_HOST,
-            inbound.get(http::header::HOST).cloned(),
-        );
+        if let Some(host) = inbound.get(http::header::HOST) {
+            own(names::X_FORWARDED_HOST, host.as_bytes());
+        }
     }
-    own(http::header::VIA, via_value);
-    own(names::X_PROXIED_BY, Some(served_by()));
-    own(names::X_MODEL, model);
+    own(
+        http::header::VIA,
+        via_chain
+            .as_ref()
+            .map_or(via().as_bytes(), |c| c.as_bytes()),
+    );
+    own(names::X_PROXIED_BY, SERVED_BY.as_bytes());
+    if let Some(m) = &model {
+        own(names::X_MODEL, m.as_bytes());
+    }
     for (i, (k, v)) in o.backend_headers.iter().enumerate() {
         let repeated_later = o.backend_headers[i + 1..].iter().any(|(b, _)| b == k);
         if !repeated_later && !traced(k.as_str()) {
@@ -383,7 +432,11 @@ mod tests {
             "::ffff:10.0.0.1",
         ] {
             let ip: IpAddr = ip.parse().unwrap();
-            assert_eq!(ip_value(ip).unwrap(), ip.to_string().as_str(), "{ip}");
+            assert_eq!(
+                IpText::new(ip).as_bytes(),
+                ip.to_string().as_bytes(),
+                "{ip}"
+            );
         }
     }
 

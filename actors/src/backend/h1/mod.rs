@@ -395,6 +395,20 @@ impl RequestHead {
         }
     }
 
+    /// Adds one header field whose value is raw bytes; a value a header may not carry (a
+    /// control byte other than tab, e.g. a line break) is left out, as `HeaderValue` would
+    /// refuse it.
+    pub fn field_bytes(&mut self, name: &HeaderName, value: &[u8]) {
+        if value
+            .iter()
+            .all(|&b| b == b'\t' || (b >= b' ' && b != 0x7f))
+        {
+            for part in [name.as_str().as_bytes(), b": ", value, b"\r\n"] {
+                self.buf.extend_from_slice(part);
+            }
+        }
+    }
+
     /// The bytes written so far: the request line, `Host` (when added) and the fields.
     pub fn as_bytes(&self) -> &[u8] {
         &self.buf
@@ -854,6 +868,25 @@ mod tests {
             finished(head, b""),
             "GET /m HTTP/1.1\r\nhost: virtual.example\r\n\r\n"
         );
+    }
+
+    #[test]
+    fn a_raw_field_value_with_a_line_break_is_left_out() {
+        let p = pool("http://h:1").unwrap();
+        let mut head = p.request_head(&Method::GET, "/", true, 2, 0).unwrap();
+        let name = HeaderName::from_static("x-a");
+        head.field_bytes(&name, b"one\r\nx-injected: 1");
+        head.field_bytes(&name, b"tab\tand caf\xc3\xa9");
+        assert_eq!(
+            head.as_bytes(),
+            b"GET / HTTP/1.1\r\nx-a: tab\tand caf\xc3\xa9\r\n".as_slice()
+        );
+        for bad in [&b"a\rb"[..], b"a\nb", b"a\x00b", b"a\x7fb"] {
+            assert!(
+                HeaderValue::from_bytes(bad).is_err(),
+                "the same rule as HeaderValue"
+            );
+        }
     }
 
     #[test]
