@@ -298,7 +298,7 @@ pub fn outbound_into(inbound: &HeaderMap, o: &Outbound<'_>, sink: &mut impl Fiel
         .get(names::X_FORWARDED_FOR)
         .and_then(|v| v.to_str().ok())
         .filter(|prev| client.trusted_proxy && !prev.trim().is_empty());
-    let chained_xff = prev_xff.map(|prev| format!("{prev}, {}", client.peer));
+    let chained_xff = prev_xff.map(|prev| [prev.as_bytes(), b", ", peer.as_bytes()].concat());
     let real_ip = client.client_ip(inbound);
     let real_ip = (real_ip != client.peer).then(|| IpText::new(real_ip));
     let via_chain = inbound
@@ -333,9 +333,7 @@ pub fn outbound_into(inbound: &HeaderMap, o: &Outbound<'_>, sink: &mut impl Fiel
     };
     own(
         names::X_FORWARDED_FOR,
-        chained_xff
-            .as_ref()
-            .map_or(peer.as_bytes(), |c| c.as_bytes()),
+        chained_xff.as_deref().unwrap_or(peer.as_bytes()),
     );
     own(
         names::X_REAL_IP,

@@ -496,27 +496,27 @@ impl Run<'_> {
     /// The upstream path (with query) and body of this request for one candidate, before the
     /// endpoint's base path.
     fn upstream_parts(&self, cand: &Candidate) -> Result<(Cow<'_, str>, Bytes), ProxyError> {
-        let adapted = self.adapt.map(|a| a.upstream(cand));
-        let (path, body) = match &adapted {
-            Some((path, body)) => (Cow::Owned(path.clone()), body),
-            None => (Cow::Borrowed(self.path), self.body),
+        let (path, body, adapted) = match self.adapt.map(|a| a.upstream(cand)) {
+            Some((path, body)) => (Cow::Owned(path), body, true),
+            None => (Cow::Borrowed(self.path), self.body.clone(), false),
         };
         let body = match (&cand.native_model, &self.facts.model) {
             (Some(native), Some(requested)) if **native != **requested => {
                 // The span was found in the client's body; an adapted body is inspected anew.
-                let span = match &adapted {
-                    None => self.facts.model_span.clone(),
-                    Some(_) => inspect::inspect_body(Some("application/json"), body)
+                let span = if adapted {
+                    inspect::inspect_body(Some("application/json"), &body)
                         .ok()
-                        .and_then(|f| f.model_span),
+                        .and_then(|f| f.model_span)
+                } else {
+                    self.facts.model_span.clone()
                 };
                 match span {
-                    Some(span) => inspect::splice_model(body, &span, native)
+                    Some(span) => inspect::splice_model(&body, &span, native)
                         .ok_or_else(|| ProxyError::Internal("cannot rewrite the model".into()))?,
-                    None => body.clone(),
+                    None => body,
                 }
             }
-            _ => body.clone(),
+            _ => body,
         };
         Ok((path, body))
     }

@@ -390,9 +390,7 @@ impl RequestHead {
 
     /// Adds one header field.
     pub fn field(&mut self, name: &HeaderName, value: &HeaderValue) {
-        for part in [name.as_str().as_bytes(), b": ", value.as_bytes(), b"\r\n"] {
-            self.buf.extend_from_slice(part);
-        }
+        self.write_field(name, value.as_bytes());
     }
 
     /// Adds one header field whose value is raw bytes; a value a header may not carry (a
@@ -403,9 +401,13 @@ impl RequestHead {
             .iter()
             .all(|&b| b == b'\t' || (b >= b' ' && b != 0x7f))
         {
-            for part in [name.as_str().as_bytes(), b": ", value, b"\r\n"] {
-                self.buf.extend_from_slice(part);
-            }
+            self.write_field(name, value);
+        }
+    }
+
+    fn write_field(&mut self, name: &HeaderName, value: &[u8]) {
+        for part in [name.as_str().as_bytes(), b": ", value, b"\r\n"] {
+            self.buf.extend_from_slice(part);
         }
     }
 
