@@ -7,6 +7,7 @@
 //! message structs, which re-measure nested lengths at every level).
 
 use super::proto::{span_kind, status_code};
+use bytes::Bytes;
 use super::span::{
     cut, duration_nanos, flags, gen_ai_operation, int as int_value, AttemptSpanInput,
     RequestSpanInput,
@@ -32,15 +33,10 @@ fn key(buf: &mut Vec<u8>, field: u32, wire: u32) {
 /// A `bytes`/`string` field (proto3: omitted when empty).
 fn bytes(buf: &mut Vec<u8>, field: u32, b: &[u8]) {
     if !b.is_empty() {
-        bytes_always(buf, field, b);
+        key(buf, field, LEN);
+        varint(buf, b.len() as u64);
+        buf.extend_from_slice(b);
     }
-}
-
-/// A length-delimited field written even when empty (a `oneof` member).
-fn bytes_always(buf: &mut Vec<u8>, field: u32, b: &[u8]) {
-    key(buf, field, LEN);
-    varint(buf, b.len() as u64);
-    buf.extend_from_slice(b);
 }
 
 fn fixed64(buf: &mut Vec<u8>, field: u32, v: u64) {
@@ -92,59 +88,83 @@ fn varint_len(v: u64) -> usize {
     (64 - (v | 1).leading_zeros() as usize).div_ceil(7)
 }
 
-/// The `KeyValue.key` field of an attribute (tag, length, name), made at compile time; names
-/// are shorter than 128 bytes, so the length is one byte.
-const fn key_field<const N: usize>(name: &str) -> [u8; N] {
+/// The start of an attribute's encoding, made at compile time: the `KeyValue` tag (span field
+/// 9), one byte for its length (filled in per value), the key field (tag, length, name) and the
+/// tag of the value field. Names are shorter than 128 bytes, so their length is one byte.
+const fn attr_head<const N: usize>(name: &str) -> [u8; N] {
     let b = name.as_bytes();
-    assert!(b.len() + 2 == N && b.len() < 0x80);
+    assert!(b.len() + 5 == N && b.len() < 0x80);
     let mut out = [0u8; N];
-    out[0] = (1 << 3) | LEN as u8;
-    out[1] = b.len() as u8;
+    out[0] = tag(9, LEN);
+    out[2] = tag(1, LEN);
+    out[3] = b.len() as u8;
     let mut i = 0;
     while i < b.len() {
-        out[i + 2] = b[i];
+        out[i + 4] = b[i];
         i += 1;
     }
+    out[N - 1] = tag(2, LEN);
     out
 }
 
-/// An attribute name as its encoded `KeyValue.key` field (see [`key_field`]).
+/// The one-byte key of a field below 16.
+const fn tag(field: u32, wire: u32) -> u8 {
+    (field << 3 | wire) as u8
+}
+
+/// An attribute name as the start of its encoding (see [`attr_head`]).
 macro_rules! k {
     ($name:literal) => {{
-        const FIELD: [u8; $name.len() + 2] = key_field($name);
-        &FIELD
+        const HEAD: [u8; $name.len() + 5] = attr_head($name);
+        &HEAD
     }};
 }
 
-/// A `KeyValue` attribute (span field 9) whose key field is `name_field` (from [`k!`]) and whose
-/// `AnyValue` body is `value_len` bytes written by `value`; lengths are known up front, so
-/// nothing is shifted.
-fn attr(buf: &mut Vec<u8>, name_field: &[u8], value_len: usize, value: impl FnOnce(&mut Vec<u8>)) {
-    let kv = name_field.len() + 1 + varint_len(value_len as u64) + value_len;
+/// A `KeyValue` attribute whose start is `head` (from [`k!`]) and whose `AnyValue` body is
+/// `value_len` bytes written by `value`. Lengths are known up front, so nothing is shifted; an
+/// attribute under 128 bytes (nearly all) is its fixed-size head with one byte patched, copied
+/// in one go.
+fn attr<const N: usize>(
+    buf: &mut Vec<u8>,
+    head: &[u8; N],
+    value_len: usize,
+    value: impl FnOnce(&mut Vec<u8>),
+) {
+    // The key field is the head less the outer tag, the length byte and the value tag.
+    let kv = (N - 3) + 1 + varint_len(value_len as u64) + value_len;
     buf.reserve(1 + varint_len(kv as u64) + kv);
-    key(buf, 9, LEN);
-    varint(buf, kv as u64);
-    buf.extend_from_slice(name_field);
-    key(buf, 2, LEN);
+    if kv < 0x80 {
+        let mut h = *head;
+        h[1] = kv as u8;
+        buf.extend_from_slice(&h);
+    } else {
+        buf.push(head[0]);
+        varint(buf, kv as u64);
+        buf.extend_from_slice(&head[2..]);
+    }
     varint(buf, value_len as u64);
     value(buf);
 }
 
-fn attr_str(buf: &mut Vec<u8>, name_field: &[u8], v: &str) {
+fn attr_str<const N: usize>(buf: &mut Vec<u8>, head: &[u8; N], v: &str) {
     let len = 1 + varint_len(v.len() as u64) + v.len();
-    attr(buf, name_field, len, |b| bytes_always(b, 1, v.as_bytes()));
+    attr(buf, head, len, |b| {
+        b.push(tag(1, LEN));
+        varint(b, v.len() as u64);
+        b.extend_from_slice(v.as_bytes());
+    });
 }
 
-fn attr_int(buf: &mut Vec<u8>, name_field: &[u8], v: i64) {
-    attr(buf, name_field, 1 + varint_len(v as u64), |b| {
-        key(b, 3, VARINT);
+fn attr_int<const N: usize>(buf: &mut Vec<u8>, head: &[u8; N], v: i64) {
+    attr(buf, head, 1 + varint_len(v as u64), |b| {
+        b.push(tag(3, VARINT));
         varint(b, v as u64);
     });
 }
 
-fn attr_double(buf: &mut Vec<u8>, name_field: &[u8], v: f64) {
-    attr(buf, name_field, 9, |b| {
-        key(b, 4, FIXED64);
+fn attr_double<const N: usize>(buf: &mut Vec<u8>, head: &[u8; N], v: f64) {
+    attr(buf, head, 9, |b| {
+        b.push(tag(4, FIXED64));
         b.extend_from_slice(&v.to_bits().to_le_bytes());
     });
 }
@@ -296,21 +316,39 @@ impl SpanWriter {
 
 /// One `ExportTraceServiceRequest` for `batch`; `resource` and `scope` are the encoded
 /// `Resource` and `InstrumentationScope` messages (made once by the exporter).
-pub fn export_request(resource: &[u8], scope: &[u8], batch: &[RequestSpanInput]) -> Vec<u8> {
-    let mut buf = Vec::with_capacity(64 + resource.len() + batch.len() * 1024);
+///
+/// The spans are written first, after room for the envelope; the envelope (whose lengths are
+/// the batch's) is then written into the end of that room, so the batch is never moved, and the
+/// body is a view that starts where the envelope does.
+pub fn export_request(resource: &[u8], scope: &[u8], batch: &[RequestSpanInput]) -> Bytes {
+    // Four keys and four lengths (ten bytes at most each) and the two fixed messages.
+    let room = 4 * 11 + resource.len() + scope.len();
+    let mut buf = Vec::with_capacity(room + batch.len() * 1024);
+    buf.resize(room, 0);
     let mut w = SpanWriter {
         scratch: String::with_capacity(64),
     };
-    message(&mut buf, 1, |b| {
-        message(b, 1, |b| b.extend_from_slice(resource));
-        message(b, 2, |b| {
-            message(b, 1, |b| b.extend_from_slice(scope));
-            for r in batch {
-                w.request(b, r);
-            }
-        });
-    });
-    buf
+    for r in batch {
+        w.request(&mut buf, r);
+    }
+    let spans = buf.len() - room;
+    let field = |len: usize| 1 + varint_len(len as u64) + len;
+    let scope_spans = field(scope.len()) + spans;
+    let resource_spans = field(resource.len()) + field(scope_spans);
+    let mut envelope = Vec::with_capacity(room);
+    key(&mut envelope, 1, LEN);
+    varint(&mut envelope, resource_spans as u64);
+    key(&mut envelope, 1, LEN);
+    varint(&mut envelope, resource.len() as u64);
+    envelope.extend_from_slice(resource);
+    key(&mut envelope, 2, LEN);
+    varint(&mut envelope, scope_spans as u64);
+    key(&mut envelope, 1, LEN);
+    varint(&mut envelope, scope.len() as u64);
+    envelope.extend_from_slice(scope);
+    let start = room - envelope.len();
+    buf[start..room].copy_from_slice(&envelope);
+    Bytes::from(buf).slice(start..)
 }
 
 #[cfg(test)]
@@ -357,7 +395,7 @@ mod tests {
     }
 
     fn direct(batch: &[RequestSpanInput]) -> Vec<u8> {
-        export_request(&resource().encode_to_vec(), &scope().encode_to_vec(), batch)
+        export_request(&resource().encode_to_vec(), &scope().encode_to_vec(), batch).to_vec()
     }
 
     static LONG_MODEL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| "é".repeat(300));

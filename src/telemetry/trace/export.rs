@@ -219,7 +219,7 @@ fn scope() -> InstrumentationScope {
 
 /// Encodes finished requests as one `ExportTraceServiceRequest` ([`super::encode`]).
 pub fn encode(resource: &[u8], scope: &[u8], batch: &[RequestSpanInput]) -> Bytes {
-    Bytes::from(super::encode::export_request(resource, scope, batch))
+    super::encode::export_request(resource, scope, batch)
 }
 
 struct Batcher {
