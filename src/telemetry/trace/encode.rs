@@ -7,11 +7,11 @@
 //! message structs, which re-measure nested lengths at every level).
 
 use super::proto::{span_kind, status_code};
-use bytes::Bytes;
 use super::span::{
     cut, duration_nanos, flags, gen_ai_operation, int as int_value, AttemptSpanInput,
     RequestSpanInput,
 };
+use bytes::Bytes;
 
 const VARINT: u32 = 0;
 const FIXED64: u32 = 1;
