@@ -136,6 +136,13 @@ fn span_of(outer: &[u8], inner: &str) -> Option<Range<usize>> {
     (outer.get(start..end)? == inner.as_bytes()).then_some(start..end)
 }
 
+/// Whether a `Content-Type` names JSON (`application/json`, `application/x-ndjson`, ...). A
+/// plain scan: `str::contains` sets up a substring searcher per call, which costs more than the
+/// whole scan of a short header value.
+fn names_json(content_type: &str) -> bool {
+    content_type.as_bytes().windows(4).any(|w| w == b"json")
+}
+
 /// Reads `model` and `stream` from a JSON body; malformed JSON, a non-string model or an
 /// ambiguous model key is a 400.
 pub fn inspect_body(content_type: Option<&str>, body: &[u8]) -> Result<BodyFacts, ProxyError> {
@@ -143,7 +150,7 @@ pub fn inspect_body(content_type: Option<&str>, body: &[u8]) -> Result<BodyFacts
     if trimmed.is_empty() {
         return Ok(BodyFacts::default());
     }
-    let declared_json = content_type.is_some_and(|c| c.contains("json"));
+    let declared_json = content_type.is_some_and(names_json);
     let looks_json = trimmed.starts_with(b"{");
     if !declared_json && !looks_json {
         return Ok(BodyFacts::default());
@@ -337,6 +344,27 @@ pub fn splice_model(body: &Bytes, span: &Range<usize>, name: &str) -> Option<Byt
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_content_type_names_json_anywhere_in_it() {
+        for c in [
+            "application/json",
+            "application/x-ndjson",
+            "text/json; charset=utf-8",
+            "json",
+        ] {
+            assert!(names_json(c), "{c}");
+        }
+        for c in [
+            "",
+            "jso",
+            "text/plain",
+            "application/JSON",
+            "application/js on",
+        ] {
+            assert!(!names_json(c), "{c}");
+        }
+    }
 
     #[test]
     fn messages_and_prompt_are_located_for_routing() {
