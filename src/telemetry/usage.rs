@@ -14,9 +14,10 @@
 //!
 //! Cost: usage sits in the first event (Anthropic `message_start`) or at the end of a body or
 //! stream (everything else), so only the head ([`HEAD_WINDOW`]) and tail ([`TAIL_WINDOW`]) of
-//! each chunk are searched, with `memchr`'s SIMD substring search for the two key suffixes
-//! `_tokens"` and `_count"`. A chunk of an SSE token stream (a few hundred bytes) is searched
-//! whole.
+//! each chunk are searched, for the two key suffixes `_tokens"` and `_count"`: a token event by
+//! one pass over its underscores with `memchr`'s SIMD byte search (a substring searcher per
+//! suffix cost about twice as much there), a longer chunk with a prebuilt substring searcher per
+//! suffix. A chunk of an SSE token stream (a few hundred bytes) is searched whole.
 
 use memchr::memmem;
 
@@ -40,16 +41,18 @@ impl Usage {
     }
 }
 
-/// The searchers for the two key suffixes, built once: building one (picking and preparing
-/// its SIMD prefilter) costs more than searching a chunk of a token stream.
+/// The suffixes of the keys the scanner knows, each starting at an underscore.
+const TOKENS: &[u8] = b"_tokens\"";
+const COUNT: &[u8] = b"_count\"";
+
+/// Haystacks up to this long are read by their underscores ([`UsageScanner::scan`]).
+const UNDERSCORE_SCAN_MAX: usize = 512;
+
+/// The substring searchers for the two suffixes, built once: building one (picking and
+/// preparing its SIMD prefilter) costs more than searching a chunk.
 fn suffix_finders() -> &'static [memmem::Finder<'static>; 2] {
     static FINDERS: std::sync::OnceLock<[memmem::Finder<'static>; 2]> = std::sync::OnceLock::new();
-    FINDERS.get_or_init(|| {
-        [
-            memmem::Finder::new(b"_tokens\""),
-            memmem::Finder::new(b"_count\""),
-        ]
-    })
+    FINDERS.get_or_init(|| [memmem::Finder::new(TOKENS), memmem::Finder::new(COUNT)])
 }
 
 /// See the module doc.
@@ -156,19 +159,54 @@ impl UsageScanner {
         self.carry_len = keep;
     }
 
+    /// Finds the known keys of `hay` in the order they appear (so the last one wins). A short
+    /// haystack (a token event) is read by its underscores, one `memchr` pass: every suffix
+    /// starts with one and an event holds only a few (`finish_reason`, `system_fingerprint`).
+    /// A longer one (a burst of events, a whole JSON body) holds many, and is searched with
+    /// one prebuilt substring searcher per suffix instead, their hits merged in order.
     fn scan(&mut self, hay: &[u8]) {
-        for finder in suffix_finders() {
-            let suffix = finder.needle();
-            for at in finder.find_iter(hay) {
-                let Some(side) = key_before(hay, at, suffix) else {
-                    continue;
+        if hay.len() <= UNDERSCORE_SCAN_MAX {
+            for at in memchr::memchr_iter(b'_', hay) {
+                // The byte after the underscore tells the suffixes apart and rejects the rest.
+                let suffix = match hay.get(at + 1) {
+                    Some(b't') => TOKENS,
+                    Some(b'c') => COUNT,
+                    _ => continue,
                 };
-                if let Some(n) = number_after(hay, at + suffix.len()) {
-                    match side {
-                        Side::Input => self.usage.input = Some(n),
-                        Side::Output => self.usage.output = Some(n),
-                    }
+                if hay[at..].starts_with(suffix) {
+                    self.take(hay, at, suffix);
                 }
+            }
+            return;
+        }
+        let [tokens, count] = suffix_finders();
+        let mut tokens = tokens.find_iter(hay).peekable();
+        let mut count = count.find_iter(hay).peekable();
+        loop {
+            let (at, suffix) = match (tokens.peek(), count.peek()) {
+                (Some(&t), Some(&c)) if t < c => (t, TOKENS),
+                (Some(&t), None) => (t, TOKENS),
+                (_, Some(&c)) => (c, COUNT),
+                (None, None) => return,
+            };
+            if suffix == TOKENS {
+                tokens.next();
+            } else {
+                count.next();
+            }
+            self.take(hay, at, suffix);
+        }
+    }
+
+    /// Records the value of the key whose `suffix` starts at `at`, if it is a key we know.
+    fn take(&mut self, hay: &[u8], at: usize, suffix: &[u8]) {
+        let Some(side) = key_before(hay, at, suffix) else {
+            return;
+        };
+        if let Some(n) = number_after(hay, at + suffix.len()) {
+            match side {
+                Side::Input => self.usage.input = Some(n),
+                Side::Output => self.usage.output = Some(n),
             }
         }
     }
@@ -254,6 +292,33 @@ mod tests {
                 "cut at {cut}"
             );
         }
+    }
+
+    #[test]
+    fn short_and_long_haystacks_find_the_same_keys_in_order() {
+        // The same events, fed as one long chunk (substring searchers) and as one chunk per
+        // event (underscore scan): the same usage, the last key of each side winning.
+        let events: Vec<String> = (0..12)
+            .map(|i| {
+                format!(
+                    "data: {{\"eval_count\":{},\"system_fingerprint\":\"fp_{i}\",\"usage\":\
+                     {{\"prompt_tokens\":{i},\"completion_tokens\":{},\"finish_reason\":null}}}}\n\n",
+                    i * 100,
+                    i * 10
+                )
+            })
+            .collect();
+        let long = events.concat();
+        assert!(long.len() > UNDERSCORE_SCAN_MAX && long.len() < HEAD_WINDOW);
+        let per_event: Vec<&[u8]> = events.iter().map(|e| e.as_bytes()).collect();
+        assert!(per_event.iter().all(|e| e.len() <= UNDERSCORE_SCAN_MAX));
+        // Each event's `eval_count` comes before its `completion_tokens`: the latter wins.
+        let expected = Usage {
+            input: Some(11),
+            output: Some(110),
+        };
+        assert_eq!(scan_all(&[long.as_bytes()]), expected);
+        assert_eq!(scan_all(&per_event), expected);
     }
 
     #[test]
