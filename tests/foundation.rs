@@ -46,6 +46,56 @@ async fn sse_events_arrive_as_the_backend_emits_them() {
     d.stop().await;
 }
 
+/// Streams a chat through `d` and returns the body text (an error mid-body ends it) and how
+/// long the whole exchange took.
+async fn stream_text(d: &Daemon) -> (String, Duration) {
+    let started = Instant::now();
+    let mut r = client()
+        .post(format!("{}/olla/proxy/v1/chat/completions", d.url()))
+        .header("content-type", "application/json")
+        .body(chat("m", true))
+        .send()
+        .await
+        .unwrap();
+    let mut text = String::new();
+    while let Ok(Some(chunk)) = r.chunk().await {
+        text.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    (text, started.elapsed())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_idle_limit_counts_from_the_last_event_not_the_start_of_the_stream() {
+    // Events 400 ms apart under a 1 s idle limit: the stream lasts well past the limit, but
+    // never goes quiet for it, so it is never cut.
+    let m = paced_mock("s", 6, 400).await;
+    let timeouts = "timeouts: {idle: 1s}";
+    let d = daemon(&config(
+        &[endpoint("s", &m.url(), "openai", 100, timeouts)],
+        "",
+    ))
+    .await;
+    wait_routable(&d, &["s"], true).await;
+    let (text, took) = stream_text(&d).await;
+    assert!(took >= Duration::from_millis(1900), "stream took {took:?}");
+    assert!(text.contains("tok5") && text.contains("[DONE]"), "{text}");
+    d.stop().await;
+
+    // Events 2.5 s apart: cut about a second after the stream goes quiet.
+    let m = paced_mock("q", 3, 2500).await;
+    let d = daemon(&config(
+        &[endpoint("q", &m.url(), "openai", 100, timeouts)],
+        "",
+    ))
+    .await;
+    wait_routable(&d, &["q"], true).await;
+    let (text, took) = stream_text(&d).await;
+    assert!(!text.contains("[DONE]"), "{text}");
+    assert!(took < Duration::from_millis(2400), "cut after {took:?}");
+    assert!(took >= Duration::from_millis(900), "cut after {took:?}");
+    d.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn priority_routing_fails_over_under_load_and_returns() {
     let high = mock("high", &["m"]).await;

@@ -329,24 +329,29 @@ impl Stream {
         if let Some(g) = &self.guard {
             g.add_bytes(data.len() as u64);
         }
+        // The idle timer is not moved here (a timer-wheel update per frame); it is re-armed
+        // from this time when it fires (`poll_timers`).
         self.handed_at = Instant::now();
-        if let (Some(t), Some(at)) = (
-            self.idle_timer.as_mut(),
-            self.handed_at.checked_add(self.idle),
-        ) {
-            t.as_mut().reset(at);
-        }
         Some(Frame::data(data))
     }
 
     /// Checks the idle and total timers (only called while the upstream is not ready).
     fn poll_timers(&mut self, cx: &mut Context<'_>) -> Option<StreamError> {
         let idle = self.idle;
-        let timer = self
-            .idle_timer
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
-        if timer.as_mut().poll(cx).is_ready() {
-            return Some(StreamError::Idle(idle));
+        let due = self.handed_at.checked_add(idle);
+        let timer = self.idle_timer.get_or_insert_with(|| {
+            Box::pin(match due {
+                Some(at) => tokio::time::sleep_until(at),
+                None => tokio::time::sleep(idle),
+            })
+        });
+        // Armed from an earlier hand-over: when it fires, the stream is idle only if nothing was
+        // handed over since; else it is re-armed from the last hand-over.
+        while timer.as_mut().poll(cx).is_ready() {
+            match due {
+                Some(at) if at > Instant::now() => timer.as_mut().reset(at),
+                _ => return Some(StreamError::Idle(idle)),
+            }
         }
         if let Some((d, t)) = self.total.as_mut() {
             if t.as_mut().poll(cx).is_ready() {
