@@ -15,6 +15,7 @@ Health checks, the breaker and metrics stay on as in the default configuration.
     python3 benches/cost.py                      # every variant, json and sse
     python3 benches/cost.py -v default,tracing   # some variants
     python3 benches/cost.py --bin-dir target/release -n 400
+    python3 benches/cost.py -v default -m sse -n 100 --tokens 40 --token-delay-ms 5   # paced events
 
 Variants: default; metrics-off (telemetry.metrics.enabled false); tracing (telemetry.otlp at
 sample_ratio 1.0 to a collector this script runs, answering 200); tracing-down (the collector
@@ -240,6 +241,9 @@ def main():
     ap.add_argument("--warmup", type=int, default=50)
     ap.add_argument("--bin-dir", default=os.path.join(os.path.dirname(__file__), "..", "target", "release"))
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
+    ap.add_argument("--tokens", type=int, default=16, help="tokens per mock answer")
+    ap.add_argument("--token-delay-ms", type=int, default=0,
+                    help="pause between streamed tokens (paced: each event its own read and write)")
     args = ap.parse_args()
     variants = [v for v in args.variants.split(",") if v]
     for v in variants:
@@ -260,7 +264,8 @@ def main():
         certs = make_certs(work) if "tls" in variants else None
         mock_port = free_port()
         procs.start([f"{work}/olla-mock", "--port", str(mock_port), "--host", "127.0.0.1", "--name", "a",
-                     "--models", MODEL, "--tokens", "16", "--token-delay-ms", "0"], f"{work}/mock.log")
+                     "--models", MODEL, "--tokens", str(args.tokens),
+                     "--token-delay-ms", str(args.token_delay_ms)], f"{work}/mock.log")
         wait_until("olla-mock", lambda: socket.create_connection(("127.0.0.1", mock_port), 1).close() or True, 15)
         closed_port = free_port()
         results = {}
@@ -272,7 +277,7 @@ def main():
                 print(f"[cost] {mode:4} {v:13} {ir:12,.0f} instructions/request  ({args.n} in {wall:.1f}s)",
                       file=sys.stderr, flush=True)
         print(f"\ninstructions per request (callgrind, {args.n} requests after {args.warmup} warm-up; "
-              f"ratio to default in the same run)")
+              f"{args.tokens} tokens {args.token_delay_ms} ms apart; ratio to default in the same run)")
         print(f"{'variant':14}" + "".join(f"{m:>22}" for m in args.modes.split(",")))
         for v in variants:
             row = f"{v:14}"
