@@ -65,7 +65,7 @@ async fn stream_text(d: &Daemon) -> (String, Duration) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_idle_limit_counts_from_the_last_event_not_the_start_of_the_stream() {
+async fn the_idle_limit_counts_from_the_last_event_and_the_total_limit_cuts_mid_stream() {
     // Events 400 ms apart under a 1 s idle limit: the stream lasts well past the limit, but
     // never goes quiet for it, so it is never cut.
     let m = paced_mock("s", 6, 400).await;
@@ -93,6 +93,20 @@ async fn the_idle_limit_counts_from_the_last_event_not_the_start_of_the_stream()
     assert!(!text.contains("[DONE]"), "{text}");
     assert!(took < Duration::from_millis(2400), "cut after {took:?}");
     assert!(took >= Duration::from_millis(900), "cut after {took:?}");
+    d.stop().await;
+
+    // Events 400 ms apart under a 1 s total limit: cut at the limit, mid-stream.
+    let m = paced_mock("t", 6, 400).await;
+    let timeouts = "timeouts: {total: 1s, idle: 10s}";
+    let d = daemon(&config(
+        &[endpoint("t", &m.url(), "openai", 100, timeouts)],
+        "",
+    ))
+    .await;
+    wait_routable(&d, &["t"], true).await;
+    let (text, took) = stream_text(&d).await;
+    assert!(text.contains("tok0") && !text.contains("[DONE]"), "{text}");
+    assert!(took < Duration::from_millis(1800), "cut after {took:?}");
     d.stop().await;
 }
 

@@ -127,6 +127,10 @@ struct Stream {
     /// Created the first time the upstream is not ready (single-frame bodies never need it).
     idle_timer: Option<Pin<Box<Sleep>>>,
     total: Option<(Duration, Pin<Box<Sleep>>)>,
+    /// The waker the timers were last polled with. Until one is due, polling them again with
+    /// the same waker would only register it again, so they are not polled (a stream event
+    /// would otherwise poll both at each wait for the upstream).
+    timers_waker: Option<Waker>,
     sse: bool,
     /// Data received and not yet handed to hyper.
     gathered: Vec<Bytes>,
@@ -167,6 +171,7 @@ impl GuardedBody {
             first_byte,
             idle,
             idle_timer: None,
+            timers_waker: None,
             total: total_deadline.map(|(d, at)| (d, Box::pin(tokio::time::sleep_until(at)))),
             sse,
             gathered: Vec::new(),
@@ -282,6 +287,7 @@ impl Stream {
         self.fail(err);
         self.inner = Upstream::Closed;
         self.idle_timer = None;
+        self.timers_waker = None;
         if let Some(w) = self.waker.take() {
             w.wake();
         }
@@ -339,12 +345,21 @@ impl Stream {
     fn poll_timers(&mut self, cx: &mut Context<'_>) -> Option<StreamError> {
         let idle = self.idle;
         let due = self.handed_at.checked_add(idle);
+        let registered = self.idle_timer.is_some()
+            && self
+                .timers_waker
+                .as_ref()
+                .is_some_and(|w| w.will_wake(cx.waker()));
         let timer = self.idle_timer.get_or_insert_with(|| {
             Box::pin(match due {
                 Some(at) => tokio::time::sleep_until(at),
                 None => tokio::time::sleep(idle),
             })
         });
+        let total_due = self.total.as_ref().is_some_and(|(_, t)| t.is_elapsed());
+        if registered && !timer.is_elapsed() && !total_due {
+            return None;
+        }
         // Armed from an earlier hand-over: when it fires, the stream is idle only if nothing was
         // handed over since; else it is re-armed from the last hand-over.
         while timer.as_mut().poll(cx).is_ready() {
@@ -357,6 +372,9 @@ impl Stream {
             if t.as_mut().poll(cx).is_ready() {
                 return Some(StreamError::Total(*d));
             }
+        }
+        if !registered {
+            self.timers_waker = Some(cx.waker().clone());
         }
         None
     }
