@@ -397,7 +397,12 @@ impl Stream {
                         self.gathered.push(data);
                         if self.inner.is_end_stream() {
                             self.upstream_done = true;
-                        } else if self.gathered_len >= COALESCE_LIMIT {
+                        } else if self.gathered_len >= COALESCE_LIMIT
+                            || self.inner.self_coalescing()
+                        {
+                            // The direct upstream handed over all its socket held: polled again
+                            // now, it would only find the socket empty. The next poll for more
+                            // data comes once this is handed over.
                             return Poll::Ready(());
                         }
                         // New data this round: look again after the next yield.
