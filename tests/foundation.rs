@@ -8,19 +8,24 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
+/// Sends a streaming chat for model `m` through `d`.
+async fn post_stream(d: &Daemon) -> reqwest::Response {
+    client()
+        .post(format!("{}/olla/proxy/v1/chat/completions", d.url()))
+        .header("content-type", "application/json")
+        .body(chat("m", true))
+        .send()
+        .await
+        .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sse_events_arrive_as_the_backend_emits_them() {
     let m = paced_mock("s", 10, 50).await;
     let d = daemon(&config(&[endpoint("s", &m.url(), "openai", 100, "")], "")).await;
     wait_routable(&d, &["s"], true).await;
     let started = Instant::now();
-    let mut r = client()
-        .post(format!("{}/olla/proxy/v1/chat/completions", d.url()))
-        .header("content-type", "application/json")
-        .body(chat("m", true))
-        .send()
-        .await
-        .unwrap();
+    let mut r = post_stream(&d).await;
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["content-type"], "text/event-stream");
     let mut arrivals = Vec::new();
@@ -46,68 +51,46 @@ async fn sse_events_arrive_as_the_backend_emits_them() {
     d.stop().await;
 }
 
-/// Streams a chat through `d` and returns the body text (an error mid-body ends it) and how
-/// long the whole exchange took.
-async fn stream_text(d: &Daemon) -> (String, Duration) {
+/// Streams a chat through a daemon in front of one paced mock (`tokens` tokens `delay_ms`
+/// apart) whose endpoint has `timeouts`; returns the body text (an error mid-body ends it) and
+/// how long the whole exchange took.
+async fn paced_stream(tokens: usize, delay_ms: u64, timeouts: &str) -> (String, Duration) {
+    let m = paced_mock("p", tokens, delay_ms).await;
+    let d = daemon(&config(
+        &[endpoint("p", &m.url(), "openai", 100, timeouts)],
+        "",
+    ))
+    .await;
+    wait_routable(&d, &["p"], true).await;
     let started = Instant::now();
-    let mut r = client()
-        .post(format!("{}/olla/proxy/v1/chat/completions", d.url()))
-        .header("content-type", "application/json")
-        .body(chat("m", true))
-        .send()
-        .await
-        .unwrap();
+    let mut r = post_stream(&d).await;
     let mut text = String::new();
     while let Ok(Some(chunk)) = r.chunk().await {
         text.push_str(&String::from_utf8_lossy(&chunk));
     }
-    (text, started.elapsed())
+    let took = started.elapsed();
+    d.stop().await;
+    (text, took)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_idle_limit_counts_from_the_last_event_and_the_total_limit_cuts_mid_stream() {
     // Events 400 ms apart under a 1 s idle limit: the stream lasts well past the limit, but
     // never goes quiet for it, so it is never cut.
-    let m = paced_mock("s", 6, 400).await;
-    let timeouts = "timeouts: {idle: 1s}";
-    let d = daemon(&config(
-        &[endpoint("s", &m.url(), "openai", 100, timeouts)],
-        "",
-    ))
-    .await;
-    wait_routable(&d, &["s"], true).await;
-    let (text, took) = stream_text(&d).await;
+    let (text, took) = paced_stream(6, 400, "timeouts: {idle: 1s}").await;
     assert!(took >= Duration::from_millis(1900), "stream took {took:?}");
     assert!(text.contains("tok5") && text.contains("[DONE]"), "{text}");
-    d.stop().await;
 
     // Events 2.5 s apart: cut about a second after the stream goes quiet.
-    let m = paced_mock("q", 3, 2500).await;
-    let d = daemon(&config(
-        &[endpoint("q", &m.url(), "openai", 100, timeouts)],
-        "",
-    ))
-    .await;
-    wait_routable(&d, &["q"], true).await;
-    let (text, took) = stream_text(&d).await;
+    let (text, took) = paced_stream(3, 2500, "timeouts: {idle: 1s}").await;
     assert!(!text.contains("[DONE]"), "{text}");
     assert!(took < Duration::from_millis(2400), "cut after {took:?}");
     assert!(took >= Duration::from_millis(900), "cut after {took:?}");
-    d.stop().await;
 
     // Events 400 ms apart under a 1 s total limit: cut at the limit, mid-stream.
-    let m = paced_mock("t", 6, 400).await;
-    let timeouts = "timeouts: {total: 1s, idle: 10s}";
-    let d = daemon(&config(
-        &[endpoint("t", &m.url(), "openai", 100, timeouts)],
-        "",
-    ))
-    .await;
-    wait_routable(&d, &["t"], true).await;
-    let (text, took) = stream_text(&d).await;
+    let (text, took) = paced_stream(6, 400, "timeouts: {total: 1s, idle: 10s}").await;
     assert!(text.contains("tok0") && !text.contains("[DONE]"), "{text}");
     assert!(took < Duration::from_millis(1800), "cut after {took:?}");
-    d.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
