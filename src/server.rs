@@ -29,7 +29,6 @@ use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
@@ -40,6 +39,7 @@ use crate::http_util::Body;
 use http::Response;
 
 pub mod deadline;
+mod graceful;
 pub mod sniff;
 pub mod tls;
 
@@ -242,7 +242,7 @@ impl Builders {
         version: sniff::Version,
         io: I,
         svc: S,
-        watcher: Watcher,
+        watcher: graceful::Watcher,
     ) -> Result<(), ConnError>
     where
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
@@ -282,7 +282,7 @@ pub async fn serve(mut intake: Intake, app: Arc<App>, shutdown: impl Future<Outp
         .max_header_list_size(max_head as u32)
         .keep_alive_interval(Some(Duration::from_secs(20)));
     let builders = Arc::new(Builders { http1, http2 });
-    let graceful = GracefulShutdown::new();
+    let graceful = graceful::Shutdown::new();
     // Set when the listener stops: a connection still waiting for its first bytes is then
     // closed, as hyper closes a connection with no request yet on graceful shutdown.
     let (stopping_tx, stopping) = tokio::sync::watch::channel(false);

@@ -7,6 +7,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Sends a streaming chat for model `m` through `d`.
 async fn post_stream(d: &Daemon) -> reqwest::Response {
@@ -481,6 +482,32 @@ async fn a_connection_that_has_sent_nothing_does_not_hold_shutdown() {
         .await
         .expect("shutdown waited on a connection that never sent a request");
     drop(silent);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_keep_alive_connection_is_closed_at_shutdown_not_waited_for() {
+    let d = daemon(&config(&[], "")).await;
+    let addr = d.url().trim_start_matches("http://").to_string();
+    // One request on a raw connection, which then stays open and idle (keep-alive).
+    let mut conn = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    conn.write_all(b"GET /internal/health HTTP/1.1\r\nHost: olla\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = vec![0u8; 4096];
+    let n = conn.read(&mut head).await.unwrap();
+    assert!(
+        head[..n].starts_with(b"HTTP/1.1 200"),
+        "{:?}",
+        String::from_utf8_lossy(&head[..n])
+    );
+    // Well under the 5 s shutdown_timeout the test config sets: the idle connection is woken
+    // and closed, not waited for.
+    tokio::time::timeout(Duration::from_secs(3), d.stop())
+        .await
+        .expect("shutdown waited on an idle keep-alive connection");
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(3), conn.read_to_end(&mut rest)).await;
+    assert!(closed.is_ok(), "the idle connection was closed");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
