@@ -35,7 +35,13 @@ struct Shared {
 struct Slots {
     wakers: Vec<Option<Waker>>,
     free: Vec<usize>,
-    live: usize,
+}
+
+impl Slots {
+    /// Connections enrolled and not yet ended: the slots not free.
+    fn live(&self) -> usize {
+        self.wakers.len() - self.free.len()
+    }
 }
 
 impl Shutdown {
@@ -47,7 +53,6 @@ impl Shutdown {
     /// served, until the watcher is dropped).
     pub fn watcher(&self) -> Watcher {
         let mut slots = self.shared.slots.lock();
-        slots.live += 1;
         let slot = match slots.free.pop() {
             Some(slot) => slot,
             None => {
@@ -71,7 +76,7 @@ impl Shutdown {
             drained.as_mut().enable();
             {
                 let slots = self.shared.slots.lock();
-                if slots.live == 0 {
+                if slots.live() == 0 {
                     return;
                 }
                 for waker in slots.wakers.iter().flatten() {
@@ -85,7 +90,7 @@ impl Shutdown {
     /// Connections enrolled and not yet ended.
     #[cfg(test)]
     fn live(&self) -> usize {
-        self.shared.slots.lock().live
+        self.shared.slots.lock().live()
     }
 }
 
@@ -122,8 +127,7 @@ impl Drop for Watcher {
         let mut slots = self.shared.slots.lock();
         slots.wakers[self.slot] = None;
         slots.free.push(self.slot);
-        slots.live -= 1;
-        if slots.live == 0 {
+        if slots.live() == 0 {
             self.shared.drained.notify_waiters();
         }
     }
