@@ -183,17 +183,14 @@ impl UsageScanner {
         let mut tokens = tokens.find_iter(hay).peekable();
         let mut count = count.find_iter(hay).peekable();
         loop {
-            let (at, suffix) = match (tokens.peek(), count.peek()) {
-                (Some(&t), Some(&c)) if t < c => (t, TOKENS),
-                (Some(&t), None) => (t, TOKENS),
-                (_, Some(&c)) => (c, COUNT),
-                (None, None) => return,
+            let next = match (tokens.peek(), count.peek()) {
+                (Some(&t), Some(&c)) if c < t => count.next().map(|c| (c, COUNT)),
+                (Some(_), _) => tokens.next().map(|t| (t, TOKENS)),
+                (None, _) => count.next().map(|c| (c, COUNT)),
             };
-            if suffix == TOKENS {
-                tokens.next();
-            } else {
-                count.next();
-            }
+            let Some((at, suffix)) = next else {
+                return;
+            };
             self.take(hay, at, suffix);
         }
     }
