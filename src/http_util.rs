@@ -11,6 +11,42 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// The body of every response olla sends.
 pub type Body = BoxBody<Bytes, BoxError>;
 
+/// The body of a request: read by hyper (HTTP/2, the admin listener) or by olla's HTTP/1
+/// connection ([`crate::server::h1`]).
+pub enum RequestBody {
+    Hyper(hyper::body::Incoming),
+    Http1(crate::server::h1::Inbound),
+}
+
+impl http_body::Body for RequestBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            Self::Hyper(b) => std::pin::Pin::new(b).poll_frame(cx).map_err(Into::into),
+            Self::Http1(b) => std::pin::Pin::new(b).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Self::Hyper(b) => b.is_end_stream(),
+            Self::Http1(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        match self {
+            Self::Hyper(b) => b.size_hint(),
+            Self::Http1(b) => b.size_hint(),
+        }
+    }
+}
+
 pub fn full(data: impl Into<Bytes>) -> Body {
     Full::new(data.into())
         .map_err(|never| match never {})

@@ -1,16 +1,17 @@
-//! The HTTP listener: HTTP/1.1 and h2c on one port (the version told by [`sniff`]), TCP_NODELAY on
-//! every accepted socket, header size and count limits, per-connection deadlines
-//! ([`deadline`]: first head, keep-alive idle, stalled writes), the connection cap
-//! (`server.max_connections`: beyond it a connection is accepted and closed at once, and
-//! counted), and graceful shutdown: stop accepting, let in-flight requests and streams finish
-//! up to the shutdown timeout.
+//! The HTTP listener: HTTP/1.1 ([`h1`]) and h2c (hyper) on one port (the version told by
+//! [`sniff`]), TCP_NODELAY on every accepted socket, header size and count limits,
+//! per-connection deadlines ([`deadline`]: first head, keep-alive idle, stalled writes), the
+//! connection cap (`server.max_connections`: beyond it a connection is accepted and closed at
+//! once, and counted), and graceful shutdown: stop accepting, let in-flight requests and
+//! streams finish up to the shutdown timeout.
 //!
 //! With `server.tls` every connection is TLS ([`tls`]): the handshake runs on the
 //! connection's task, ALPN picks h2 or http/1.1, and requests carry [`crate::gate::ViaTls`].
 //!
 //! Rule for later features: every accepted socket is served through [`deadline::DeadlineIo`]
-//! and every response body through [`deadline::Tracked`], so no connection outlives its
-//! deadlines; per-request timers are avoided on this path (the connection's one timer moves).
+//! and every request holds its connection's [`deadline::Ticket`] until its response has ended
+//! (HTTP/2: through [`deadline::Tracked`]), so no connection outlives its deadlines;
+//! per-request timers are avoided on this path (the connection's one timer moves).
 //!
 //! With several serving threads, one of them accepts and hands each new connection to the
 //! thread serving the fewest connections (itself on a tie, so a lone client costs no hand-off).
@@ -26,7 +27,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::body::Incoming;
-use hyper::server::conn::{http1, http2};
+use hyper::server::conn::http2;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
@@ -35,11 +36,12 @@ use tracing::{debug, info, warn};
 
 use crate::api;
 use crate::app::App;
-use crate::http_util::Body;
+use crate::http_util::{Body, RequestBody};
 use http::Response;
 
 pub mod deadline;
 mod graceful;
+pub mod h1;
 pub mod sniff;
 pub mod tls;
 
@@ -223,12 +225,10 @@ impl Drop for LiveGuard {
     }
 }
 
-/// The connection builders, one per HTTP version ([`sniff`] tells which a connection speaks).
-/// hyper's own: hyper-util's auto-detecting connection is an enum sized for its HTTP/2 and
-/// detection states (1.6 KiB against 0.8 KiB for hyper's HTTP/1.1 connection), which every
-/// open connection's task would hold.
+/// How each HTTP version is served ([`sniff`] tells which a connection speaks): HTTP/1.x by
+/// [`h1`], HTTP/2 by hyper.
 struct Builders {
-    http1: http1::Builder,
+    http1: h1::Limits,
     http2: http2::Builder<TokioExecutor>,
 }
 
@@ -237,30 +237,67 @@ type ConnError = Box<dyn std::error::Error + Send + Sync>;
 
 impl Builders {
     /// Serves one connection to its end (or to graceful shutdown, through `watcher`).
-    async fn serve<I, S>(
+    async fn serve<I>(
         &self,
         version: sniff::Version,
         io: I,
-        svc: S,
+        svc: Service,
         watcher: graceful::Watcher,
     ) -> Result<(), ConnError>
     where
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-        S: hyper::service::HttpService<Incoming, ResBody = deadline::Tracked<Body>>
-            + Send
-            + 'static,
-        S::Future: Send + 'static,
     {
-        let io = TokioIo::new(io);
         match version {
             sniff::Version::Http1 => {
-                Ok(watcher.watch(self.http1.serve_connection(io, svc)).await?)
+                let clock = svc.clock.clone();
+                h1::serve(
+                    io,
+                    self.http1,
+                    watcher,
+                    || clock.begin(),
+                    |req| svc.call(req.map(RequestBody::Http1)),
+                )
+                .await
             }
             // Boxed: rarer than HTTP/1.1 and larger; unboxed it would size every task.
             sniff::Version::Http2 => {
-                Ok(Box::pin(watcher.watch(self.http2.serve_connection(io, svc))).await?)
+                let hyper_svc = service_fn(move |req: http::Request<Incoming>| {
+                    let ticket = svc.clock.begin();
+                    let answer = svc.call(req.map(RequestBody::Hyper));
+                    async move {
+                        let resp = answer.await;
+                        Ok::<_, Infallible>(resp.map(|b| deadline::Tracked::new(b, ticket)))
+                    }
+                });
+                let conn = self.http2.serve_connection(TokioIo::new(io), hyper_svc);
+                Ok(Box::pin(watcher.watch(conn)).await?)
             }
         }
+    }
+}
+
+/// What every request on one connection is answered with.
+#[derive(Clone)]
+struct Service {
+    app: Arc<App>,
+    clock: Arc<deadline::Clock>,
+    peer: SocketAddr,
+    via_tls: bool,
+}
+
+impl Service {
+    /// The request's answer. Boxed: the connection holds its in-flight answer for as long as
+    /// the connection lives, so an unboxed request future (several KB) would be memory every
+    /// open connection holds, idle or streaming; boxed it is freed when the response head is
+    /// ready.
+    fn call(
+        &self,
+        mut req: http::Request<RequestBody>,
+    ) -> Pin<Box<dyn Future<Output = Response<Body>> + Send>> {
+        if self.via_tls {
+            req.extensions_mut().insert(crate::gate::ViaTls);
+        }
+        Box::pin(api::handle(self.app.clone(), req, self.peer))
     }
 }
 
@@ -268,14 +305,10 @@ impl Builders {
 pub async fn serve(mut intake: Intake, app: Arc<App>, shutdown: impl Future<Output = ()>) {
     let max_head = (app.settings.max_header_size as usize).clamp(8192, 16 << 20);
     let max_headers = header_count_limit(app.settings.max_header_size);
-    // Head deadlines are the connection's (see `deadline`), not hyper's per-request timer.
-    let mut http1 = http1::Builder::new();
-    http1
-        .timer(TokioTimer::new())
-        .header_read_timeout(None)
-        .max_buf_size(max_head + 8192)
-        .max_headers(max_headers)
-        .keep_alive(true);
+    let http1 = h1::Limits {
+        max_head: max_head + 8192,
+        max_headers,
+    };
     let mut http2 = http2::Builder::new(TokioExecutor::new());
     http2
         .timer(TokioTimer::new())
@@ -309,25 +342,12 @@ pub async fn serve(mut intake: Intake, app: Arc<App>, shutdown: impl Future<Outp
         let app = app.clone();
         let clock = deadline::Clock::new(tokio::time::Instant::now());
         let via_tls = tls.is_some();
-        let svc_clock = clock.clone();
-        let svc = service_fn(move |mut req: http::Request<Incoming>| {
-            let app = app.clone();
-            let ticket = svc_clock.begin();
-            if via_tls {
-                req.extensions_mut().insert(crate::gate::ViaTls);
-            }
-            // Boxed: hyper keeps one allocation of the service future's size per connection
-            // for the connection's whole life (its in-flight slot), so an unboxed request
-            // future (several KB) would be memory every open connection holds, idle or
-            // streaming. Boxed, the slot is a pointer and the future is freed when the
-            // response head is ready.
-            let handled: Pin<Box<dyn Future<Output = Response<Body>> + Send>> =
-                Box::pin(api::handle(app, req, peer));
-            async move {
-                let resp = handled.await;
-                Ok::<_, Infallible>(resp.map(|b| deadline::Tracked::new(b, ticket)))
-            }
-        });
+        let svc = Service {
+            app,
+            clock: clock.clone(),
+            peer,
+            via_tls,
+        };
         let (builders, watcher) = (builders.clone(), graceful.watcher());
         let Some(tls) = &tls else {
             let mut stopping = stopping.clone();

@@ -11,8 +11,8 @@ use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use crate::http_util::RequestBody;
 use http::{HeaderMap, Method, Request, Response};
-use hyper::body::Incoming;
 
 use crate::app::App;
 use crate::error::ProxyError;
@@ -32,7 +32,7 @@ pub const FAULT_PANIC: &str = "x-olla-fault-panic";
 /// then it is routed. The request's context lives in its [`Finisher`], which renders the
 /// request's headers onto the response and records the request once its body ends (or the
 /// client leaves, or the task panics).
-pub async fn handle(app: Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+pub async fn handle(app: Arc<App>, req: Request<RequestBody>, peer: SocketAddr) -> Response<Body> {
     let rid = request_id(req.headers().get("x-request-id"));
     let path = req.uri().path().to_string();
     let mut ctx = RequestContext::new(rid, req.method().clone(), path.clone(), peer.ip());
@@ -92,12 +92,12 @@ impl Drop for ActiveGuard {
 
 async fn route(
     app: &Arc<App>,
-    req: Request<Incoming>,
+    req: Request<RequestBody>,
     peer: SocketAddr,
     path: &str,
     ctx: &mut RequestContext,
 ) -> Result<Response<Body>, ProxyError> {
-    let get_only = |req: &Request<Incoming>| {
+    let get_only = |req: &Request<RequestBody>| {
         if req.method() == Method::GET || req.method() == Method::HEAD {
             Ok(())
         } else {

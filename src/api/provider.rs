@@ -7,8 +7,8 @@
 
 use std::sync::Arc;
 
+use crate::http_util::RequestBody;
 use http::{Method, Request, Response};
-use hyper::body::Incoming;
 use olla_actors::kind::BackendKind;
 
 use crate::api::models;
@@ -40,7 +40,7 @@ fn has_backends(app: &App, filter: KindFilter) -> bool {
 
 pub async fn handle(
     app: &Arc<App>,
-    req: Request<Incoming>,
+    req: Request<RequestBody>,
     client: ClientInfo,
     filter: KindFilter,
     tail: &str,

@@ -21,11 +21,11 @@ use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use crate::http_util::RequestBody;
 use bytes::Bytes;
 use http::request::Parts;
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::Incoming;
 use olla_actors::backend::h1::{H1Pool, RequestHead};
 use olla_actors::backend::UpstreamClient;
 use olla_actors::discovery::error_chain;
@@ -111,7 +111,7 @@ fn path_allowed(cand: &Candidate, key: &str) -> bool {
 /// it; zero = none). A body already complete arms no timer.
 pub async fn read_body(
     parts: &Parts,
-    body: Incoming,
+    body: RequestBody,
     limit: u64,
     deadline: Duration,
 ) -> Result<Bytes, ProxyError> {
@@ -254,7 +254,7 @@ pub trait Adapt: Send + Sync {
 /// are rendered from it by the finisher.
 pub async fn forward(
     app: &Arc<App>,
-    req: Request<Incoming>,
+    req: Request<RequestBody>,
     client: ClientInfo,
     fwd: Forward,
     ctx: &mut RequestContext,

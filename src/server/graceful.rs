@@ -111,6 +111,19 @@ impl Watcher {
         }
     }
 
+    /// Whether shutdown is signalled; if not, `cx`'s task is woken when it is (`known` keeps
+    /// the waker registered last, so an unchanged waker is not registered again).
+    pub fn poll_signalled(&self, known: &mut Option<Waker>, cx: &Context<'_>) -> bool {
+        // Registered before the flag is read: a shutdown signalled after the read wakes it.
+        self.register(known, cx.waker());
+        self.is_signalled()
+    }
+
+    /// Whether shutdown is signalled.
+    pub fn is_signalled(&self) -> bool {
+        self.shared.signalled.load(Ordering::SeqCst)
+    }
+
     /// Registers the waker that shutdown wakes, unless it is the one registered already.
     fn register(&self, known: &mut Option<Waker>, current: &Waker) {
         if known.as_ref().is_some_and(|w| w.will_wake(current)) {
@@ -152,8 +165,7 @@ impl<C: GracefulConnection> Future for Watched<C> {
         if !*this.shutting_down {
             // Registered before the flag is read: a shutdown signalled after the read wakes
             // this waker, one signalled before it is seen here.
-            this.watcher.register(this.waker, cx.waker());
-            if this.watcher.shared.signalled.load(Ordering::SeqCst) {
+            if this.watcher.poll_signalled(this.waker, cx) {
                 *this.shutting_down = true;
                 this.conn.as_mut().graceful_shutdown();
             }

@@ -19,10 +19,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::SystemTime;
 
+use crate::http_util::RequestBody;
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use olla_actors::kind::BackendKind;
 use serde_json::{json, Value};
 
@@ -260,7 +260,7 @@ pub fn stats(app: &App) -> Response<Body> {
 /// Serves `/olla/anthropic{tail}`.
 pub async fn handle(
     app: &Arc<App>,
-    req: Request<Incoming>,
+    req: Request<RequestBody>,
     client: ClientInfo,
     tail: &str,
     ctx: &mut RequestContext,
@@ -287,7 +287,7 @@ pub async fn handle(
 /// Reads and parses a Messages request body (bounded by `max_message_size`).
 async fn read_request(
     app: &App,
-    req: Request<Incoming>,
+    req: Request<RequestBody>,
 ) -> Result<(http::request::Parts, Bytes, Value), ProxyError> {
     let (parts, incoming) = req.into_parts();
     let body = read_body(
@@ -304,7 +304,7 @@ async fn read_request(
 
 async fn messages(
     app: &Arc<App>,
-    req: Request<Incoming>,
+    req: Request<RequestBody>,
     client: ClientInfo,
     ctx: &mut RequestContext,
 ) -> Result<Response<Body>, ProxyError> {
@@ -324,7 +324,7 @@ async fn messages(
 
 async fn messages_inner(
     app: &Arc<App>,
-    req: Request<Incoming>,
+    req: Request<RequestBody>,
     client: ClientInfo,
     ctx: &mut RequestContext,
 ) -> Result<Response<Body>, ProxyError> {
@@ -458,7 +458,7 @@ async fn read_limited(mut body: Body, limit: usize) -> Result<Bytes, ()> {
 
 async fn count_tokens(
     app: &Arc<App>,
-    req: Request<Incoming>,
+    req: Request<RequestBody>,
     client: ClientInfo,
     ctx: &mut RequestContext,
 ) -> Result<Response<Body>, ProxyError> {
