@@ -363,7 +363,9 @@ fn parse_head(buf: &[u8], max_headers: usize) -> Result<Option<Head>, Refusal> {
     let mut expect_continue = false;
     for h in req.headers.iter() {
         let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(bad)?;
-        let value = HeaderValue::from_maybe_shared(slice(h.value)).map_err(bad)?;
+        // SAFETY: httparse accepted the value, and the bytes it accepts in a header value (tab,
+        // 0x20..=0x7e, 0x80..=0xff) are exactly those a `HeaderValue` may hold.
+        let value = unsafe { HeaderValue::from_maybe_shared_unchecked(slice(h.value)) };
         if name == header::CONTENT_LENGTH {
             let n = parse_content_length(h.value).ok_or(Refusal(StatusCode::BAD_REQUEST))?;
             if length.is_some_and(|l| l != n) {
@@ -616,7 +618,44 @@ fn hex_line(len: usize, out: &mut [u8; 18]) -> usize {
     n + 2
 }
 
-/// Decides the framing of a response and settles its framing and `Connection` headers.
+/// What a response's headers already say, read in one pass (lookups by name would hash each
+/// name again).
+#[derive(Debug, Default, Clone, Copy)]
+struct Present {
+    date: bool,
+    connection: bool,
+    /// A `Connection` header names `close`.
+    close: bool,
+    content_length: bool,
+    /// The value of the first `Content-Length`, when it is a valid length.
+    length: Option<u64>,
+    transfer_encoding: bool,
+}
+
+impl Present {
+    fn scan(headers: &HeaderMap) -> Self {
+        let mut p = Self::default();
+        for (name, value) in headers {
+            if *name == header::DATE {
+                p.date = true;
+            } else if *name == header::CONNECTION {
+                p.connection = true;
+                p.close |= tokens(value.as_bytes()).any(|t| t.eq_ignore_ascii_case(b"close"));
+            } else if *name == header::CONTENT_LENGTH {
+                if !p.content_length {
+                    p.length = parse_content_length(value.as_bytes());
+                }
+                p.content_length = true;
+            } else if *name == header::TRANSFER_ENCODING {
+                p.transfer_encoding = true;
+            }
+        }
+        p
+    }
+}
+
+/// Decides the framing of a response and settles its framing headers; a `Connection: close`
+/// from the service ends keep-alive.
 fn settle_framing(
     status: StatusCode,
     headers: &mut HeaderMap,
@@ -624,40 +663,41 @@ fn settle_framing(
     head_request: bool,
     client_version: Version,
     keep_alive: &mut bool,
-) -> Framing {
-    if headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .any(|v| tokens(v.as_bytes()).any(|t| t.eq_ignore_ascii_case(b"close")))
-    {
+) -> (Framing, Present) {
+    let mut p = Present::scan(headers);
+    if p.close {
         *keep_alive = false;
     }
+    let strip = |headers: &mut HeaderMap, p: &mut Present| {
+        if p.content_length {
+            headers.remove(header::CONTENT_LENGTH);
+            p.content_length = false;
+        }
+        if p.transfer_encoding {
+            headers.remove(header::TRANSFER_ENCODING);
+            p.transfer_encoding = false;
+        }
+    };
     if status.is_informational() || status == StatusCode::NO_CONTENT {
-        headers.remove(header::CONTENT_LENGTH);
-        headers.remove(header::TRANSFER_ENCODING);
-        return Framing::None;
+        strip(headers, &mut p);
+        return (Framing::None, p);
     }
     if status == StatusCode::NOT_MODIFIED {
-        return Framing::None;
+        return (Framing::None, p);
     }
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| parse_content_length(v.as_bytes()));
-    let framing = if headers.contains_key(header::TRANSFER_ENCODING) {
-        // A handler's own transfer coding: chunked is re-done here, anything else is dropped.
-        headers.remove(header::TRANSFER_ENCODING);
-        headers.remove(header::CONTENT_LENGTH);
-        None
-    } else if let Some(n) = declared {
-        Some(n)
-    } else {
-        headers.remove(header::CONTENT_LENGTH);
-        hint.exact()
+    let length = match p.length {
+        // A length the service set (and no transfer coding, whose chunked is re-done here).
+        Some(n) if !p.transfer_encoding => Some(n),
+        _ => {
+            strip(headers, &mut p);
+            hint.exact()
+        }
     };
-    let framing = match framing {
+    let framing = match length {
         Some(n) => {
-            if declared.is_none() {
+            if !p.content_length {
                 headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+                p.content_length = true;
             }
             Framing::Length(n)
         }
@@ -667,6 +707,7 @@ fn settle_framing(
                 header::TRANSFER_ENCODING,
                 HeaderValue::from_static("chunked"),
             );
+            p.transfer_encoding = true;
             Framing::Chunked
         }
         None => {
@@ -674,18 +715,16 @@ fn settle_framing(
             Framing::Close
         }
     };
-    if head_request {
-        Framing::None
-    } else {
-        framing
-    }
+    (if head_request { Framing::None } else { framing }, p)
 }
 
-/// Encodes a response head into `out`.
+/// Encodes a response head into `out`; `present` is what [`Present::scan`] (or
+/// [`settle_framing`]) found in `headers`.
 fn encode_head(
     out: &mut Vec<u8>,
     status: StatusCode,
     headers: &HeaderMap,
+    present: &Present,
     keep_alive: bool,
     client_version: Version,
 ) {
@@ -702,13 +741,13 @@ fn encode_head(
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
-    if !headers.contains_key(header::DATE) {
+    if !present.date {
         out.extend_from_slice(b"date: ");
         date::with(|d| out.extend_from_slice(d));
         out.extend_from_slice(b"\r\n");
     }
     if !keep_alive {
-        if !headers.contains_key(header::CONNECTION) {
+        if !present.connection {
             out.extend_from_slice(b"connection: close\r\n");
         }
     } else if client_version == Version::HTTP_10 {
@@ -911,7 +950,7 @@ where
 
         // 4. The response.
         let (mut parts, mut body) = response.into_parts();
-        let framing = settle_framing(
+        let (framing, present) = settle_framing(
             parts.status,
             &mut parts.headers,
             &body.size_hint(),
@@ -924,6 +963,7 @@ where
             &mut out.head,
             parts.status,
             &parts.headers,
+            &present,
             keep_alive,
             client_version,
         );
@@ -1025,7 +1065,15 @@ async fn refuse<I: AsyncWrite + Unpin>(io: &mut I, out: &mut Outbox, status: Sta
     let mut headers = HeaderMap::new();
     headers.insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
     let from = out.head.len();
-    encode_head(&mut out.head, status, &headers, false, Version::HTTP_11);
+    let present = Present::scan(&headers);
+    encode_head(
+        &mut out.head,
+        status,
+        &headers,
+        &present,
+        false,
+        Version::HTTP_11,
+    );
     out.head_encoded(from);
     if poll_fn(|cx| out.poll_flush(cx, io)).await.is_ok() {
         let _ = poll_fn(|cx| Pin::new(&mut *io).poll_shutdown(cx)).await;
@@ -1078,6 +1126,17 @@ mod tests {
     }
 
     #[test]
+    fn header_values_keep_tabs_and_non_ascii_bytes_and_refuse_controls() {
+        // Debug builds check every unchecked value: a byte httparse passes and `HeaderValue`
+        // refuses would panic here.
+        let raw = b"GET / HTTP/1.1\r\nx-n: caf\xc3\xa9\t!~\r\n\r\n";
+        let h = parse_head(raw, 100).unwrap().unwrap();
+        assert_eq!(h.request.headers["x-n"].as_bytes(), b"caf\xc3\xa9\t!~");
+        assert!(parse_head(b"GET / HTTP/1.1\r\nx-n: a\x7fb\r\n\r\n", 100).is_err());
+        assert!(parse_head(b"GET / HTTP/1.1\r\nx-n: a\x01b\r\n\r\n", 100).is_err());
+    }
+
+    #[test]
     fn ambiguous_or_malformed_heads_are_refused() {
         let refused = |raw: &str| head(raw).err().map(|r| r.0.as_u16());
         assert_eq!(
@@ -1115,7 +1174,7 @@ mod tests {
         let frame = |status: u16, hint: SizeHint, head_req: bool, v: Version| {
             let mut h = HeaderMap::new();
             let mut ka = true;
-            let f = settle_framing(
+            let (f, _) = settle_framing(
                 StatusCode::from_u16(status).unwrap(),
                 &mut h,
                 &hint,
@@ -1157,7 +1216,15 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert("content-length", HeaderValue::from_static("2"));
         let mut out = Vec::new();
-        encode_head(&mut out, StatusCode::NOT_FOUND, &h, false, Version::HTTP_11);
+        let p = Present::scan(&h);
+        encode_head(
+            &mut out,
+            StatusCode::NOT_FOUND,
+            &h,
+            &p,
+            false,
+            Version::HTTP_11,
+        );
         let text = String::from_utf8(out).unwrap();
         assert!(
             text.starts_with("HTTP/1.1 404 Not Found\r\ncontent-length: 2\r\ndate: "),
@@ -1172,6 +1239,7 @@ mod tests {
             &mut out,
             StatusCode::OK,
             &HeaderMap::new(),
+            &Present::default(),
             true,
             Version::HTTP_10,
         );
