@@ -1,30 +1,30 @@
-//! The streamed response body: forwards the backend's body as it arrives (never waiting for
-//! more than the backend has already sent), enforces the idle timeout between chunks and the
-//! optional total deadline, counts bytes, holds the backend's in-flight guard (and concurrency
-//! permit) for the whole stream, and reports the outcome exactly once.
+//! The streamed response body: forwards the backend's body as it arrives (never waiting for more
+//! than the backend has already sent), enforces the idle timeout between chunks and the optional
+//! total deadline, counts bytes, holds the backend's in-flight guard (and concurrency permit) for
+//! the whole stream, and reports the outcome exactly once.
 //!
-//! Coalescing: hyper's server writes whenever the body it polls is not ready, so forwarding chunk
-//! by chunk would cost one `writev` per SSE event even when the backend sent a burst of events
-//! in one packet. The direct HTTP/1.1 body (`Upstream::Direct`) already hands over everything
-//! the socket holds in one frame. hyper's client body (`Upstream::Hyper`, for TLS and h2c
-//! backends) hands over one decoded chunk at a time, from another task: when data is in hand
+//! Coalescing: the server connection writes whenever the body it polls is not ready, so forwarding
+//! chunk by chunk would cost one `writev` per SSE event even when the backend sent a burst of
+//! events in one packet. The direct HTTP/1.1 body (`Upstream::Direct`) already hands over
+//! everything the socket holds in one frame. hyper's client body (`Upstream::Hyper`, for TLS and
+//! h2c backends) hands over one decoded chunk at a time, from another task: when data is in hand
 //! and it has nothing ready, this body yields to the scheduler (to the back of the run queue,
-//! letting the upstream connection task decode what it already read) and emits everything
-//! gathered as soon as a round brings nothing new, or at 64 KiB. A paced stream (tokens
-//! milliseconds apart) is delayed by one scheduler round, microseconds.
+//! letting the upstream connection task decode what it already read) and emits everything gathered
+//! as soon as a round brings nothing new, or at 64 KiB. A paced stream (tokens milliseconds apart)
+//! is delayed by one scheduler round, microseconds.
 //!
-//! A broken stream after the first byte is never retried: an SSE stream gets a final `error`
-//! event, then the body is aborted so the client sees it incomplete. If the client goes away,
-//! hyper drops this body, which drops the upstream body and so cancels the upstream request.
+//! A broken stream after the first byte is never retried: an SSE stream gets a final `error` event,
+//! then the body is aborted so the client sees it incomplete. If the client goes away, the server
+//! drops this body, which drops the upstream body and so cancels the upstream request.
 //!
-//! A client that stops reading: hyper stops polling a body whose data it cannot write, so the
-//! timers checked inside a poll would never fire and the backend slot and upstream connection
-//! would be held for as long as the client stays connected. Rule: the idle and total limits
-//! hold whether or not the body is polled. Once a response streams past its first frame, a
-//! watchdog task (one per streaming response, none for a body complete in its first frame)
-//! sleeps until the next deadline and, if it has passed, cuts the stream: the slot is released,
-//! the upstream body dropped (closing its connection), and the next poll ends the body with the
-//! error. The stream state sits behind a mutex shared with the watchdog.
+//! A client that stops reading: the server stops polling a body whose data it cannot write, so the
+//! timers checked inside a poll would never fire and the backend slot and upstream connection would
+//! be held for as long as the client stays connected. Rule: the idle and total limits hold whether
+//! or not the body is polled. Once a response streams past its first frame, a watchdog task (one
+//! per streaming response, none for a body complete in its first frame) sleeps until the next
+//! deadline and, if it has passed, cuts the stream: the slot is released, the upstream body dropped
+//! (closing its connection), and the next poll ends the body with the error. The stream state sits
+//! behind a mutex shared with the watchdog.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -112,7 +112,7 @@ impl Body for Upstream {
     }
 }
 
-/// The streamed response body handed to hyper (see the module doc).
+/// The streamed response body handed to the server connection (see the module doc).
 pub struct GuardedBody {
     stream: Arc<Mutex<Stream>>,
     watchdog: Option<AbortHandle>,
@@ -132,7 +132,7 @@ struct Stream {
     /// would otherwise poll both at each wait for the upstream).
     timers_waker: Option<Waker>,
     sse: bool,
-    /// Data received and not yet handed to hyper.
+    /// Data received and not yet handed to the server.
     gathered: Vec<Bytes>,
     gathered_len: usize,
     /// A scheduler yield is in progress while data is gathered.
@@ -143,12 +143,12 @@ struct Stream {
     held: Option<Frame<Bytes>>,
     /// The upstream ended (cleanly) while data was still gathered.
     upstream_done: bool,
-    /// Some data has been handed to hyper.
+    /// Some data has been handed to the server.
     sent_any: bool,
     /// Set after an error: the error event (if any) to emit, then the error to return.
     failing: Option<(Option<Bytes>, StreamError)>,
     done: bool,
-    /// When data was last handed to hyper (or the stream began).
+    /// When data was last handed to the server (or the stream began).
     handed_at: Instant,
     /// The last poll waited for the upstream (not for hyper to take data).
     upstream_pending: bool,
@@ -193,8 +193,8 @@ impl GuardedBody {
         }
     }
 
-    /// Waits for the first batch of the body before the response head is handed to hyper, so
-    /// head and first data leave in one write.
+    /// Waits for the first batch of the body before the response head is handed to the server,
+    /// so head and first data leave in one write.
     pub async fn prefill(&mut self) {
         std::future::poll_fn(|cx| self.stream.lock().poll_gather(cx)).await
     }
@@ -480,7 +480,7 @@ impl Body for GuardedBody {
             }
         }
         if this.watchdog.is_none() && stream.holds_slot() {
-            // Streaming past its first frame: keep the limits even if hyper stops polling.
+            // Streaming past its first frame: keep the limits even if the server stops polling.
             if let Ok(rt) = tokio::runtime::Handle::try_current() {
                 let weak = Arc::downgrade(&this.stream);
                 let slot = stream.guard.as_ref().map(|g| g.handle().slot().clone());

@@ -108,7 +108,8 @@ impl Drop for Ticket {
     }
 }
 
-/// A response body that ends its request's [`Ticket`] when hyper drops it.
+/// A response body that ends its request's [`Ticket`] when the server drops it (HTTP/2, served
+/// by hyper).
 pub struct Tracked<B> {
     inner: B,
     _ticket: Ticket,

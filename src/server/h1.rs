@@ -1090,9 +1090,11 @@ mod tests {
 
     #[test]
     fn a_head_is_parsed_with_its_framing_and_connection_intent() {
-        let h = head("POST /v1/x?a=1 HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nX-A: 1\r\nx-a: 2\r\n\r\nhello")
-            .unwrap()
-            .unwrap();
+        let raw = concat!(
+            "POST /v1/x?a=1 HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n",
+            "X-A: 1\r\nx-a: 2\r\n\r\nhello"
+        );
+        let h = head(raw).unwrap().unwrap();
         assert_eq!(h.request.method, Method::POST);
         assert_eq!(h.request.uri.path(), "/v1/x");
         assert_eq!(h.request.uri.query(), Some("a=1"));

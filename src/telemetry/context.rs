@@ -633,7 +633,7 @@ impl Drop for TrackedBody {
         let end = if std::thread::panicking() {
             EndReason::Panic
         } else if self.inner.is_end_stream() || head {
-            // A HEAD response has no body to send: hyper drops it unpolled.
+            // A HEAD response has no body to send: the server drops it unpolled.
             EndReason::Complete
         } else {
             EndReason::ClientGone
