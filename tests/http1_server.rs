@@ -293,3 +293,40 @@ async fn malformed_or_ambiguous_heads_are_refused_and_closed_and_the_daemon_serv
     assert_eq!(r.status(), 200);
     d.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_body_still_being_sent_is_drained_before_the_close_not_reset() {
+    let m = mock("a", &["m"]).await;
+    let d = daemon(&config(
+        &[endpoint("a", &m.url(), "openai", 100, "")],
+        "server: {host: 127.0.0.1, port: 0, request_limits: {max_body_size: 1024}}",
+    ))
+    .await;
+    wait_routable(&d, &["a"], true).await;
+    let mut s = TcpStream::connect(d.addr).await.unwrap();
+    let len = 512 * 1024;
+    let head = format!("POST {CHAT} HTTP/1.1\r\nhost: olla\r\ncontent-type: application/json\r\ncontent-length: {len}\r\n\r\n");
+    s.write_all(head.as_bytes()).await.unwrap();
+    // The client sends its whole body while the answer comes back: the server refuses it
+    // unread, and must keep reading (not close with data unread, which resets the connection
+    // and can destroy the answer in flight) until the client is done.
+    let (mut rd, mut wr) = s.into_split();
+    let sender = tokio::spawn(async move {
+        let block = vec![b' '; 16 * 1024];
+        for _ in 0..len / block.len() {
+            wr.write_all(&block).await?;
+        }
+        wr.shutdown().await
+    });
+    let mut got = Vec::new();
+    let read = timeout(Duration::from_secs(10), rd.read_to_end(&mut got)).await;
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 413 "), "{read:?}: {text:?}");
+    assert!(text.contains("connection: close"), "{text}");
+    let sent = timeout(Duration::from_secs(10), sender)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(sent.is_ok(), "the body was drained, not reset: {sent:?}");
+    d.stop().await;
+}

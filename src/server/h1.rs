@@ -975,6 +975,9 @@ where
         written?;
         if !keep_alive {
             let _ = poll_fn(|cx| Pin::new(&mut io).poll_shutdown(cx)).await;
+            if !body_complete {
+                linger(&mut io).await;
+            }
             return Ok(());
         }
         if rbuf.is_empty() && rbuf.capacity() > KEEP_READ_CAPACITY {
@@ -1060,8 +1063,36 @@ async fn write_body<I: AsyncRead + AsyncWrite + Unpin>(
     .await
 }
 
-/// Answers a refused head and lets the caller close.
-async fn refuse<I: AsyncWrite + Unpin>(io: &mut I, out: &mut Outbox, status: StatusCode) {
+/// After a response that left the request body unread, with the write side shut: reads and
+/// discards what the client still sends, up to [`LINGER_BYTES`] or [`LINGER_TIME`], before the
+/// socket is closed. Closing a socket with unread data makes the kernel send a reset, which can
+/// reach the client before it has read the response (a 413 or 401 it would then never see).
+async fn linger<I: AsyncRead + Unpin>(io: &mut I) {
+    let drain = async {
+        let mut discard = [0u8; 4096];
+        let mut total = 0;
+        while total < LINGER_BYTES {
+            let mut rb = ReadBuf::new(&mut discard);
+            match poll_fn(|cx| Pin::new(&mut *io).poll_read(cx, &mut rb)).await {
+                Ok(()) if !rb.filled().is_empty() => total += rb.filled().len(),
+                _ => return,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(LINGER_TIME, drain).await;
+}
+
+/// How much of an unread request body is drained before closing (see [`linger`]).
+const LINGER_BYTES: usize = 1 << 20;
+/// How long an unread request body is drained before closing (see [`linger`]).
+const LINGER_TIME: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Answers a refused head, then lingers (see [`linger`]) and lets the caller close.
+async fn refuse<I: AsyncRead + AsyncWrite + Unpin>(
+    io: &mut I,
+    out: &mut Outbox,
+    status: StatusCode,
+) {
     let mut headers = HeaderMap::new();
     headers.insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
     let from = out.head.len();
@@ -1077,6 +1108,7 @@ async fn refuse<I: AsyncWrite + Unpin>(io: &mut I, out: &mut Outbox, status: Sta
     out.head_encoded(from);
     if poll_fn(|cx| out.poll_flush(cx, io)).await.is_ok() {
         let _ = poll_fn(|cx| Pin::new(&mut *io).poll_shutdown(cx)).await;
+        linger(io).await;
     }
 }
 
