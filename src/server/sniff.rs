@@ -1,11 +1,10 @@
-//! Which HTTP version a connection speaks, decided before hyper sees it: from ALPN on TLS,
-//! from the first bytes (peeked, left in the socket) on plain TCP (h2c by prior knowledge).
+//! Which HTTP version a connection speaks, decided before it is served: from ALPN on TLS, from
+//! the first bytes (peeked, left in the socket) on plain TCP (h2c by prior knowledge).
 //!
-//! Deciding here lets each connection be served by hyper's builder for its version. hyper-util's
-//! auto-detecting builder reads the first bytes itself and hands them back through a rewind
-//! buffer, so hyper's first read returns those 24 bytes alone and its second grows the
-//! connection's read buffer from 8 to 16 KiB for the connection's whole life: 8 KiB more per
-//! open stream, for every HTTP/1.1 client.
+//! Deciding here lets each connection go straight to its version's server (HTTP/1.x:
+//! [`super::h1`]; HTTP/2: hyper's) with nothing to hand back: an auto-detecting server reads the
+//! first bytes itself and must replay them through a rewind buffer in front of every read
+//! (hyper-util's did, and it doubled each HTTP/1.1 connection's read buffer for good).
 
 use std::time::Duration;
 
@@ -32,7 +31,7 @@ pub enum Version {
 }
 
 /// The version the first bytes of a connection announce; `None` while they could still start
-/// either one. Anything not the preface is HTTP/1.1 (hyper answers a malformed request).
+/// either one. Anything not the preface is HTTP/1.1 (its server answers a malformed request).
 pub fn from_first_bytes(first: &[u8]) -> Option<Version> {
     let n = first.len().min(PREFACE_DECISIVE);
     if first[..n] != PREFACE[..n] {
@@ -53,7 +52,7 @@ pub fn from_alpn(protocol: Option<&[u8]>) -> Version {
     }
 }
 
-/// Peeks at a plain TCP connection's first bytes (they stay in the socket for hyper) until
+/// Peeks at a plain TCP connection's first bytes (they stay in the socket for the server) until
 /// they tell its version. `None`: the client closed, failed, or sent nothing decisive before
 /// `deadline` (the connection's first-head deadline); the connection is then closed.
 pub async fn plain(stream: &TcpStream, deadline: Option<Instant>) -> Option<Version> {
