@@ -412,12 +412,16 @@ fn parse_head(buf: &[u8], max_headers: usize) -> Result<Option<Head>, Refusal> {
     }))
 }
 
+/// A `Content-Length` value: decimal digits only (surrounding whitespace allowed), at most 19
+/// of them (so it fits a `u64`).
 fn parse_content_length(v: &[u8]) -> Option<u64> {
     let v = v.trim_ascii();
-    if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
+    if v.is_empty() || v.len() > 19 {
         return None;
     }
-    std::str::from_utf8(v).ok()?.parse().ok()
+    v.iter().try_fold(0u64, |n, &b| {
+        b.is_ascii_digit().then(|| n * 10 + u64::from(b - b'0'))
+    })
 }
 
 fn tokens(v: &[u8]) -> impl Iterator<Item = &[u8]> {
@@ -1280,6 +1284,33 @@ mod tests {
         assert!(String::from_utf8(out)
             .unwrap()
             .ends_with("connection: keep-alive\r\n\r\n"));
+    }
+
+    #[test]
+    fn content_lengths_are_plain_decimal_that_fits() {
+        assert_eq!(parse_content_length(b"0"), Some(0));
+        assert_eq!(parse_content_length(b" 1234 "), Some(1234));
+        assert_eq!(
+            parse_content_length(b"9999999999999999999"),
+            Some(9_999_999_999_999_999_999)
+        );
+        for bad in [
+            &b""[..],
+            b" ",
+            b"+1",
+            b"-1",
+            b"1 2",
+            b"0x10",
+            b"12a",
+            b"99999999999999999999",
+        ] {
+            assert_eq!(
+                parse_content_length(bad),
+                None,
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
     }
 
     #[test]
