@@ -47,6 +47,16 @@ impl http_body::Body for RequestBody {
     }
 }
 
+/// Keeps `current` in `slot` unless the waker there already wakes the same task (so an
+/// unchanged waker is not cloned again); `true` when it was stored.
+pub fn keep_waker(slot: &mut Option<std::task::Waker>, current: &std::task::Waker) -> bool {
+    if slot.as_ref().is_some_and(|w| w.will_wake(current)) {
+        return false;
+    }
+    *slot = Some(current.clone());
+    true
+}
+
 pub fn full(data: impl Into<Bytes>) -> Body {
     Full::new(data.into())
         .map_err(|never| match never {})

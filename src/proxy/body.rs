@@ -474,10 +474,7 @@ impl Body for GuardedBody {
         let polled = stream.poll_frame(cx);
         stream.upstream_pending = polled.is_pending();
         if polled.is_pending() {
-            match &stream.waker {
-                Some(w) if w.will_wake(cx.waker()) => {}
-                _ => stream.waker = Some(cx.waker().clone()),
-            }
+            crate::http_util::keep_waker(&mut stream.waker, cx.waker());
         }
         if this.watchdog.is_none() && stream.holds_slot() {
             // Streaming past its first frame: keep the limits even if the server stops polling.

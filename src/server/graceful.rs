@@ -126,12 +126,9 @@ impl Watcher {
 
     /// Registers the waker that shutdown wakes, unless it is the one registered already.
     fn register(&self, known: &mut Option<Waker>, current: &Waker) {
-        if known.as_ref().is_some_and(|w| w.will_wake(current)) {
-            return;
+        if crate::http_util::keep_waker(known, current) {
+            self.shared.slots.lock().wakers[self.slot] = known.clone();
         }
-        let waker = current.clone();
-        self.shared.slots.lock().wakers[self.slot] = Some(waker.clone());
-        *known = Some(waker);
     }
 }
 

@@ -30,12 +30,13 @@ use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderName, HeaderValue};
 use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
 use http_body::{Body as _, Frame, SizeHint};
-use olla_actors::backend::h1::decode::ChunkedDecoder;
+use olla_actors::backend::h1::decode::{decimal, list_items, ChunkedDecoder};
+use olla_actors::backend::h1::poll_read_buf;
 use parking_lot::Mutex;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::graceful::Watcher;
-use crate::http_util::{Body, BoxError};
+use crate::http_util::{keep_waker, Body, BoxError, HEX_DIGITS};
 
 /// The read buffer's first size and its growth step: a typical request head, or head and small
 /// JSON body, arrives in one read of this size.
@@ -106,12 +107,6 @@ fn wake(w: &mut Option<Waker>) {
     }
 }
 
-fn register(slot: &mut Option<Waker>, cx: &Context<'_>) {
-    if !slot.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
-        *slot = Some(cx.waker().clone());
-    }
-}
-
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 struct BodyError(String);
@@ -143,7 +138,7 @@ impl http_body::Body for Inbound {
                     return Poll::Ready(None);
                 }
                 s.wanted = true;
-                register(&mut s.body_waker, cx);
+                keep_waker(&mut s.body_waker, cx.waker());
                 wake(&mut s.pump_waker);
                 Poll::Pending
             }
@@ -211,7 +206,7 @@ impl Pump {
                 if s.dropped {
                     return Poll::Ready(Err(()));
                 }
-                register(&mut s.pump_waker, cx);
+                keep_waker(&mut s.pump_waker, cx.waker());
                 if s.data.is_some() || (self.continue_pending.is_some() && !s.wanted) {
                     return Poll::Pending;
                 }
@@ -279,26 +274,6 @@ impl Pump {
         s.failed = Some(why);
         wake(&mut s.body_waker);
         Poll::Ready(Err(()))
-    }
-}
-
-/// Reads into the spare capacity of `buf`.
-fn poll_read_buf<I: AsyncRead + Unpin>(
-    io: &mut I,
-    cx: &mut Context<'_>,
-    buf: &mut BytesMut,
-) -> Poll<io::Result<usize>> {
-    let spare = buf.spare_capacity_mut();
-    let mut rb = ReadBuf::uninit(spare);
-    match Pin::new(io).poll_read(cx, &mut rb) {
-        Poll::Ready(Ok(())) => {
-            let n = rb.filled().len();
-            // SAFETY: `poll_read` initialised the first `n` bytes of the spare capacity.
-            unsafe { buf.set_len(buf.len() + n) };
-            Poll::Ready(Ok(n))
-        }
-        Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-        Poll::Pending => Poll::Pending,
     }
 }
 
@@ -374,12 +349,14 @@ fn parse_head(buf: &[u8], max_headers: usize) -> Result<Option<Head>, Refusal> {
             length = Some(n);
         } else if name == header::TRANSFER_ENCODING {
             // Only `chunked`, last: any other coding cannot be framed (RFC 9112 §6.3).
-            chunked = last_token(h.value).eq_ignore_ascii_case(b"chunked");
+            chunked = list_items(h.value)
+                .last()
+                .is_some_and(|c| c.eq_ignore_ascii_case(b"chunked"));
             if !chunked {
                 return Err(Refusal(StatusCode::BAD_REQUEST));
             }
         } else if name == header::CONNECTION {
-            for token in tokens(h.value) {
+            for token in list_items(h.value) {
                 close |= token.eq_ignore_ascii_case(b"close");
                 keep_alive_token |= token.eq_ignore_ascii_case(b"keep-alive");
             }
@@ -416,22 +393,10 @@ fn parse_head(buf: &[u8], max_headers: usize) -> Result<Option<Head>, Refusal> {
 /// of them (so it fits a `u64`).
 fn parse_content_length(v: &[u8]) -> Option<u64> {
     let v = v.trim_ascii();
-    if v.is_empty() || v.len() > 19 {
+    if v.len() > 19 {
         return None;
     }
-    v.iter().try_fold(0u64, |n, &b| {
-        b.is_ascii_digit().then(|| n * 10 + u64::from(b - b'0'))
-    })
-}
-
-fn tokens(v: &[u8]) -> impl Iterator<Item = &[u8]> {
-    v.split(|&b| b == b',')
-        .map(<[u8]>::trim_ascii)
-        .filter(|t| !t.is_empty())
-}
-
-fn last_token(v: &[u8]) -> &[u8] {
-    tokens(v).last().unwrap_or_default()
+    decimal(v)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -475,7 +440,6 @@ struct Outbox {
     pieces: std::collections::VecDeque<Piece>,
     /// Bytes of the front piece already written.
     front_pos: usize,
-    queued: usize,
 }
 
 impl Outbox {
@@ -486,34 +450,32 @@ impl Outbox {
             head_pos: 0,
             pieces: std::collections::VecDeque::new(),
             front_pos: 0,
-            queued: 0,
         }
+    }
+
+    /// Bytes waiting to be written.
+    fn queued(&self) -> usize {
+        let pieces: usize = self.pieces.iter().map(|p| p.bytes().len()).sum();
+        self.head.len() - self.head_pos + pieces - self.front_pos
     }
 
     fn is_empty(&self) -> bool {
-        self.queued == 0
+        self.head_pos == self.head.len() && self.pieces.is_empty()
     }
 
     fn room(&self) -> bool {
-        self.queued < WRITE_GATHER_MAX && self.pieces.len() + 3 <= MAX_PIECES
+        self.pieces.len() + 3 <= MAX_PIECES && self.queued() < WRITE_GATHER_MAX
     }
 
     fn push(&mut self, piece: Piece) {
-        let n = piece.bytes().len();
-        if n == 0 {
+        if piece.bytes().is_empty() {
             return;
         }
-        self.queued += n;
         if self.vectored {
             self.pieces.push_back(piece);
         } else {
             self.head.extend_from_slice(piece.bytes());
         }
-    }
-
-    /// The head just encoded into `head` is queued.
-    fn head_encoded(&mut self, from: usize) {
-        self.queued += self.head.len() - from;
     }
 
     fn push_chunk(&mut self, data: Bytes) {
@@ -529,7 +491,7 @@ impl Outbox {
         cx: &mut Context<'_>,
         io: &mut I,
     ) -> Poll<io::Result<()>> {
-        while self.queued > 0 {
+        while !self.is_empty() {
             let mut slices = [IoSlice::new(&[]); MAX_PIECES + 1];
             let mut n = 0;
             if self.head_pos < self.head.len() {
@@ -564,7 +526,6 @@ impl Outbox {
     }
 
     fn advance(&mut self, mut n: usize) {
-        self.queued -= n;
         let head_left = self.head.len() - self.head_pos;
         let from_head = n.min(head_left);
         self.head_pos += from_head;
@@ -582,19 +543,11 @@ impl Outbox {
             self.front_pos = 0;
             self.pieces.pop_front();
         }
-        if self
-            .pieces
-            .front()
-            .is_some_and(|p| p.bytes().len() == self.front_pos)
-        {
-            self.front_pos = 0;
-            self.pieces.pop_front();
-        }
     }
 
     /// Frees the buffers (a streamed response keeps none while it waits for the backend).
     fn release(&mut self) {
-        if self.queued == 0 {
+        if self.is_empty() {
             self.head = Vec::new();
             self.pieces = std::collections::VecDeque::new();
         }
@@ -603,13 +556,12 @@ impl Outbox {
 
 /// `{len:x}\r\n` into `out`; returns its length.
 fn hex_line(len: usize, out: &mut [u8; 18]) -> usize {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut digits = [0u8; 16];
     let mut i = digits.len();
     let mut v = len;
     loop {
         i -= 1;
-        digits[i] = HEX[v & 0xf];
+        digits[i] = HEX_DIGITS[v & 0xf];
         v >>= 4;
         if v == 0 {
             break;
@@ -644,7 +596,7 @@ impl Present {
                 p.date = true;
             } else if *name == header::CONNECTION {
                 p.connection = true;
-                p.close |= tokens(value.as_bytes()).any(|t| t.eq_ignore_ascii_case(b"close"));
+                p.close |= list_items(value.as_bytes()).any(|t| t.eq_ignore_ascii_case(b"close"));
             } else if *name == header::CONTENT_LENGTH {
                 if !p.content_length {
                     p.length = parse_content_length(value.as_bytes());
@@ -962,7 +914,6 @@ where
             client_version,
             &mut keep_alive,
         );
-        let from = out.head.len();
         encode_head(
             &mut out.head,
             parts.status,
@@ -971,7 +922,6 @@ where
             keep_alive,
             client_version,
         );
-        out.head_encoded(from);
         drop(parts);
         let written = write_body(&mut io, &mut out, &mut body, framing, &mut rbuf, &limits).await;
         drop(body);
@@ -1101,7 +1051,6 @@ async fn refuse<I: AsyncRead + AsyncWrite + Unpin>(
 ) {
     let mut headers = HeaderMap::new();
     headers.insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
-    let from = out.head.len();
     let present = Present::scan(&headers);
     encode_head(
         &mut out.head,
@@ -1111,7 +1060,6 @@ async fn refuse<I: AsyncRead + AsyncWrite + Unpin>(
         false,
         Version::HTTP_11,
     );
-    out.head_encoded(from);
     if poll_fn(|cx| out.poll_flush(cx, io)).await.is_ok() {
         let _ = poll_fn(|cx| Pin::new(&mut *io).poll_shutdown(cx)).await;
         linger(io).await;

@@ -23,6 +23,29 @@ pub enum Framing {
 #[error("invalid response framing: {0}")]
 pub struct FramingError(pub &'static str);
 
+/// The items of a comma-separated header value (RFC 9110 §5.6.1: `Connection`,
+/// `Transfer-Encoding`), trimmed, empty ones skipped.
+pub fn list_items(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    value
+        .split(|&b| b == b',')
+        .map(<[u8]>::trim_ascii)
+        .filter(|item| !item.is_empty())
+}
+
+/// ASCII decimal digits as a number: `None` when empty, when anything but a digit is in them,
+/// or beyond `u64`.
+pub fn decimal(digits: &[u8]) -> Option<u64> {
+    if digits.is_empty() {
+        return None;
+    }
+    digits.iter().try_fold(0u64, |n, &b| {
+        if !b.is_ascii_digit() {
+            return None;
+        }
+        n.checked_mul(10)?.checked_add(u64::from(b - b'0'))
+    })
+}
+
 /// Decides the body framing of a response to a request (`head` = it was a HEAD request).
 pub fn framing(head: bool, status: u16, headers: &HeaderMap) -> Result<Framing, FramingError> {
     if head || (100..200).contains(&status) || status == 204 || status == 304 {
@@ -32,19 +55,16 @@ pub fn framing(head: bool, status: u16, headers: &HeaderMap) -> Result<Framing, 
     if codings.peek().is_some() {
         let mut last = None;
         for value in codings {
-            let value = value
+            value
                 .to_str()
                 .map_err(|_| FramingError("transfer-encoding is not text"))?;
-            for coding in value.split(',') {
-                let coding = coding.trim();
-                if !coding.is_empty() {
-                    last = Some(coding);
-                }
+            if let Some(coding) = list_items(value.as_bytes()).last() {
+                last = Some(coding);
             }
         }
         // A final coding other than chunked leaves the body delimited by the close.
         return Ok(match last {
-            Some(c) if c.eq_ignore_ascii_case("chunked") => Framing::Chunked,
+            Some(c) if c.eq_ignore_ascii_case(b"chunked") => Framing::Chunked,
             _ => Framing::UntilClose,
         });
     }
@@ -53,14 +73,13 @@ pub fn framing(head: bool, status: u16, headers: &HeaderMap) -> Result<Framing, 
         let value = value
             .to_str()
             .map_err(|_| FramingError("content-length is not text"))?;
+        // Every part counts, empty ones too ("5," is not a length).
         for part in value.split(',') {
-            let part = part.trim();
-            if part.is_empty() || !part.bytes().all(|b| b.is_ascii_digit()) {
+            let part = part.trim().as_bytes();
+            if part.is_empty() || !part.iter().all(u8::is_ascii_digit) {
                 return Err(FramingError("content-length is not a number"));
             }
-            let n: u64 = part
-                .parse()
-                .map_err(|_| FramingError("content-length is too large"))?;
+            let n = decimal(part).ok_or(FramingError("content-length is too large"))?;
             if length.is_some_and(|l| l != n) {
                 return Err(FramingError("conflicting content-length values"));
             }
@@ -277,6 +296,18 @@ mod tests {
             h.append(*k, HeaderValue::from_static(v));
         }
         h
+    }
+
+    #[test]
+    fn list_items_are_trimmed_and_skip_empties_and_decimals_fit_u64() {
+        let items: Vec<&[u8]> = list_items(b" keep-alive ,, Close,").collect();
+        assert_eq!(items, [&b"keep-alive"[..], b"Close"]);
+        assert_eq!(list_items(b" , ").count(), 0);
+        assert_eq!(decimal(b"0"), Some(0));
+        assert_eq!(decimal(b"18446744073709551615"), Some(u64::MAX));
+        for bad in [&b""[..], b"18446744073709551616", b"+1", b"1 ", b"1a"] {
+            assert_eq!(decimal(bad), None, "{:?}", String::from_utf8_lossy(bad));
+        }
     }
 
     #[test]

@@ -66,6 +66,26 @@ const MIN_SPARE: usize = 512;
 /// without a rehash.
 pub const RESPONSE_HEADROOM: usize = 12;
 
+/// Reads from `io` into the spare capacity of `buf` (which must have some: with none, the read
+/// would look like the end of the stream); the bytes read.
+pub fn poll_read_buf<I: AsyncRead + Unpin>(
+    io: &mut I,
+    cx: &mut Context<'_>,
+    buf: &mut BytesMut,
+) -> Poll<io::Result<usize>> {
+    let mut read_buf = ReadBuf::uninit(buf.spare_capacity_mut());
+    match Pin::new(io).poll_read(cx, &mut read_buf) {
+        Poll::Ready(Ok(())) => {
+            let n = read_buf.filled().len();
+            // SAFETY: `poll_read` initialised the first `n` bytes of the spare capacity.
+            unsafe { buf.set_len(buf.len() + n) };
+            Poll::Ready(Ok(n))
+        }
+        Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+        Poll::Pending => Poll::Pending,
+    }
+}
+
 /// The next body read size after a read of `n` bytes into room for `size`.
 fn next_read_size(size: usize, n: usize) -> usize {
     if n >= size {
@@ -552,9 +572,8 @@ fn parse_head(buf: &[u8], head_request: bool) -> Result<Option<(usize, ParsedHea
     let closes = headers
         .get_all(CONNECTION)
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case("close"));
+        .filter(|v| v.to_str().is_ok())
+        .any(|v| decode::list_items(v.as_bytes()).any(|t| t.eq_ignore_ascii_case(b"close")));
     let reusable = version == Version::HTTP_11 && !closes && framing != Framing::UntilClose;
     Ok(Some((
         consumed,
@@ -683,22 +702,17 @@ impl Body for H1Body {
             if this.buf.capacity() - this.buf.len() < MIN_SPARE {
                 this.buf.reserve(this.read_size);
             }
-            let before = this.buf.len();
-            let room = this.buf.capacity() - before;
-            let mut read_buf = ReadBuf::uninit(this.buf.spare_capacity_mut());
-            match Pin::new(stream).poll_read(cx, &mut read_buf) {
-                Poll::Ready(Ok(())) => {
-                    let n = read_buf.filled().len();
-                    if n == 0 {
-                        if matches!(this.state, BodyState::UntilClose) {
-                            this.state = BodyState::Done;
-                            this.stream = None;
-                            continue;
-                        }
-                        return this.fail(H1Error::ClosedMidBody);
+            let room = this.buf.capacity() - this.buf.len();
+            match poll_read_buf(stream, cx, &mut this.buf) {
+                Poll::Ready(Ok(0)) => {
+                    if matches!(this.state, BodyState::UntilClose) {
+                        this.state = BodyState::Done;
+                        this.stream = None;
+                        continue;
                     }
-                    // SAFETY: `poll_read` initialised the first `n` bytes of the spare capacity.
-                    unsafe { this.buf.set_len(before + n) };
+                    return this.fail(H1Error::ClosedMidBody);
+                }
+                Poll::Ready(Ok(n)) => {
                     this.read_size = next_read_size(this.read_size.max(room.min(BODY_READ_MAX)), n);
                 }
                 Poll::Ready(Err(e)) => return this.fail(e.into()),
