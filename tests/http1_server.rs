@@ -112,9 +112,14 @@ async fn closes_within(s: &mut TcpStream, within: Duration) -> bool {
     )
 }
 
-async fn setup() -> (common::MockServer, common::Daemon) {
+/// A mock backend serving model `m` and a daemon routing to it; `extra` is top-level YAML.
+async fn setup(extra: &str) -> (common::MockServer, common::Daemon) {
     let m = mock("a", &["m"]).await;
-    let d = daemon(&config(&[endpoint("a", &m.url(), "openai", 100, "")], "")).await;
+    let d = daemon(&config(
+        &[endpoint("a", &m.url(), "openai", 100, "")],
+        extra,
+    ))
+    .await;
     wait_routable(&d, &["a"], true).await;
     (m, d)
 }
@@ -128,7 +133,7 @@ fn post(body: &str, extra: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pipelined_requests_are_answered_in_order_on_one_connection() {
-    let (m, d) = setup().await;
+    let (m, d) = setup("").await;
     let mut s = TcpStream::connect(d.addr).await.unwrap();
     let burst = format!(
         "{}GET /internal/health HTTP/1.1\r\nhost: olla\r\n\r\n{}",
@@ -159,7 +164,7 @@ async fn pipelined_requests_are_answered_in_order_on_one_connection() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_chunked_request_body_and_expect_continue_reach_the_backend_whole() {
-    let (m, d) = setup().await;
+    let (m, d) = setup("").await;
     let body = chat("m", false);
     let (a, b) = body.split_at(body.len() / 2);
 
@@ -207,7 +212,7 @@ async fn a_chunked_request_body_and_expect_continue_reach_the_backend_whole() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_1_0_closes_unless_kept_alive_and_head_gets_no_body() {
-    let (_m, d) = setup().await;
+    let (_m, d) = setup("").await;
     let mut s = TcpStream::connect(d.addr).await.unwrap();
     s.write_all(b"GET /internal/health HTTP/1.0\r\n\r\n")
         .await
@@ -249,7 +254,7 @@ async fn http_1_0_closes_unless_kept_alive_and_head_gets_no_body() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_or_ambiguous_heads_are_refused_and_closed_and_the_daemon_serves_on() {
-    let (_m, d) = setup().await;
+    let (_m, d) = setup("").await;
     for (raw, status) in [
         ("GARBAGE\r\n\r\n", 400),
         (
@@ -296,13 +301,8 @@ async fn malformed_or_ambiguous_heads_are_refused_and_closed_and_the_daemon_serv
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_body_still_being_sent_is_drained_before_the_close_not_reset() {
-    let m = mock("a", &["m"]).await;
-    let d = daemon(&config(
-        &[endpoint("a", &m.url(), "openai", 100, "")],
-        "server: {host: 127.0.0.1, port: 0, request_limits: {max_body_size: 1024}}",
-    ))
-    .await;
-    wait_routable(&d, &["a"], true).await;
+    let (_m, d) =
+        setup("server: {host: 127.0.0.1, port: 0, request_limits: {max_body_size: 1024}}").await;
     let mut s = TcpStream::connect(d.addr).await.unwrap();
     let len = 512 * 1024;
     let head = format!("POST {CHAT} HTTP/1.1\r\nhost: olla\r\ncontent-type: application/json\r\ncontent-length: {len}\r\n\r\n");
