@@ -316,9 +316,6 @@ pub async fn serve(mut intake: Intake, app: Arc<App>, shutdown: impl Future<Outp
         .keep_alive_interval(Some(Duration::from_secs(20)));
     let builders = Arc::new(Builders { http1, http2 });
     let graceful = graceful::Shutdown::new();
-    // Set when the listener stops: a connection still waiting for its first bytes is then
-    // closed, as hyper closes a connection with no request yet on graceful shutdown.
-    let (stopping_tx, stopping) = tokio::sync::watch::channel(false);
     let anchor = tokio::spawn(timer_anchor());
     let limits = deadline::Limits {
         first_head: app.settings.read_header_timeout,
@@ -350,12 +347,13 @@ pub async fn serve(mut intake: Intake, app: Arc<App>, shutdown: impl Future<Outp
         };
         let (builders, watcher) = (builders.clone(), graceful.watcher());
         let Some(tls) = &tls else {
-            let mut stopping = stopping.clone();
             tokio::spawn(async move {
                 let first_head = clock.first_head_deadline(&limits);
+                // A connection still waiting for its first bytes at shutdown is closed, as one
+                // with no request yet is.
                 let version = tokio::select! {
                     v = sniff::plain(&stream, first_head) => v,
-                    _ = stopping.wait_for(|stop| *stop) => None,
+                    () = watcher.signalled() => None,
                 };
                 if let Some(version) = version {
                     let io = deadline::DeadlineIo::new(stream, clock, limits);
@@ -385,7 +383,6 @@ pub async fn serve(mut intake: Intake, app: Arc<App>, shutdown: impl Future<Outp
         });
     }
     drop(intake);
-    let _ = stopping_tx.send(true);
     anchor.abort();
     let limit = app.settings.shutdown_timeout;
     info!(

@@ -119,6 +119,19 @@ impl Watcher {
         self.is_signalled()
     }
 
+    /// Resolves once shutdown is signalled (a connection not yet being served waits on it).
+    pub async fn signalled(&self) {
+        let mut known = None;
+        std::future::poll_fn(|cx| {
+            if self.poll_signalled(&mut known, cx) {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        })
+        .await
+    }
+
     /// Whether shutdown is signalled.
     pub fn is_signalled(&self) -> bool {
         self.shared.signalled.load(Ordering::SeqCst)
@@ -203,6 +216,29 @@ mod tests {
         tokio::time::timeout(Duration::from_secs(5), done)
             .await
             .expect("shutdown ends once the last connection leaves")
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_waiting_watcher_learns_of_shutdown() {
+        let s = Shutdown::new();
+        let w = s.watcher();
+        let waiting = tokio::spawn(async move {
+            w.signalled().await;
+            w
+        });
+        settle().await;
+        assert!(!waiting.is_finished(), "no shutdown yet");
+        let done = tokio::spawn(s.shutdown());
+        let w = tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .expect("woken by shutdown")
+            .unwrap();
+        assert!(w.is_signalled());
+        drop(w);
+        tokio::time::timeout(Duration::from_secs(5), done)
+            .await
+            .expect("shutdown ends once the watcher leaves")
             .unwrap();
     }
 
