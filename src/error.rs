@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use http::{HeaderMap, HeaderValue, Response, StatusCode};
+use http::{HeaderValue, Response, StatusCode};
 use serde_json::json;
 
 use crate::http_util::{full, Body};
@@ -116,30 +116,21 @@ impl ProxyError {
         }
     }
 
-    /// The JSON error response, carrying `extra` headers (routing headers, request id).
-    pub fn to_response(&self, extra: &HeaderMap, anthropic: bool) -> Response<Body> {
+    /// The JSON error response (an Anthropic one naming `request_id` on Anthropic routes).
+    /// olla's own headers are added with every answer's ([`crate::own_headers`]).
+    pub fn to_response(&self, request_id: Option<&str>, anthropic: bool) -> Response<Body> {
         let body = if anthropic {
-            let rid = extra
-                .get(crate::proxy::headers::names::X_OLLA_REQUEST_ID)
-                .and_then(|v| v.to_str().ok());
-            crate::dialect::anthropic::error_body(self.status().as_u16(), &self.to_string(), rid)
+            crate::dialect::anthropic::error_body(
+                self.status().as_u16(),
+                &self.to_string(),
+                request_id,
+            )
         } else {
             json!({"error": {"message": self.to_string(), "type": self.kind(), "code": self.code()}})
         };
         let mut resp = Response::new(full(body.to_string()));
         *resp.status_mut() = self.status();
         let h = resp.headers_mut();
-        for (k, v) in extra {
-            h.append(k, v.clone());
-        }
-        if anthropic {
-            if let Some(id) = extra.get(crate::proxy::headers::names::X_OLLA_REQUEST_ID) {
-                h.insert(
-                    http::header::HeaderName::from_static("request-id"),
-                    id.clone(),
-                );
-            }
-        }
         h.insert(
             http::header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
@@ -180,7 +171,7 @@ mod tests {
             (ProxyError::FirstByteTimeout(Duration::from_secs(1)), 504),
         ];
         for (e, status) in cases {
-            let r = e.to_response(&HeaderMap::new(), false);
+            let r = e.to_response(None, false);
             assert_eq!(r.status().as_u16(), status);
             let body = r.into_body().collect().await.unwrap().to_bytes();
             let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
@@ -189,7 +180,7 @@ mod tests {
         let r = ProxyError::AtCapacity {
             retry_after: Duration::from_secs(3),
         }
-        .to_response(&HeaderMap::new(), true);
+        .to_response(None, true);
         assert_eq!(r.headers()["retry-after"], "3");
         let body = r.into_body().collect().await.unwrap().to_bytes();
         let v: serde_json::Value = serde_json::from_slice(&body).unwrap();

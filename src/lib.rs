@@ -18,6 +18,7 @@ pub mod format;
 pub mod gate;
 pub mod healthcheck;
 pub mod http_util;
+pub mod own_headers;
 pub mod proxy;
 pub mod server;
 pub mod telemetry;

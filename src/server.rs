@@ -36,8 +36,7 @@ use tracing::{debug, info, warn};
 
 use crate::api;
 use crate::app::App;
-use crate::http_util::{Body, RequestBody};
-use http::Response;
+use crate::http_util::RequestBody;
 
 pub mod deadline;
 mod graceful;
@@ -265,7 +264,7 @@ impl Builders {
                     let ticket = svc.clock.begin();
                     let answer = svc.call(req.map(RequestBody::Hyper));
                     async move {
-                        let resp = answer.await;
+                        let resp = api::rendered(answer.await);
                         Ok::<_, Infallible>(resp.map(|b| deadline::Tracked::new(b, ticket)))
                     }
                 });
@@ -293,7 +292,7 @@ impl Service {
     fn call(
         &self,
         mut req: http::Request<RequestBody>,
-    ) -> Pin<Box<dyn Future<Output = Response<Body>> + Send>> {
+    ) -> Pin<Box<dyn Future<Output = api::Answer> + Send>> {
         if self.via_tls {
             req.extensions_mut().insert(crate::gate::ViaTls);
         }

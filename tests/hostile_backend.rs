@@ -1,7 +1,9 @@
 //! What a faulty or hostile backend can do, over real sockets: raw-socket fake backends scripted
 //! by each test send a `Retry-After` that overflows time arithmetic, an HTTP date far beyond any
 //! calendar, a 200,001-model list, a model list that always fails; a mock that dies mid-service
-//! refuses connections; random model names try to turn discovery-on-miss into a fetch storm.
+//! refuses connections; random model names try to turn discovery-on-miss into a fetch storm; a
+//! backend's own copies of the headers olla sets (`Via`, `X-Olla-*`, `X-RateLimit-*`) are
+//! replaced, not doubled.
 //! Each test names the behaviour it protects.
 
 mod common;
@@ -485,4 +487,68 @@ async fn random_unknown_models_in_discovery_mode_cause_a_handful_of_fetches_and_
     }
     d.stop().await;
     a.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_cannot_spoof_or_double_the_headers_olla_sets() {
+    // The backend sends its own values for every header olla sets on a proxied answer.
+    let spoofing = RawBackend::start(|method, path, _| match (method, path) {
+        ("POST", "/v1/chat/completions") => Reply {
+            status: "200 OK",
+            headers: [
+                ("via", "1.1 upstream-gateway"),
+                ("x-served-by", "upstream/9"),
+                ("x-ratelimit-limit", "5"),
+                ("x-ratelimit-remaining", "0"),
+                ("x-ratelimit-reset", "1"),
+                ("x-olla-endpoint", "spoofed"),
+                ("x-olla-request-id", "spoofed"),
+                ("x-olla-response-time", "0ms"),
+                ("request-id", "req_from_backend"),
+            ]
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .to_vec(),
+            body: r#"{"choices":[]}"#.into(),
+        },
+        (_, "/v1/models") => Reply::ok(r#"{"data":[{"id":"m"}]}"#),
+        _ => Reply::ok("{}"),
+    })
+    .await;
+    let d = daemon(&config(
+        &[endpoint("real", &spoofing.url, "vllm", 100, "")],
+        "server:\n  host: 127.0.0.1\n  port: 0\n  rate_limits: {per_ip_requests_per_minute: 60, burst_size: 3}\n",
+    ))
+    .await;
+    wait_routable(&d, &["real"], true).await;
+    let r = client()
+        .post(format!("{}/olla/proxy/v1/chat/completions", d.url()))
+        .header("content-type", "application/json")
+        .header("x-request-id", "mine-1")
+        .body(chat("m", false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let h = r.headers();
+    let only = |name: &str| {
+        let all: Vec<&str> = h
+            .get_all(name)
+            .iter()
+            .map(|v| v.to_str().unwrap())
+            .collect();
+        assert_eq!(all.len(), 1, "{name}: {all:?}");
+        all[0].to_string()
+    };
+    assert!(only("via").contains("olla/"));
+    assert!(only("x-served-by").starts_with("Olla/"));
+    assert_eq!(only("x-ratelimit-limit"), "60");
+    assert_eq!(only("x-ratelimit-remaining"), "59");
+    assert!(only("x-ratelimit-reset").parse::<u64>().unwrap() > 1_000_000_000);
+    assert_eq!(only("x-olla-endpoint"), "real");
+    assert_eq!(only("x-olla-request-id"), "mine-1");
+    assert!(only("x-olla-response-time").ends_with("ms"));
+    // Off the Anthropic routes a backend's own `request-id` is its own business.
+    assert_eq!(only("request-id"), "req_from_backend");
+    d.stop().await;
+    spoofing.stop();
 }

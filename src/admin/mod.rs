@@ -183,7 +183,9 @@ async fn handle(app: Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> Resp
     let authorized = authorize(token, req.headers().get(http::header::AUTHORIZATION));
     if authorized.is_ok() && is_status_read(&method, &path) {
         // The admin dashboard reads the proxy port's status routes through here (same origin).
-        return crate::api::handle(app, req.map(crate::http_util::RequestBody::Hyper), peer).await;
+        let answer =
+            crate::api::handle(app, req.map(crate::http_util::RequestBody::Hyper), peer).await;
+        return crate::api::rendered(answer);
     }
     let result = match authorized {
         Ok(()) => commands::dispatch(&app, req).await,

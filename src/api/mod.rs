@@ -12,7 +12,9 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use crate::http_util::RequestBody;
-use http::{HeaderMap, Method, Request, Response};
+use http::{Method, Request, Response};
+
+use crate::own_headers::OwnHeaders;
 
 use crate::app::App;
 use crate::error::ProxyError;
@@ -32,7 +34,7 @@ pub const FAULT_PANIC: &str = "x-olla-fault-panic";
 /// then it is routed. The request's context lives in its [`Finisher`], which renders the
 /// request's headers onto the response and records the request once its body ends (or the
 /// client leaves, or the task panics).
-pub async fn handle(app: Arc<App>, req: Request<RequestBody>, peer: SocketAddr) -> Response<Body> {
+pub async fn handle(app: Arc<App>, req: Request<RequestBody>, peer: SocketAddr) -> Answer {
     let rid = request_id(req.headers().get("x-request-id"));
     let path = req.uri().path().to_string();
     let mut ctx = RequestContext::new(rid, req.method().clone(), path.clone(), peer.ip());
@@ -66,7 +68,7 @@ pub async fn handle(app: Arc<App>, req: Request<RequestBody>, peer: SocketAddr) 
             (pass, result)
         }
         Admission::Reject(e, pass) => (pass, Err(e)),
-        Admission::Preflight(resp) => return finisher.into_response(resp),
+        Admission::Preflight(resp) => return finisher.into_response(resp, None),
     };
     let mut resp = match result {
         Ok(r) => r,
@@ -74,13 +76,20 @@ pub async fn handle(app: Arc<App>, req: Request<RequestBody>, peer: SocketAddr) 
             if e.status().is_server_error() {
                 app.stats.failures.fetch_add(1, Ordering::Relaxed);
             }
-            let mut headers = HeaderMap::new();
-            finisher.ctx().render_headers(&mut headers);
-            e.to_response(&headers, anthropic)
+            e.to_response(Some(&finisher.ctx().request_id), anthropic)
         }
     };
-    pass.finish(&mut resp);
-    finisher.into_response(resp)
+    let rate = pass.finish(&mut resp);
+    finisher.into_response(resp, rate)
+}
+
+/// A response and olla's own fields for its head ([`crate::own_headers`]).
+pub type Answer = (Response<Body>, OwnHeaders);
+
+/// An [`Answer`] as one response, olla's fields rendered into its header map (HTTP/2, admin).
+pub fn rendered((mut resp, own): Answer) -> Response<Body> {
+    own.render(resp.headers_mut());
+    resp
 }
 
 struct ActiveGuard(Arc<App>);

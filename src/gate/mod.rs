@@ -29,6 +29,7 @@ use serde_json::{json, Value};
 
 use crate::error::ProxyError;
 use crate::http_util::Body;
+use crate::own_headers::RateFields;
 use crate::proxy::headers::ClientInfo;
 use crate::server::tls::ReloadableTls;
 use cors::CorsPolicy;
@@ -177,8 +178,8 @@ impl Limiter {
 
     /// The rate-limit headers of a request checked at `now` (ns since `base`): Olla's reset is
     /// the current Unix second plus 60.
-    fn headers(&self, now: u64, remaining: u64) -> RateHeaders {
-        RateHeaders {
+    fn headers(&self, now: u64, remaining: u64) -> RateFields {
+        RateFields {
             limit: self.limit_value.clone(),
             remaining,
             reset: self.base_unix_ns.saturating_add(now) / 1_000_000_000 + 60,
@@ -186,19 +187,10 @@ impl Limiter {
     }
 }
 
-/// Rate-limit headers for a proxy-route response.
-#[derive(Clone, Debug)]
-struct RateHeaders {
-    limit: HeaderValue,
-    remaining: u64,
-    /// Unix seconds.
-    reset: u64,
-}
-
-/// What a request passed the gate with; [`Pass::finish`] adds its headers to the response.
+/// What a request passed the gate with; [`Pass::finish`] finishes the response with it.
 #[derive(Default)]
 pub struct Pass {
-    rate: Option<RateHeaders>,
+    rate: Option<RateFields>,
     cors: Option<Arc<CorsPolicy>>,
     allow_origin: Option<HeaderValue>,
     /// The key that admitted the request.
@@ -206,43 +198,14 @@ pub struct Pass {
 }
 
 impl Pass {
-    /// Adds the rate-limit and CORS headers.
-    pub fn finish(self, resp: &mut Response<Body>) {
-        let h = resp.headers_mut();
-        if let Some(r) = self.rate {
-            let reset = RESET_VALUE.with(|c| c.borrow_mut().get(r.reset));
-            h.insert(X_RATELIMIT_LIMIT, r.limit);
-            h.insert(X_RATELIMIT_REMAINING, HeaderValue::from(r.remaining));
-            h.insert(X_RATELIMIT_RESET, reset);
-        }
+    /// Adds the CORS headers; returns the rate-limit fields, written with olla's own
+    /// ([`crate::own_headers`]).
+    pub fn finish(self, resp: &mut Response<Body>) -> Option<RateFields> {
         if let Some(c) = &self.cors {
-            c.decorate(self.allow_origin.as_ref(), h);
+            c.decorate(self.allow_origin.as_ref(), resp.headers_mut());
         }
+        self.rate
     }
-}
-
-/// The last header value made for a number, reused while the number stays the same (a clone
-/// is a reference count, a new value an allocation).
-#[derive(Default)]
-struct LastValue(Option<(u64, HeaderValue)>);
-
-impl LastValue {
-    fn get(&mut self, n: u64) -> HeaderValue {
-        match &self.0 {
-            Some((last, v)) if *last == n => v.clone(),
-            _ => {
-                let v = HeaderValue::from(n);
-                self.0 = Some((n, v.clone()));
-                v
-            }
-        }
-    }
-}
-
-thread_local! {
-    /// Per serving thread: the last `X-RateLimit-Reset` value (a Unix second).
-    static RESET_VALUE: std::cell::RefCell<LastValue> =
-        std::cell::RefCell::new(LastValue::default());
 }
 
 /// The gate's verdict on a request.

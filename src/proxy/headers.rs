@@ -42,7 +42,7 @@ pub mod names {
 }
 
 /// `Olla/<version>`-style product token (`X-Served-By`, `X-Proxied-By`).
-const SERVED_BY: &str = concat!("Olla/v", env!("CARGO_PKG_VERSION"));
+pub const SERVED_BY: &str = concat!("Olla/v", env!("CARGO_PKG_VERSION"));
 
 /// [`SERVED_BY`] as a header value.
 pub fn served_by() -> HeaderValue {

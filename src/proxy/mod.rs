@@ -24,7 +24,7 @@ use std::time::{Duration, SystemTime};
 use crate::http_util::RequestBody;
 use bytes::Bytes;
 use http::request::Parts;
-use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
+use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use olla_actors::backend::h1::{H1Pool, RequestHead};
 use olla_actors::backend::UpstreamClient;
@@ -36,15 +36,16 @@ use tokio::time::Instant;
 use crate::app::App;
 use crate::error::ProxyError;
 use crate::http_util::Body;
+use crate::own_headers::UpstreamFields;
 use crate::telemetry::trace::wire;
 use crate::telemetry::{
     AttemptError, AttemptOutcome, EndpointName, RequestContext, UpstreamAttempt,
 };
 use body::{GuardedBody, Upstream};
-use headers::{names, ClientInfo};
+use headers::ClientInfo;
 use inspect::inspect_body;
 pub use inspect::BodyFacts;
-use select::{Candidate, Candidates, Decision, KindFilter};
+use select::{Candidate, Candidates, KindFilter};
 
 /// What a route asks the pipeline to do.
 pub struct Forward {
@@ -160,34 +161,6 @@ fn own_small_body(body: Bytes) -> Bytes {
     }
 }
 
-/// `X-Olla-Response-Time`: whole milliseconds to the response head, then `ms` (Olla's form).
-fn response_time_value(elapsed: Duration) -> HeaderValue {
-    let mut digits = itoa::Buffer::new();
-    let digits = digits.format(elapsed.as_millis()).as_bytes();
-    let mut text = [0u8; 48];
-    text[..digits.len()].copy_from_slice(digits);
-    text[digits.len()..digits.len() + 2].copy_from_slice(b"ms");
-    match HeaderValue::from_bytes(&text[..digits.len() + 2]) {
-        Ok(v) => v,
-        Err(_) => HeaderValue::from_static("0ms"),
-    }
-}
-
-/// Adds the routing decision headers: Olla's model routing trio (when the request named a
-/// model), the balancer and its pick, and the sticky-session headers (when enabled).
-pub fn decision_headers(headers: &mut HeaderMap, d: &Decision) {
-    for (name, value) in [
-        (names::X_OLLA_ROUTING_STRATEGY, d.strategy),
-        (names::X_OLLA_ROUTING_DECISION, d.action),
-        (names::X_OLLA_ROUTING_REASON, d.reason),
-    ] {
-        if !value.is_empty() {
-            headers.insert(name, HeaderValue::from_static(value));
-        }
-    }
-    d.balance_headers(headers);
-}
-
 /// One attempt's request, ready to send.
 enum Prepared<'h> {
     /// Over the backend's direct HTTP/1.1 pool: the head already in its wire form.
@@ -230,12 +203,19 @@ fn is_refused(e: &(dyn std::error::Error + 'static)) -> bool {
 }
 
 enum Attempt {
-    Done(Response<Body>),
+    Done(Served),
     /// Try the next candidate; `kept` is a retryable upstream response to return if none is left.
     Next {
         error: ProxyError,
-        kept: Option<Response<Body>>,
+        kept: Option<Served>,
     },
+}
+
+/// An upstream response and the fields naming the backend that sent it (rendered with the
+/// rest of olla's own headers, [`crate::own_headers`]).
+struct Served {
+    response: Response<Body>,
+    upstream: UpstreamFields,
 }
 
 /// A route that adapts its request per backend (a dialect translator): which of the selected
@@ -384,12 +364,20 @@ pub async fn forward_body(
 #[derive(Default)]
 struct Misses {
     last_error: Option<ProxyError>,
-    kept: Option<Response<Body>>,
+    kept: Option<Served>,
+}
+
+impl Served {
+    /// The response, its backend's fields left in the request's context.
+    fn into_response(self, ctx: &mut RequestContext) -> Response<Body> {
+        ctx.upstream = Some(self.upstream);
+        self.response
+    }
 }
 
 impl Misses {
     /// Returns the response of a finished attempt, or records why it did not finish.
-    fn settle(&mut self, attempt: Attempt) -> Option<Response<Body>> {
+    fn settle(&mut self, attempt: Attempt) -> Option<Served> {
         match attempt {
             Attempt::Done(r) => Some(r),
             Attempt::Next { error, kept } => {
@@ -439,10 +427,10 @@ impl Run<'_> {
                 match cand.handle.try_slot() {
                     SlotAttempt::Admitted(guard) => {
                         tried += 1;
-                        if let Some(r) =
+                        if let Some(served) =
                             misses.settle(self.attempt(guard, cand, tried < total, ctx).await)
                         {
-                            return Ok(r);
+                            return Ok(served.into_response(ctx));
                         }
                     }
                     SlotAttempt::Full => full.push(cand),
@@ -464,10 +452,10 @@ impl Run<'_> {
                 match waited {
                     Some(guard) => {
                         tried += 1;
-                        if let Some(r) =
+                        if let Some(served) =
                             misses.settle(self.attempt(guard, cand, tried < total, ctx).await)
                         {
-                            return Ok(r);
+                            return Ok(served.into_response(ctx));
                         }
                         break;
                     }
@@ -479,8 +467,8 @@ impl Run<'_> {
             }
             start = end;
         }
-        if let Some(resp) = misses.kept {
-            return Ok(resp);
+        if let Some(served) = misses.kept {
+            return Ok(served.into_response(ctx));
         }
         if let Some(e) = misses.last_error {
             return Err(e);
@@ -719,19 +707,13 @@ impl Run<'_> {
             .get(http::header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .is_some_and(|c| c.starts_with("text/event-stream"));
-        let mut headers =
+        parts.headers =
             headers::inbound_response(std::mem::take(&mut parts.headers), &spec.outbound_headers);
-        if let Some(name) = handle.name_value() {
-            headers.insert(names::X_OLLA_ENDPOINT, name.clone());
-        }
-        headers.insert(
-            names::X_OLLA_BACKEND_TYPE,
-            HeaderValue::from_static(handle.kind().as_str()),
-        );
-        headers.insert(names::X_OLLA_RESPONSE_TIME, response_time_value(first_byte));
-        headers.insert(names::X_SERVED_BY, headers::served_by());
-        headers.insert(http::header::VIA, HeaderValue::from_static(headers::via()));
-        parts.headers = headers;
+        let upstream = UpstreamFields {
+            endpoint: handle.name_value().cloned(),
+            kind: handle.kind().as_str(),
+            first_byte,
+        };
         let mut body = GuardedBody::new(
             incoming,
             guard,
@@ -755,7 +737,10 @@ impl Run<'_> {
                 kept: None,
             };
         }
-        let response = Response::from_parts(parts, BodyExt::boxed(body));
+        let served = Served {
+            response: Response::from_parts(parts, BodyExt::boxed(body)),
+            upstream,
+        };
         record(ctx, span_id, AttemptOutcome::Status(status.as_u16()));
         if retryable && more {
             tracing::info!(
@@ -765,29 +750,9 @@ impl Run<'_> {
             );
             return Attempt::Next {
                 error: ProxyError::Upstream(format!("{} answered {}", handle.name(), status)),
-                kept: Some(response),
+                kept: Some(served),
             };
         }
-        Attempt::Done(response)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn response_time_is_whole_milliseconds_then_ms() {
-        assert_eq!(response_time_value(Duration::from_micros(999)), "0ms");
-        assert_eq!(response_time_value(Duration::from_millis(1234)), "1234ms");
-        let longest = response_time_value(Duration::MAX);
-        assert!(longest.to_str().is_ok_and(|t| t.ends_with("ms")));
-    }
-
-    #[test]
-    fn every_backend_type_is_a_header_value() {
-        for kind in olla_actors::kind::ALL_KINDS {
-            assert!(HeaderValue::try_from(kind.as_str()).is_ok(), "{kind:?}");
-        }
+        Attempt::Done(served)
     }
 }

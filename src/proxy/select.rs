@@ -63,7 +63,7 @@ pub struct StickyHeaders {
     pub session_id: Option<HeaderValue>,
 }
 
-/// The routing decision of a request, rendered by [`crate::proxy::decision_headers`].
+/// The routing decision of a request, rendered by [`crate::own_headers`].
 #[derive(Clone, Debug, Default)]
 pub struct Decision {
     /// `X-Olla-Routing-Strategy`: the model routing strategy (empty: no model in the request).
@@ -93,37 +93,6 @@ pub const X_OLLA_STICKY_KEY_SOURCE: HeaderName =
     HeaderName::from_static("x-olla-sticky-key-source");
 /// `X-Olla-Session-ID` (request and response).
 pub const X_OLLA_SESSION_ID: HeaderName = HeaderName::from_static("x-olla-session-id");
-
-impl Decision {
-    /// Adds the balancer and sticky headers (the model routing ones are added by
-    /// [`crate::proxy::decision_headers`]).
-    pub fn balance_headers(&self, headers: &mut HeaderMap) {
-        if !self.balancer.is_empty() {
-            headers.insert(
-                X_OLLA_ROUTING_BALANCER,
-                HeaderValue::from_static(self.balancer),
-            );
-        }
-        if !self.pick.is_empty() {
-            headers.insert(X_OLLA_ROUTING_PICK, HeaderValue::from_static(self.pick));
-        }
-        if let Some(s) = &self.sticky {
-            headers.insert(
-                X_OLLA_STICKY_SESSION,
-                HeaderValue::from_static(s.outcome.as_str()),
-            );
-            if let Some(src) = s.source {
-                headers.insert(
-                    X_OLLA_STICKY_KEY_SOURCE,
-                    HeaderValue::from_static(src.as_str()),
-                );
-            }
-            if let Some(id) = &s.session_id {
-                headers.insert(X_OLLA_SESSION_ID, id.clone());
-            }
-        }
-    }
-}
 
 /// What a request offers the routing layers: the headers and peer sticky keys come from, and
 /// the body (for `prefix_hash` keys and cache-aware routing).

@@ -2,8 +2,8 @@
 //!
 //! [`RequestContext`] is made once per request in `api::handle` and filled as the request
 //! moves on (model, routing decision, upstream attempts, endpoint, queue wait, key name). The
-//! response headers olla adds for the request (request id, model, routing decision) are
-//! rendered from it once, by [`RequestContext::render_headers`].
+//! response headers olla adds for the request (request id, model, routing decision, the
+//! backend that answered) are taken from it once, by [`RequestContext::own_headers`].
 //!
 //! [`Finisher`] owns the context. `api::handle` holds it while the request is routed; when the
 //! response is ready, [`Finisher::into_response`] moves it into the response body
@@ -24,7 +24,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderValue, Method, Response};
+use http::{Method, Response};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use http_body_util::BodyExt;
 use olla_actors::spec::BackendSpec;
@@ -32,7 +32,8 @@ use tokio::time::Instant;
 
 use crate::app::App;
 use crate::http_util::{Body, BoxError};
-use crate::proxy::headers::{echo_value, names};
+use crate::own_headers::{OwnHeaders, RateFields, UpstreamFields};
+use crate::proxy::headers::echo_text;
 use crate::proxy::select::Decision;
 
 use super::hist::{LocalHist, GAP_BUCKETS};
@@ -218,6 +219,8 @@ pub struct RequestContext {
     pub decision: Option<Decision>,
     /// The endpoint that served the response.
     pub endpoint: Option<EndpointName>,
+    /// The `X-Olla-*` fields of the backend whose response is returned.
+    pub upstream: Option<UpstreamFields>,
     pub attempts: Vec<UpstreamAttempt>,
     /// Moves to another candidate after a failed attempt.
     pub failovers: u32,
@@ -252,6 +255,7 @@ impl RequestContext {
             stream: false,
             decision: None,
             endpoint: None,
+            upstream: None,
             attempts: Vec::new(),
             failovers: 0,
             retries: 0,
@@ -285,20 +289,21 @@ impl RequestContext {
         }
     }
 
-    /// The headers every response of this request carries: request id (and Anthropic's
-    /// `request-id`), the model, and the routing decision.
-    pub fn render_headers(&self, h: &mut HeaderMap) {
-        if let Ok(v) = HeaderValue::try_from(self.request_id.as_str()) {
-            if self.route == Route::Anthropic {
-                h.insert(REQUEST_ID, v.clone());
-            }
-            h.insert(names::X_OLLA_REQUEST_ID, v);
-        }
-        if let Some(v) = self.model.as_deref().and_then(echo_value) {
-            h.insert(names::X_OLLA_MODEL, v);
-        }
-        if let Some(d) = &self.decision {
-            crate::proxy::decision_headers(h, d);
+    /// The fields every response of this request carries (request id, and Anthropic's
+    /// `request-id`; the model; the routing decision; the backend that answered), with the
+    /// gate's rate-limit state.
+    pub fn own_headers(&self, rate: Option<RateFields>) -> OwnHeaders {
+        OwnHeaders {
+            request_id: Some(self.request_id.clone()),
+            anthropic: self.route == Route::Anthropic,
+            model: self
+                .model
+                .as_deref()
+                .and_then(echo_text)
+                .map(|m| m.into_owned()),
+            decision: self.decision.clone(),
+            upstream: self.upstream.clone(),
+            rate,
         }
     }
 }
@@ -535,20 +540,25 @@ impl Finisher {
             .map_or_else(tracing::Span::none, |t| t.span.clone())
     }
 
-    /// Renders the context's headers onto the response and hands the finish to its body.
-    pub fn into_response(mut self, resp: Response<Body>) -> Response<Body> {
+    /// Hands the finish to the response's body; returns the response with the fields olla
+    /// adds to it (the context's, and the gate's `rate`), to be written with its head.
+    pub fn into_response(
+        mut self,
+        resp: Response<Body>,
+        rate: Option<RateFields>,
+    ) -> (Response<Body>, OwnHeaders) {
         let Some(mut tracker) = self.tracker.take() else {
-            return resp;
+            return (resp, OwnHeaders::default());
         };
-        let (mut parts, body) = resp.into_parts();
-        tracker.ctx.render_headers(&mut parts.headers);
+        let own = tracker.ctx.own_headers(rate);
+        let (parts, body) = resp.into_parts();
         tracker.status = parts.status.as_u16();
         let body = TrackedBody {
             inner: body,
             span: tracker.span.clone(),
             tracker: Some(tracker),
         };
-        Response::from_parts(parts, BodyExt::boxed(body))
+        (Response::from_parts(parts, BodyExt::boxed(body)), own)
     }
 }
 
