@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use http::header::{HeaderMap, HeaderName, HeaderValue};
+use http::header::{HeaderName, HeaderValue};
 use http::{Method, Request, Response};
 use ipnet::IpNet;
 use serde_json::{json, Value};
@@ -229,15 +229,6 @@ pub fn header_size<B>(req: &Request<B>) -> u64 {
     n as u64
 }
 
-fn content_length(h: &HeaderMap) -> Option<u64> {
-    h.get(http::header::CONTENT_LENGTH)?
-        .to_str()
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
-}
-
 /// Olla rate-limits only the proxy catch-alls: not `/internal/*`, `/version`, `/olla/models*`,
 /// model-list routes or `/olla/anthropic/*`.
 pub fn rate_limited_route(method: &Method, path: &str) -> bool {
@@ -349,7 +340,12 @@ impl Gate {
     }
 
     /// Runs the stage on a request.
-    pub fn admit<B>(&self, req: &Request<B>, peer: SocketAddr, path: &str) -> Admission {
+    pub fn admit<B: http_body::Body>(
+        &self,
+        req: &Request<B>,
+        peer: SocketAddr,
+        path: &str,
+    ) -> Admission {
         let mut pass = Pass::default();
         let h = req.headers();
         // 1. CORS preflight.
@@ -416,7 +412,8 @@ impl Gate {
             }
         }
         // 5. Size limits.
-        let body_len = content_length(h);
+        // The body's declared length, as its framing read it (`Content-Length`).
+        let body_len = req.body().size_hint().exact();
         let too_big = |n: u64| n > self.max_body_size;
         if header_size(req) > self.max_header_size {
             self.count(&self.stats.size_limits);
