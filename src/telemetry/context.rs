@@ -433,7 +433,7 @@ impl Tracker {
         }
     }
 
-    fn finish(self, end: EndReason) {
+    fn finish(self: Box<Self>, end: EndReason) {
         let end = if self.ctx.panicked {
             EndReason::Panic
         } else {
@@ -450,7 +450,7 @@ impl Tracker {
             gaps,
             in_flight,
             ..
-        } = self;
+        } = *self;
         let now = Instant::now();
         let seen = usage.usage();
         let rec = FinishRecord {
@@ -499,7 +499,9 @@ impl Tracker {
 
 /// Owns the context until the response exists; see the module doc.
 pub struct Finisher {
-    tracker: Option<Tracker>,
+    /// Boxed: the tracker (about a kilobyte) moves from the request's future to its response
+    /// body; a pointer moves cheaper than the struct.
+    tracker: Option<Box<Tracker>>,
 }
 
 impl Finisher {
@@ -507,18 +509,21 @@ impl Finisher {
         let span = tracing::info_span!("request", request_id = %ctx.request_id);
         let in_flight = app.telemetry.begin(ctx.route);
         Self {
-            tracker: Some(Tracker {
-                app,
-                ctx,
-                span,
-                status: 0,
-                first_byte: None,
-                last_chunk: None,
-                bytes: 0,
-                usage: UsageScanner::new(),
-                gaps: LocalHist::default(),
-                in_flight,
-            }),
+            tracker: Some(Box::write(
+                Box::new_uninit(),
+                Tracker {
+                    app,
+                    ctx,
+                    span,
+                    status: 0,
+                    first_byte: None,
+                    last_chunk: None,
+                    bytes: 0,
+                    usage: UsageScanner::new(),
+                    gaps: LocalHist::default(),
+                    in_flight,
+                },
+            )),
         }
     }
 
@@ -583,11 +588,11 @@ pub struct TrackedBody {
     inner: Body,
     /// Entered while the body is polled: log lines of the stream carry the request id.
     span: tracing::Span,
-    tracker: Option<Tracker>,
+    tracker: Option<Box<Tracker>>,
 }
 
 /// Finishes once: the tracker leaves its slot on the first call.
-fn finish_once(slot: &mut Option<Tracker>, end: EndReason) {
+fn finish_once(slot: &mut Option<Box<Tracker>>, end: EndReason) {
     if let Some(t) = slot.take() {
         t.finish(end);
     }
