@@ -14,10 +14,9 @@ use std::sync::Arc;
 use crate::http_util::RequestBody;
 use http::{Method, Request, Response};
 
-use crate::own_headers::OwnHeaders;
-
 use crate::app::App;
 use crate::error::ProxyError;
+use crate::own_headers::OwnHeaders;
 use crate::gate::{Admission, ViaTls};
 use crate::http_util::{request_id, Body};
 use crate::proxy::headers::ClientInfo;
@@ -31,9 +30,9 @@ use tracing::Instrument;
 pub const FAULT_PANIC: &str = "x-olla-fault-panic";
 
 /// Handles one request end to end: the gate admits it (or answers a preflight, or refuses it),
-/// then it is routed. The request's context lives in its [`Finisher`], which renders the
-/// request's headers onto the response and records the request once its body ends (or the
-/// client leaves, or the task panics).
+/// then it is routed. The request's context lives in its [`Finisher`], which hands back olla's
+/// own headers for the response (written with its head) and records the request once its body
+/// ends (or the client leaves, or the task panics).
 pub async fn handle(app: Arc<App>, req: Request<RequestBody>, peer: SocketAddr) -> Answer {
     let rid = request_id(req.headers().get("x-request-id"));
     let path = req.uri().path().to_string();

@@ -8,7 +8,9 @@
 //! buffer that is released once a streamed response's head is written; nothing of a response
 //! is kept after it. Per request there is no body channel (a body already in the read buffer
 //! is handed over whole; a larger one is pumped by this connection's task through one slot)
-//! and no per-request timer (deadlines are [`super::deadline`]'s).
+//! and no per-request timer (deadlines are [`super::deadline`]'s). The service answers with
+//! its response and a [`HeadExtra`]: fields written straight into the head as lines (olla's
+//! own headers, [`crate::own_headers`]) rather than inserted into the response's map.
 //!
 //! Behaviour follows hyper's HTTP/1 server, which it replaces: `Expect: 100-continue` is
 //! answered when the body is first read; a request body the service did not read closes the
