@@ -65,13 +65,49 @@ enum Value<'a> {
     Header(&'a HeaderValue),
 }
 
+/// A field olla sets: its name, and the start of its head line (`name: `), made at compile
+/// time so a line is written in three copies.
+struct Field {
+    name: HeaderName,
+    line: &'static str,
+}
+
+macro_rules! field {
+    ($name:expr, $text:literal) => {
+        Field {
+            name: $name,
+            line: concat!($text, ": "),
+        }
+    };
+}
+
+const F_REQUEST_ID: Field = field!(REQUEST_ID, "request-id");
+const F_OLLA_REQUEST_ID: Field = field!(names::X_OLLA_REQUEST_ID, "x-olla-request-id");
+const F_MODEL: Field = field!(names::X_OLLA_MODEL, "x-olla-model");
+const F_STRATEGY: Field = field!(names::X_OLLA_ROUTING_STRATEGY, "x-olla-routing-strategy");
+const F_DECISION: Field = field!(names::X_OLLA_ROUTING_DECISION, "x-olla-routing-decision");
+const F_REASON: Field = field!(names::X_OLLA_ROUTING_REASON, "x-olla-routing-reason");
+const F_BALANCER: Field = field!(X_OLLA_ROUTING_BALANCER, "x-olla-routing-balancer");
+const F_PICK: Field = field!(X_OLLA_ROUTING_PICK, "x-olla-routing-pick");
+const F_STICKY: Field = field!(X_OLLA_STICKY_SESSION, "x-olla-sticky-session");
+const F_KEY_SOURCE: Field = field!(X_OLLA_STICKY_KEY_SOURCE, "x-olla-sticky-key-source");
+const F_SESSION_ID: Field = field!(X_OLLA_SESSION_ID, "x-olla-session-id");
+const F_ENDPOINT: Field = field!(names::X_OLLA_ENDPOINT, "x-olla-endpoint");
+const F_BACKEND_TYPE: Field = field!(names::X_OLLA_BACKEND_TYPE, "x-olla-backend-type");
+const F_RESPONSE_TIME: Field = field!(names::X_OLLA_RESPONSE_TIME, "x-olla-response-time");
+const F_SERVED_BY: Field = field!(names::X_SERVED_BY, "x-served-by");
+const F_VIA: Field = field!(http::header::VIA, "via");
+const F_LIMIT: Field = field!(X_RATELIMIT_LIMIT, "x-ratelimit-limit");
+const F_REMAINING: Field = field!(X_RATELIMIT_REMAINING, "x-ratelimit-remaining");
+const F_RESET: Field = field!(X_RATELIMIT_RESET, "x-ratelimit-reset");
+
 /// Where fields go: a header map or the bytes of an HTTP/1 head.
 trait Emit {
-    fn emit(&mut self, name: &HeaderName, value: Value<'_>);
+    fn emit(&mut self, field: &Field, value: Value<'_>);
 }
 
 impl Emit for HeaderMap {
-    fn emit(&mut self, name: &HeaderName, value: Value<'_>) {
+    fn emit(&mut self, field: &Field, value: Value<'_>) {
         let value = match value {
             Value::Text(t) => match HeaderValue::from_bytes(t) {
                 Ok(v) => v,
@@ -79,7 +115,7 @@ impl Emit for HeaderMap {
             },
             Value::Header(v) => v.clone(),
         };
-        self.insert(name, value);
+        self.insert(&field.name, value);
     }
 }
 
@@ -87,15 +123,15 @@ impl Emit for HeaderMap {
 struct Lines<'a>(&'a mut Vec<u8>);
 
 impl Emit for Lines<'_> {
-    fn emit(&mut self, name: &HeaderName, value: Value<'_>) {
+    fn emit(&mut self, field: &Field, value: Value<'_>) {
         let value = match value {
             Value::Text(t) => t,
             Value::Header(v) => v.as_bytes(),
         };
-        let name = name.as_str().as_bytes();
+        let start = field.line.as_bytes();
         // One reservation per line: the pieces then never regrow the head.
-        self.0.reserve(name.len() + value.len() + 4);
-        for piece in [name, b": ", value, b"\r\n"] {
+        self.0.reserve(start.len() + value.len() + 2);
+        for piece in [start, value, b"\r\n"] {
             self.0.extend_from_slice(piece);
         }
     }
@@ -110,47 +146,35 @@ impl OwnHeaders {
     fn emit_all(&self, out: &mut impl Emit) {
         if let Some(id) = &self.request_id {
             if self.anthropic {
-                out.emit(&REQUEST_ID, Value::Text(id.as_bytes()));
+                out.emit(&F_REQUEST_ID, Value::Text(id.as_bytes()));
             }
-            out.emit(&names::X_OLLA_REQUEST_ID, Value::Text(id.as_bytes()));
+            out.emit(&F_OLLA_REQUEST_ID, Value::Text(id.as_bytes()));
         }
         if let Some(m) = &self.model {
-            out.emit(&names::X_OLLA_MODEL, Value::Text(m.as_bytes()));
+            out.emit(&F_MODEL, Value::Text(m.as_bytes()));
         }
         if let Some(d) = &self.decision {
             emit_decision(out, d);
         }
         if let Some(u) = &self.upstream {
             if let Some(name) = &u.endpoint {
-                out.emit(&names::X_OLLA_ENDPOINT, Value::Header(name));
+                out.emit(&F_ENDPOINT, Value::Header(name));
             }
-            out.emit(&names::X_OLLA_BACKEND_TYPE, Value::Text(u.kind.as_bytes()));
+            out.emit(&F_BACKEND_TYPE, Value::Text(u.kind.as_bytes()));
             let mut ms = itoa::Buffer::new();
             let ms = ms.format(u.first_byte.as_millis());
             let mut text = [0u8; 42];
             text[..ms.len()].copy_from_slice(ms.as_bytes());
             text[ms.len()..ms.len() + 2].copy_from_slice(b"ms");
-            out.emit(
-                &names::X_OLLA_RESPONSE_TIME,
-                Value::Text(&text[..ms.len() + 2]),
-            );
-            out.emit(
-                &names::X_SERVED_BY,
-                Value::Text(headers::SERVED_BY.as_bytes()),
-            );
-            out.emit(&http::header::VIA, Value::Text(headers::via().as_bytes()));
+            out.emit(&F_RESPONSE_TIME, Value::Text(&text[..ms.len() + 2]));
+            out.emit(&F_SERVED_BY, Value::Text(headers::SERVED_BY.as_bytes()));
+            out.emit(&F_VIA, Value::Text(headers::via().as_bytes()));
         }
         if let Some(r) = &self.rate {
-            out.emit(&X_RATELIMIT_LIMIT, Value::Header(&r.limit));
+            out.emit(&F_LIMIT, Value::Header(&r.limit));
             let mut n = itoa::Buffer::new();
-            out.emit(
-                &X_RATELIMIT_REMAINING,
-                Value::Text(n.format(r.remaining).as_bytes()),
-            );
-            out.emit(
-                &X_RATELIMIT_RESET,
-                Value::Text(n.format(r.reset).as_bytes()),
-            );
+            out.emit(&F_REMAINING, Value::Text(n.format(r.remaining).as_bytes()));
+            out.emit(&F_RESET, Value::Text(n.format(r.reset).as_bytes()));
         }
     }
 }
@@ -158,30 +182,24 @@ impl OwnHeaders {
 /// The routing decision: Olla's model routing trio (when the request named a model), the
 /// balancer and its pick, and the sticky-session fields (when enabled).
 fn emit_decision(out: &mut impl Emit, d: &Decision) {
-    for (name, value) in [
-        (&names::X_OLLA_ROUTING_STRATEGY, d.strategy),
-        (&names::X_OLLA_ROUTING_DECISION, d.action),
-        (&names::X_OLLA_ROUTING_REASON, d.reason),
-        (&X_OLLA_ROUTING_BALANCER, d.balancer),
-        (&X_OLLA_ROUTING_PICK, d.pick),
+    for (field, value) in [
+        (&F_STRATEGY, d.strategy),
+        (&F_DECISION, d.action),
+        (&F_REASON, d.reason),
+        (&F_BALANCER, d.balancer),
+        (&F_PICK, d.pick),
     ] {
         if !value.is_empty() {
-            out.emit(name, Value::Text(value.as_bytes()));
+            out.emit(field, Value::Text(value.as_bytes()));
         }
     }
     if let Some(s) = &d.sticky {
-        out.emit(
-            &X_OLLA_STICKY_SESSION,
-            Value::Text(s.outcome.as_str().as_bytes()),
-        );
+        out.emit(&F_STICKY, Value::Text(s.outcome.as_str().as_bytes()));
         if let Some(src) = s.source {
-            out.emit(
-                &X_OLLA_STICKY_KEY_SOURCE,
-                Value::Text(src.as_str().as_bytes()),
-            );
+            out.emit(&F_KEY_SOURCE, Value::Text(src.as_str().as_bytes()));
         }
         if let Some(id) = &s.session_id {
-            out.emit(&X_OLLA_SESSION_ID, Value::Header(id));
+            out.emit(&F_SESSION_ID, Value::Header(id));
         }
     }
 }
@@ -261,6 +279,34 @@ mod tests {
         assert_eq!(map["request-id"], "alpaca_running_0a1b");
         assert_eq!(map["x-ratelimit-reset"], "1790000000");
         assert_eq!(map["via"], headers::via());
+    }
+
+    #[test]
+    fn each_line_starts_with_its_name() {
+        let all = [
+            F_REQUEST_ID,
+            F_OLLA_REQUEST_ID,
+            F_MODEL,
+            F_STRATEGY,
+            F_DECISION,
+            F_REASON,
+            F_BALANCER,
+            F_PICK,
+            F_STICKY,
+            F_KEY_SOURCE,
+            F_SESSION_ID,
+            F_ENDPOINT,
+            F_BACKEND_TYPE,
+            F_RESPONSE_TIME,
+            F_SERVED_BY,
+            F_VIA,
+            F_LIMIT,
+            F_REMAINING,
+            F_RESET,
+        ];
+        for f in all {
+            assert_eq!(f.line, format!("{}: ", f.name.as_str()));
+        }
     }
 
     /// Every value written as `Value::Text` without a check is one a header may carry.

@@ -16,9 +16,9 @@ use http::{Method, Request, Response};
 
 use crate::app::App;
 use crate::error::ProxyError;
-use crate::own_headers::OwnHeaders;
 use crate::gate::{Admission, ViaTls};
 use crate::http_util::{request_id, Body};
+use crate::own_headers::OwnHeaders;
 use crate::proxy::headers::ClientInfo;
 use crate::proxy::select::KindFilter;
 use crate::proxy::{self, Forward};
