@@ -321,16 +321,28 @@ impl SpanWriter {
 /// the batch's) is then written into the end of that room, so the batch is never moved, and the
 /// body is a view that starts where the envelope does.
 pub fn export_request(resource: &[u8], scope: &[u8], batch: &[RequestSpanInput]) -> Bytes {
+    export_each(resource, scope, batch.len(), |each| {
+        batch.iter().for_each(each)
+    })
+}
+
+/// [`export_request`] for span inputs made one at a time (`requests` of them at most) by
+/// `inputs`, which hands each to the writer it is given: the exporter encodes a batch with no
+/// collection of its inputs.
+pub fn export_each<'a>(
+    resource: &[u8],
+    scope: &[u8],
+    requests: usize,
+    inputs: impl FnOnce(&mut dyn FnMut(&RequestSpanInput<'a>)),
+) -> Bytes {
     // Four keys and four lengths (ten bytes at most each) and the two fixed messages.
     let room = 4 * 11 + resource.len() + scope.len();
-    let mut buf = Vec::with_capacity(room + batch.len() * 1024);
+    let mut buf = Vec::with_capacity(room + requests * 1024);
     buf.resize(room, 0);
     let mut w = SpanWriter {
         scratch: String::with_capacity(64),
     };
-    for r in batch {
-        w.request(&mut buf, r);
-    }
+    inputs(&mut |r| w.request(&mut buf, r));
     let spans = buf.len() - room;
     let field = |len: usize| 1 + varint_len(len as u64) + len;
     let scope_spans = field(scope.len()) + spans;

@@ -302,10 +302,11 @@ impl Batcher {
             self.stats.dropped.fetch_add(spans, Ordering::Relaxed);
             return;
         }
-        let body = {
-            let inputs: Vec<RequestSpanInput> = batch.iter().filter_map(span_input).collect();
-            encode(&self.resource, &self.scope, &inputs)
-        };
+        let body = super::encode::export_each(&self.resource, &self.scope, batch.len(), |each| {
+            for input in batch.iter().filter_map(span_input) {
+                each(&input);
+            }
+        });
         batch.clear();
         match tokio::time::timeout(self.timeout, (self.sink)(body)).await {
             Ok(Ok(())) => {
