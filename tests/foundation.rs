@@ -404,25 +404,76 @@ async fn first_byte_timeout_and_connection_errors_move_to_the_next_backend() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn h2c_clients_are_served() {
+async fn h2c_clients_are_served_with_the_same_olla_headers_as_http_1() {
     let m = mock("s", &["m"]).await;
     let d = daemon(&config(&[endpoint("s", &m.url(), "openai", 100, "")], "")).await;
     wait_routable(&d, &["s"], true).await;
-    let c = reqwest::Client::builder()
+    let h2 = reqwest::Client::builder()
         .no_proxy()
         .http2_prior_knowledge()
         .build()
         .unwrap();
-    let r = c
-        .post(format!("{}/olla/proxy/v1/chat/completions", d.url()))
-        .header("content-type", "application/json")
-        .body(chat("m", true))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.version(), reqwest::Version::HTTP_2);
-    assert_eq!(r.status(), 200);
-    assert!(r.text().await.unwrap().contains("[DONE]"));
+    // olla's own headers (HTTP/1 writes them as head lines, HTTP/2 into the header map), by
+    // name: every value but the timing, and how many times each name came.
+    let own = |r: &reqwest::Response| {
+        let mut seen: Vec<(String, String, usize)> = r
+            .headers()
+            .keys()
+            .map(|k| k.as_str())
+            .filter(|k| k.starts_with("x-olla-") || ["via", "x-served-by"].contains(k))
+            .map(|k| {
+                let values = r.headers().get_all(k).iter().count();
+                let value = if k == "x-olla-response-time" {
+                    "..ms".to_string()
+                } else {
+                    r.headers()[k].to_str().unwrap().to_string()
+                };
+                (k.to_string(), value, values)
+            })
+            .collect();
+        seen.sort();
+        seen
+    };
+    let mut answers = Vec::new();
+    for (c, version) in [
+        (&h2, reqwest::Version::HTTP_2),
+        (&client(), reqwest::Version::HTTP_11),
+    ] {
+        let r = c
+            .post(format!("{}/olla/proxy/v1/chat/completions", d.url()))
+            .header("content-type", "application/json")
+            .header("x-request-id", "same-id")
+            .body(chat("m", true))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.version(), version);
+        assert_eq!(r.status(), 200);
+        answers.push(own(&r));
+        assert!(r.text().await.unwrap().contains("[DONE]"));
+    }
+    let names: Vec<&str> = answers[0].iter().map(|(k, _, _)| k.as_str()).collect();
+    for want in [
+        "via",
+        "x-olla-backend-type",
+        "x-olla-endpoint",
+        "x-olla-model",
+        "x-olla-request-id",
+        "x-olla-response-time",
+        "x-olla-routing-decision",
+        "x-served-by",
+    ] {
+        assert!(
+            names.contains(&want),
+            "{want} missing over HTTP/2: {names:?}"
+        );
+    }
+    assert!(
+        answers[0].iter().all(|(_, _, n)| *n == 1),
+        "{:?}",
+        answers[0]
+    );
+    assert_eq!(answers[0], answers[1], "HTTP/2 against HTTP/1.1");
     d.stop().await;
 }
 
