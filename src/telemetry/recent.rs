@@ -7,11 +7,12 @@ use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
 
+use http::Method;
 use parking_lot::Mutex;
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use super::context::FinishRecord;
+use super::context::{EndpointName, FinishRecord};
 use super::FinishObserver;
 
 pub const CAPACITY: usize = 512;
@@ -26,11 +27,14 @@ pub struct RecentEntry {
     #[serde(serialize_with = "as_rfc3339")]
     pub time: SystemTime,
     pub request_id: String,
-    pub method: String,
+    /// Shared, not copied: a standard method and the endpoint's name need no allocation.
+    #[serde(serialize_with = "as_str")]
+    pub method: Method,
     pub path: String,
     pub route: &'static str,
     pub model: Option<String>,
-    pub endpoint: Option<String>,
+    #[serde(serialize_with = "name_of")]
+    pub endpoint: Option<EndpointName>,
     pub status: u16,
     pub stream: bool,
     pub ttfb_ms: Option<f64>,
@@ -44,6 +48,17 @@ pub struct RecentEntry {
     pub key: Option<String>,
     #[serde(skip)]
     seq: u64,
+}
+
+fn as_str<S: serde::Serializer>(m: &Method, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(m.as_str())
+}
+
+fn name_of<S: serde::Serializer>(e: &Option<EndpointName>, s: S) -> Result<S::Ok, S::Error> {
+    match e {
+        Some(name) => s.serialize_str(name),
+        None => s.serialize_none(),
+    }
 }
 
 fn as_rfc3339<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
@@ -138,11 +153,11 @@ impl FinishObserver for RecentRing {
         let entry = RecentEntry {
             time: rec.received_at,
             request_id: cut(&rec.request_id),
-            method: rec.method.as_str().to_string(),
+            method: rec.method.clone(),
             path: cut(&rec.path),
             route: rec.route.as_str(),
             model: rec.model.as_deref().map(cut),
-            endpoint: rec.endpoint_name().map(str::to_string),
+            endpoint: rec.endpoint.clone(),
             status: rec.status,
             stream: rec.stream,
             ttfb_ms: rec.ttfb.map(ms),
