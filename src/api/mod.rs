@@ -11,13 +11,12 @@ use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use crate::http_util::RequestBody;
 use http::{Method, Request, Response};
 
 use crate::app::App;
 use crate::error::ProxyError;
 use crate::gate::{Admission, ViaTls};
-use crate::http_util::{request_id, Body};
+use crate::http_util::{request_id, Body, RequestBody};
 use crate::own_headers::OwnHeaders;
 use crate::proxy::headers::ClientInfo;
 use crate::proxy::select::KindFilter;

@@ -44,11 +44,6 @@ pub mod names {
 /// `Olla/<version>`-style product token (`X-Served-By`, `X-Proxied-By`).
 pub const SERVED_BY: &str = concat!("Olla/v", env!("CARGO_PKG_VERSION"));
 
-/// [`SERVED_BY`] as a header value.
-pub fn served_by() -> HeaderValue {
-    HeaderValue::from_static(SERVED_BY)
-}
-
 /// `1.1 olla/<version>` (`Via`).
 pub fn via() -> &'static str {
     concat!("1.1 olla/v", env!("CARGO_PKG_VERSION"))

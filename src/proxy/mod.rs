@@ -21,7 +21,6 @@ use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use crate::http_util::RequestBody;
 use bytes::Bytes;
 use http::request::Parts;
 use http::{Request, Response, StatusCode};
@@ -35,7 +34,7 @@ use tokio::time::Instant;
 
 use crate::app::App;
 use crate::error::ProxyError;
-use crate::http_util::Body;
+use crate::http_util::{Body, RequestBody};
 use crate::own_headers::UpstreamFields;
 use crate::telemetry::trace::wire;
 use crate::telemetry::{

@@ -509,6 +509,8 @@ impl Finisher {
         let span = tracing::info_span!("request", request_id = %ctx.request_id);
         let in_flight = app.telemetry.begin(ctx.route);
         Self {
+            // Written into the allocation (as the request future is, `server::Service::call`);
+            // not through a closure-taking helper, whose captures would copy the context first.
             tracker: Some(Box::write(
                 Box::new_uninit(),
                 Tracker {

@@ -314,21 +314,22 @@ impl SpanWriter {
     }
 }
 
-/// One `ExportTraceServiceRequest` for `batch`; `resource` and `scope` are the encoded
-/// `Resource` and `InstrumentationScope` messages (made once by the exporter).
-///
-/// The spans are written first, after room for the envelope; the envelope (whose lengths are
-/// the batch's) is then written into the end of that room, so the batch is never moved, and the
-/// body is a view that starts where the envelope does.
+/// [`export_each`] for a slice of span inputs (what the tests compare with prost's bytes).
+#[cfg(test)]
 pub fn export_request(resource: &[u8], scope: &[u8], batch: &[RequestSpanInput]) -> Bytes {
     export_each(resource, scope, batch.len(), |each| {
         batch.iter().for_each(each)
     })
 }
 
-/// [`export_request`] for span inputs made one at a time (`requests` of them at most) by
-/// `inputs`, which hands each to the writer it is given: the exporter encodes a batch with no
-/// collection of its inputs.
+/// One `ExportTraceServiceRequest` for the span inputs `inputs` makes one at a time (`requests`
+/// of them at most), handing each to the writer it is given: the exporter encodes a batch with
+/// no collection of its inputs. `resource` and `scope` are the encoded `Resource` and
+/// `InstrumentationScope` messages (made once by the exporter).
+///
+/// The spans are written first, after room for the envelope; the envelope (whose lengths are
+/// the batch's) is then written into the end of that room, so the batch is never moved, and the
+/// body is a view that starts where the envelope does.
 pub fn export_each<'a>(
     resource: &[u8],
     scope: &[u8],

@@ -36,7 +36,6 @@ use tokio::time::Instant;
 use super::config::OtlpSettings;
 use super::context::{Sampler, TraceIdentity, TRACEPARENT, TRACESTATE};
 use super::proto::{InstrumentationScope, KeyValue, Resource};
-use super::span::RequestSpanInput;
 use super::wire::span_input;
 use crate::telemetry::FinishRecord;
 
@@ -215,11 +214,6 @@ fn scope() -> InstrumentationScope {
         name: "olla".into(),
         version: env!("CARGO_PKG_VERSION").into(),
     }
-}
-
-/// Encodes finished requests as one `ExportTraceServiceRequest` ([`super::encode`]).
-pub fn encode(resource: &[u8], scope: &[u8], batch: &[RequestSpanInput]) -> Bytes {
-    super::encode::export_request(resource, scope, batch)
 }
 
 struct Batcher {
