@@ -74,14 +74,20 @@ pub const CREDENTIALS: &[&str] = &[
 enum Kind {
     /// Connection-level (RFC 9110 §7.6.1 and the legacy ones): stripped both ways.
     HopByHop,
+    /// `Connection`: hop-by-hop, and it may list more hop-by-hop names.
+    Connection,
     /// Credential-bearing: a client's are never forwarded to a backend, a backend's never
     /// reach the client.
     Credential,
     /// Forwarding headers olla always writes itself; a client's own are replaced (a trusted
-    /// proxy's `X-Forwarded-For` is chained).
+    /// proxy's `X-Forwarded-For` and `Via` are chained).
     SetByOlla,
+    XForwardedFor,
+    Via,
     /// Forwarding headers a client may set; believed only from a trusted proxy.
     Forwarding,
+    XForwardedProto,
+    XForwardedHost,
     Host,
     ContentLength,
     SetCookie,
@@ -90,10 +96,28 @@ enum Kind {
     Other,
 }
 
+impl Kind {
+    fn hop_by_hop(self) -> bool {
+        matches!(self, Kind::HopByHop | Kind::Connection)
+    }
+
+    fn set_by_olla(self) -> bool {
+        matches!(self, Kind::SetByOlla | Kind::XForwardedFor | Kind::Via)
+    }
+
+    fn forwarding(self) -> bool {
+        matches!(
+            self,
+            Kind::Forwarding | Kind::XForwardedProto | Kind::XForwardedHost
+        )
+    }
+}
+
 fn kind(name: &str) -> Kind {
     match name {
-        "connection" | "keep-alive" | "proxy-authenticate" | "proxy-connection" | "te"
-        | "trailer" | "transfer-encoding" | "upgrade" => Kind::HopByHop,
+        "keep-alive" | "proxy-authenticate" | "proxy-connection" | "te" | "trailer"
+        | "transfer-encoding" | "upgrade" => Kind::HopByHop,
+        "connection" => Kind::Connection,
         // `proxy-authorization` is hop-by-hop too; both rules drop it.
         "authorization"
         | "proxy-authorization"
@@ -107,14 +131,55 @@ fn kind(name: &str) -> Kind {
         | "x-litellm-api-key"
         | "ocp-apim-subscription-key"
         | "x-amz-security-token" => Kind::Credential,
-        "x-forwarded-for" | "x-real-ip" | "via" | "x-proxied-by" => Kind::SetByOlla,
-        "forwarded" | "x-forwarded-proto" | "x-forwarded-host" => Kind::Forwarding,
+        "x-real-ip" | "x-proxied-by" => Kind::SetByOlla,
+        "x-forwarded-for" => Kind::XForwardedFor,
+        "via" => Kind::Via,
+        "forwarded" => Kind::Forwarding,
+        "x-forwarded-proto" => Kind::XForwardedProto,
+        "x-forwarded-host" => Kind::XForwardedHost,
         "host" => Kind::Host,
         "content-length" => Kind::ContentLength,
         "set-cookie" => Kind::SetCookie,
         "x-model" => Kind::XModel,
         "traceparent" | "tracestate" => Kind::Trace,
         _ => Kind::Other,
+    }
+}
+
+/// The request headers [`outbound_into`] reads as well as copies, found in one pass over the
+/// map (each `HeaderMap::get` would hash its name again).
+#[derive(Default)]
+struct Found<'a> {
+    /// The first value of each.
+    x_forwarded_for: Option<&'a HeaderValue>,
+    via: Option<&'a HeaderValue>,
+    host: Option<&'a HeaderValue>,
+    connection: bool,
+    x_forwarded_proto: bool,
+    x_forwarded_host: bool,
+}
+
+impl<'a> Found<'a> {
+    fn scan(inbound: &'a HeaderMap) -> Self {
+        let mut found = Found::default();
+        for (k, v) in inbound {
+            match kind(k.as_str()) {
+                Kind::XForwardedFor => {
+                    found.x_forwarded_for.get_or_insert(v);
+                }
+                Kind::Via => {
+                    found.via.get_or_insert(v);
+                }
+                Kind::Host => {
+                    found.host.get_or_insert(v);
+                }
+                Kind::Connection => found.connection = true,
+                Kind::XForwardedProto => found.x_forwarded_proto = true,
+                Kind::XForwardedHost => found.x_forwarded_host = true,
+                _ => {}
+            }
+        }
+        found
     }
 }
 
@@ -314,18 +379,23 @@ pub struct Outbound<'a> {
 /// which wins over everything.
 pub fn outbound_into(inbound: &HeaderMap, o: &Outbound<'_>, sink: &mut impl FieldSink) {
     let client = o.client;
-    let listed = connection_listed(inbound);
+    let found = Found::scan(inbound);
+    let listed = if found.connection {
+        connection_listed(inbound)
+    } else {
+        Vec::new()
+    };
     let model = o.model.and_then(echo_text);
     let peer = IpText::new(client.peer);
-    let prev_xff = inbound
-        .get(names::X_FORWARDED_FOR)
+    let prev_xff = found
+        .x_forwarded_for
         .and_then(|v| v.to_str().ok())
         .filter(|prev| client.trusted_proxy && !prev.trim().is_empty());
     let chained_xff = prev_xff.map(|prev| [prev.as_bytes(), b", ", peer.as_bytes()].concat());
     let real_ip = client.client_ip(inbound);
     let real_ip = (real_ip != client.peer).then(|| IpText::new(real_ip));
-    let via_chain = inbound
-        .get(http::header::VIA)
+    let via_chain = found
+        .via
         .and_then(|v| v.to_str().ok())
         .map(|prev| format!("{prev}, {}", via()));
     // A later writer of a name replaces every earlier one: the trace context, then the
@@ -336,15 +406,12 @@ pub fn outbound_into(inbound: &HeaderMap, o: &Outbound<'_>, sink: &mut impl Fiel
     for (k, v) in inbound {
         let name = k.as_str();
         let dropped = match kind(name) {
-            Kind::HopByHop
-            | Kind::Credential
-            | Kind::SetByOlla
-            | Kind::Host
-            | Kind::ContentLength => true,
-            Kind::Forwarding => !client.trusted_proxy,
+            Kind::Credential | Kind::Host | Kind::ContentLength => true,
             Kind::XModel => model.is_some(),
             Kind::Trace => o.trace.is_some(),
             Kind::SetCookie | Kind::Other => false,
+            k if k.hop_by_hop() || k.set_by_olla() => true,
+            k => k.forwarding() && !client.trusted_proxy,
         };
         if dropped || listed.contains(k) || by_backend(name) {
             continue;
@@ -365,15 +432,14 @@ pub fn outbound_into(inbound: &HeaderMap, o: &Outbound<'_>, sink: &mut impl Fiel
         real_ip.as_ref().map_or(peer.as_bytes(), IpText::as_bytes),
     );
     // Kept when a trusted proxy sent them (copied above); otherwise what olla saw.
-    let kept = |name: &HeaderName| client.trusted_proxy && inbound.contains_key(name);
-    if !kept(&names::X_FORWARDED_PROTO) {
+    if !(client.trusted_proxy && found.x_forwarded_proto) {
         own(
             names::X_FORWARDED_PROTO,
             if client.tls { b"https" } else { b"http" },
         );
     }
-    if !kept(&names::X_FORWARDED_HOST) {
-        if let Some(host) = inbound.get(http::header::HOST) {
+    if !(client.trusted_proxy && found.x_forwarded_host) {
+        if let Some(host) = found.host {
             own(names::X_FORWARDED_HOST, host.as_bytes());
         }
     }
@@ -421,10 +487,10 @@ pub fn inbound_response(
         .keys()
         .filter(|k| {
             let name = k.as_str();
-            matches!(
-                kind(name),
-                Kind::HopByHop | Kind::Credential | Kind::SetCookie
-            ) || name.starts_with("x-olla-")
+            let kind = kind(name);
+            kind.hop_by_hop()
+                || matches!(kind, Kind::Credential | Kind::SetCookie)
+                || name.starts_with("x-olla-")
                 || listed.contains(k)
                 || backend_headers.iter().any(|(b, _)| b == *k)
         })
@@ -632,16 +698,16 @@ mod tests {
             "upgrade",
         ];
         for n in hop_by_hop {
-            assert_eq!(kind(n), Kind::HopByHop, "{n}");
+            assert!(kind(n).hop_by_hop(), "{n}");
         }
         for n in CREDENTIALS {
             assert_eq!(kind(n), Kind::Credential, "{n}");
         }
         for n in ["x-forwarded-for", "x-real-ip", "via", "x-proxied-by"] {
-            assert_eq!(kind(n), Kind::SetByOlla, "{n}");
+            assert!(kind(n).set_by_olla(), "{n}");
         }
         for n in ["forwarded", "x-forwarded-proto", "x-forwarded-host"] {
-            assert_eq!(kind(n), Kind::Forwarding, "{n}");
+            assert!(kind(n).forwarding(), "{n}");
         }
         for n in [
             "content-type",
