@@ -18,6 +18,7 @@ use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde_json::value::RawValue;
 
 use crate::error::ProxyError;
+use crate::proxy::json_scan::{self, go_key_eq, Members};
 
 /// Parsed routing facts of a request body.
 #[derive(Debug, Default, PartialEq)]
@@ -30,17 +31,6 @@ pub struct BodyFacts {
     pub messages_span: Option<Range<usize>>,
     /// Byte range of the raw JSON value of `prompt`.
     pub prompt_span: Option<Range<usize>>,
-}
-
-/// Go's `encoding/json` key match: equal under simple case folding (`ſ` folds to `s`, the
-/// Kelvin sign to `k`).
-fn go_key_eq(key: &str, field: &str) -> bool {
-    let fold = |c: char| match c {
-        '\u{17f}' => 's',
-        '\u{212a}' => 'k',
-        c => c.to_ascii_lowercase(),
-    };
-    key.chars().map(fold).eq(field.chars())
 }
 
 /// The top-level members that matter, borrowed from the body.
@@ -143,8 +133,47 @@ fn names_json(content_type: &str) -> bool {
     content_type.as_bytes().windows(4).any(|w| w == b"json")
 }
 
+/// The members the serde reading of the body finds: the test oracle of the one-pass scanner.
+/// `None`: not JSON, or not an object.
+#[cfg(test)]
+pub(crate) fn serde_members(body: &[u8]) -> Option<Members> {
+    let top = parse_top(body).ok()?;
+    (!top.not_object).then(|| top.members(body))
+}
+
+impl TopLevel<'_> {
+    fn members(&self, body: &[u8]) -> Members {
+        let span = |v: &RawValue| span_of(body, v.get());
+        Members {
+            models: self.models.iter().filter_map(|v| span(v)).collect(),
+            stream: self.stream.and_then(span),
+            messages: self.messages.and_then(span),
+            prompt: self.prompt.and_then(span),
+        }
+    }
+}
+
+/// A model value's name: the text of a JSON string (escapes decoded), `Ok(None)` for `null`.
+fn model_name(raw: &[u8]) -> Result<Option<String>, ()> {
+    if raw == b"null" {
+        return Ok(None);
+    }
+    // Most names have no escapes: the text between the quotes is the name.
+    if let [b'"', inner @ .., b'"'] = raw {
+        if !inner.iter().any(|&b| b == b'\\' || b == b'"' || b < 0x20) {
+            return std::str::from_utf8(inner)
+                .map(|s| Some(s.to_owned()))
+                .map_err(|_| ());
+        }
+    }
+    serde_json::from_slice::<String>(raw)
+        .map(Some)
+        .map_err(|_| ())
+}
+
 /// Reads `model` and `stream` from a JSON body; malformed JSON, a non-string model or an
-/// ambiguous model key is a 400.
+/// ambiguous model key is a 400. The one-pass scanner ([`json_scan`]) reads the common body;
+/// anything it leaves is read with `serde_json`, which also words the errors.
 pub fn inspect_body(content_type: Option<&str>, body: &[u8]) -> Result<BodyFacts, ProxyError> {
     let trimmed = body.trim_ascii_start();
     if trimmed.is_empty() {
@@ -155,34 +184,39 @@ pub fn inspect_body(content_type: Option<&str>, body: &[u8]) -> Result<BodyFacts
     if !declared_json && !looks_json {
         return Ok(BodyFacts::default());
     }
-    let top = parse_top(body)
-        .map_err(|e| ProxyError::BadRequest(format!("invalid JSON in request body: {e}")))?;
-    if top.not_object {
-        return Ok(BodyFacts::default());
-    }
-    if top.models.len() > 1 {
+    let members = match json_scan::members(body) {
+        Some(m) => m,
+        None => {
+            let top = parse_top(body).map_err(|e| {
+                ProxyError::BadRequest(format!("invalid JSON in request body: {e}"))
+            })?;
+            if top.not_object {
+                return Ok(BodyFacts::default());
+            }
+            top.members(body)
+        }
+    };
+    if members.models.len() > 1 {
         return Err(ProxyError::BadRequest(
             "ambiguous request body: more than one top-level key names the model (keys are matched case-insensitively)".into(),
         ));
     }
     let mut facts = BodyFacts::default();
-    if let Some(raw) = top.models.first() {
-        let text = raw.get();
-        if text != "null" {
-            let name: String = serde_json::from_str(text).map_err(|_| {
-                ProxyError::BadRequest("invalid request body: \"model\" must be a string".into())
-            })?;
-            if !name.is_empty() {
-                facts.model_span = span_of(body, text);
-                facts.model = Some(name);
-            }
+    if let Some(span) = members.models.first() {
+        let raw = body.get(span.clone()).unwrap_or_default();
+        let name = model_name(raw).map_err(|()| {
+            ProxyError::BadRequest("invalid request body: \"model\" must be a string".into())
+        })?;
+        if let Some(name) = name.filter(|n| !n.is_empty()) {
+            facts.model_span = Some(span.clone());
+            facts.model = Some(name);
         }
     }
-    if let Some(raw) = top.stream {
-        facts.stream = raw.get() == "true";
+    if let Some(span) = members.stream {
+        facts.stream = body.get(span) == Some(b"true".as_slice());
     }
-    facts.messages_span = top.messages.and_then(|m| span_of(body, m.get()));
-    facts.prompt_span = top.prompt.and_then(|p| span_of(body, p.get()));
+    facts.messages_span = members.messages;
+    facts.prompt_span = members.prompt;
     Ok(facts)
 }
 
@@ -580,6 +614,10 @@ mod tests {
             } else {
                 serde_json::to_vec(&v).unwrap()
             };
+            // The one-pass scanner answers for every such body, as the serde reading does.
+            let fast = json_scan::members(&body);
+            prop_assert!(fast.is_some());
+            prop_assert_eq!(fast, serde_members(&body));
             let f = inspect_body(Some("application/json"), &body).unwrap();
             prop_assert_eq!(f.model.as_deref(), Some(model.as_str()));
             prop_assert_eq!(f.stream, stream);

@@ -13,6 +13,7 @@
 pub mod body;
 pub mod headers;
 pub mod inspect;
+pub mod json_scan;
 pub mod path;
 pub mod select;
 pub mod surface;
